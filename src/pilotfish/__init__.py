@@ -1,0 +1,28 @@
+"""pilotfish: a pilot-job runtime for hybrid AI-HPC workflows.
+
+    import pilotfish as pf
+    with pf.Session() as session:
+        session.start_pilot(pf.PilotDescription(nodes=2, cores_per_node=32))
+        task = session.submit(pf.TaskDescription(executable="/bin/echo", arguments=["hi"]))
+        session.wait(timeout=60)
+"""
+
+from .description import InvalidDescription, PilotDescription, TaskDescription
+from .session import Pilot, PilotExecutor, Session, __version__
+from .states import InvalidTransition, TaskState
+from .task import RemoteError, Task, TaskFailed
+
+__all__ = [
+    "InvalidDescription",
+    "InvalidTransition",
+    "Pilot",
+    "PilotDescription",
+    "PilotExecutor",
+    "RemoteError",
+    "Session",
+    "Task",
+    "TaskDescription",
+    "TaskFailed",
+    "TaskState",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""The agent process and its parts (`python -m pilotfish.agent CONFIG_JSON`)."""

@@ -1,0 +1,22 @@
+"""Entry point of the agent process: `python -m pilotfish.agent CONFIG_JSON`."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from .agent import Agent, AgentConfig
+
+
+def main() -> int:
+    cfg = AgentConfig.from_json(sys.argv[1])
+    agent = Agent(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop("agent terminated (SIGTERM)"))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reason = agent.run()
+    print(f"agent {cfg.pilot_uid} stopped: {reason}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A minimal single-threaded event loop over ZeroMQ sockets, file descriptors and timers.
+
+The agent waits on everything at once (the client socket, function workers, pidfds of
+running processes, deadlines) in one `zmq.Poller`; nothing polls with a sleep.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+Handle = Any  # a zmq.Socket or an int file descriptor
+
+
+class Reactor:
+    def __init__(self) -> None:
+        self._poller = zmq.Poller()
+        self._callbacks: dict[Handle, Callable[[], None]] = {}
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._counter = itertools.count()
+
+    def add_reader(self, handle: Handle, callback: Callable[[], None]) -> None:
+        self._callbacks[handle] = callback
+        self._poller.register(handle, zmq.POLLIN)
+
+    def remove_reader(self, handle: Handle) -> None:
+        if self._callbacks.pop(handle, None) is not None:
+            self._poller.unregister(handle)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> int:
+        """Run `callback` at monotonic time `when`; returns an id for `cancel_timer`."""
+        timer_id = next(self._counter)
+        heapq.heappush(self._timers, (when, timer_id, callback))
+        return timer_id
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> int:
+        return self.call_at(time.monotonic() + delay, callback)
+
+    def cancel_timer(self, timer_id: int) -> None:
+        self._cancelled.add(timer_id)
+
+    def run_once(self, max_wait: float) -> None:
+        """Wait up to `max_wait` seconds (less if a timer is due), then run what is ready."""
+        now = time.monotonic()
+        wait = max_wait
+        while self._timers and self._timers[0][1] in self._cancelled:
+            self._cancelled.discard(heapq.heappop(self._timers)[1])
+        if self._timers:
+            wait = min(wait, max(0.0, self._timers[0][0] - now))
+        for handle, _ in self._poller.poll(int(wait * 1000) if wait > 0 else 0):
+            callback = self._callbacks.get(handle)
+            if callback is not None:
+                callback()
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, timer_id, callback = heapq.heappop(self._timers)
+            if timer_id in self._cancelled:
+                self._cancelled.discard(timer_id)
+            else:
+                callback()

@@ -1,0 +1,47 @@
+"""The built-in backend: executables as local processes, functions in persistent workers.
+
+The embedded default: it needs no batch system or runtime, and binds every task exactly
+to the slot the agent's scheduler chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..agent.reactor import Reactor
+from .base import BackendEvent, Capabilities, DispatchedTask, PlacedTask
+from .function_pool import FunctionPool
+from .processes import ProcessRunner, task_environment
+
+
+class BuiltinBackend:
+    capabilities = Capabilities(executables=True, functions=True, mpi=False, gpus=True)
+
+    def __init__(self, sandbox: str, gpus_per_node: int, functions: dict[str, bytes],
+                 log_dir: str) -> None:
+        self.processes = ProcessRunner(sandbox, node_has_gpus=gpus_per_node > 0)
+        self.pool = FunctionPool(log_dir, functions)
+        self._has_gpus = gpus_per_node > 0
+
+    def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
+        self.processes.start(reactor, emit)
+        self.pool.start(reactor, emit)
+
+    def launch(self, tasks: Sequence[PlacedTask]) -> None:
+        executables = [t for t in tasks if t.spec.kind == "executable"]
+        if executables:
+            self.processes.launch(executables)
+        for t in tasks:
+            if t.spec.kind == "function":  # needs its own cores/GPUs: a one-off worker
+                env = task_environment({}, t.spec, t.slot, 0, self._has_gpus)
+                self.pool.dispatch([(t.spec, f"task-{t.spec.uid}")], env=env)
+
+    def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
+        self.pool.dispatch([(t.spec, f"w{t.worker}") for t in tasks])
+
+    def cancel(self, uids: Sequence[str]) -> None:
+        self.pool.cancel(self.processes.cancel(uids))
+
+    def stop(self, timeout: float) -> None:
+        self.processes.stop(timeout)
+        self.pool.stop(timeout)

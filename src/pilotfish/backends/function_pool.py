@@ -1,0 +1,205 @@
+"""Persistent function workers: started once, fed batches of function tasks over ZeroMQ.
+
+Workers are started lazily, the first time the scheduler dispatches to one, and kept
+for the pilot's life. A function task that needs its own resources (several cores, a
+GPU) gets a one-off worker started with that slot's environment. If a worker dies, the
+task it was running fails with the reason and the tasks queued behind it are requeued;
+a worker that dies before it ever became ready fails all its tasks (it would again).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from ..agent import worker as worker_module
+from ..agent.reactor import Reactor
+from ..messages import TaskSpec, decode_plain, encode_plain
+from ..states import TaskState
+from .base import BackendEvent, TaskFinished, TaskRequeued
+from .processes import signal_group, wait_fd
+
+_OUTCOME = {
+    worker_module.OK: TaskState.DONE,
+    worker_module.ERROR: TaskState.FAILED,
+    worker_module.CANCELED: TaskState.CANCELED,
+    worker_module.TIMEOUT: TaskState.FAILED,
+}
+
+
+@dataclass(slots=True)
+class _Worker:
+    ident: str
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    env_note: str
+    one_off: bool = False
+    ready: bool = False
+    outstanding: dict[str, None] = field(default_factory=dict)  # uids, in dispatch order
+    unsent: list[tuple[Any, ...]] = field(default_factory=list)
+    known_functions: set[str] = field(default_factory=set)
+
+
+class FunctionPool:
+    def __init__(self, sandbox: str, functions: dict[str, bytes]) -> None:
+        self.sandbox = sandbox
+        self.functions = functions  # key -> pickled function, shared with the agent
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self._workers: dict[str, _Worker] = {}
+        self._task_worker: dict[str, _Worker] = {}
+        self._reactor: Reactor | None = None
+        self._emit: Callable[[BackendEvent], None] = lambda e: None
+
+    def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
+        self._reactor, self._emit = reactor, emit
+        reactor.add_reader(self._sock, self._on_message)
+
+    # ---- feeding workers --------------------------------------------------------------
+
+    def dispatch(self, tasks: Sequence[tuple[TaskSpec, str]],
+                 env: dict[str, str] | None = None) -> None:
+        """Send each (spec, worker ident) to its worker, starting workers as needed."""
+        by_worker: dict[str, list[tuple[Any, ...]]] = {}
+        for spec, ident in tasks:
+            by_worker.setdefault(ident, []).append(
+                (spec.uid, spec.function_key, spec.args_blob, spec.timeout))
+        for ident, items in by_worker.items():
+            worker = self._workers.get(ident)
+            if worker is None:
+                worker = self._spawn(ident, env, one_off=env is not None)
+            for item in items:
+                worker.outstanding[item[0]] = None
+                self._task_worker[item[0]] = worker
+            if worker.ready:
+                self._send_run(worker, items)
+            else:
+                worker.unsent.extend(items)
+
+    def _spawn(self, ident: str, env: dict[str, str] | None, one_off: bool) -> _Worker:
+        assert self._reactor is not None
+        os.makedirs(self.sandbox, exist_ok=True)
+        log = os.path.join(self.sandbox, f"worker.{ident}.log")
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pilotfish.agent.worker", self.address, ident],
+                cwd=self.sandbox, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})}, process_group=0,
+            )
+        proc.returncode = 0  # reaped through its pidfd, not by Popen
+        worker = _Worker(ident, proc, os.pidfd_open(proc.pid), log, one_off=one_off)
+        self._workers[ident] = worker
+        self._reactor.add_reader(worker.pidfd, lambda: self._on_exit(worker))
+        return worker
+
+    def _send_run(self, worker: _Worker, items: list[tuple[Any, ...]]) -> None:
+        new = {key for _, key, _, _ in items if key not in worker.known_functions}
+        blobs = {key: self.functions[key] for key in new}
+        worker.known_functions |= new
+        self._send(worker, ("run", items, blobs))
+
+    def _send(self, worker: _Worker, message: Any) -> None:
+        try:
+            self._sock.send_multipart([worker.ident.encode(), encode_plain(message)])
+        except zmq.ZMQError:
+            pass  # the worker is gone: its exit handler deals with its tasks
+
+    # ---- hearing back -----------------------------------------------------------------
+
+    def _on_message(self) -> None:
+        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            ident_raw, raw = self._sock.recv_multipart()
+            worker = self._workers.get(ident_raw.decode())
+            if worker is None:
+                continue
+            msg = decode_plain(raw)
+            if msg[0] == "ready":
+                worker.ready = True
+                if worker.unsent:
+                    self._send_run(worker, worker.unsent)
+                    worker.unsent = []
+            elif msg[0] == "done":
+                self._on_done(worker, msg[1])
+
+    def _on_done(self, worker: _Worker, results: list[Any]) -> None:
+        emit = self._emit
+        for uid, outcome, blob, error, exec_start, exec_stop in results:
+            worker.outstanding.pop(uid, None)
+            self._task_worker.pop(uid, None)
+            emit(TaskFinished(uid, _OUTCOME[outcome], exec_start, exec_stop,
+                              error=error, result=blob))
+        if worker.one_off and not worker.outstanding:
+            self._send(worker, ("stop",))
+
+    def _on_exit(self, worker: _Worker) -> None:
+        assert self._reactor is not None
+        self._reactor.remove_reader(worker.pidfd)
+        os.close(worker.pidfd)
+        _, status = os.waitpid(worker.proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        del self._workers[worker.ident]
+        if not worker.outstanding:
+            return
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        now = time.time()
+        uids = list(worker.outstanding)
+        for uid in uids:
+            self._task_worker.pop(uid, None)
+        if not worker.ready:
+            reason = f"function worker could not start ({how}); see {worker.env_note}"
+            for uid in uids:
+                self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=reason))
+            return
+        self._emit(TaskFinished(uids[0], TaskState.FAILED, None, now,
+                                error=f"function worker died ({how}) while running this task"))
+        for uid in uids[1:]:
+            self._emit(TaskRequeued(uid))
+
+    # ---- control ----------------------------------------------------------------------
+
+    def cancel(self, uids: Sequence[str]) -> list[str]:
+        """Ask workers to cancel these tasks; return the uids that are not ours."""
+        others = []
+        for uid in uids:
+            worker = self._task_worker.get(uid)
+            if worker is None:
+                others.append(uid)
+                continue
+            if worker.ready:
+                self._send(worker, ("cancel", [uid]))
+                try:
+                    os.kill(worker.proc.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+            else:  # not started yet: it never runs
+                worker.outstanding.pop(uid, None)
+                worker.unsent = [item for item in worker.unsent if item[0] != uid]
+                del self._task_worker[uid]
+                now = time.time()
+                self._emit(TaskFinished(uid, TaskState.CANCELED, None, now, error="canceled"))
+        return others
+
+    def stop(self, timeout: float) -> None:
+        for worker in self._workers.values():
+            self._send(worker, ("stop",))
+        deadline = time.monotonic() + timeout
+        for worker in list(self._workers.values()):
+            if not wait_fd(worker.pidfd, deadline - time.monotonic()):
+                signal_group(worker.proc.pid, signal.SIGKILL)
+            os.waitpid(worker.proc.pid, 0)
+            os.close(worker.pidfd)
+        self._workers.clear()
+        self._sock.close(linger=0)

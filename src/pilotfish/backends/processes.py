@@ -1,0 +1,222 @@
+"""Running executables as local processes: spawn, wait on pidfds, time out, cancel.
+
+Each task gets its own process group (all of its ranks in it), so a timeout or a cancel
+kills the task and everything it started; stdout and stderr of all ranks are appended to
+`<sandbox>/<uid>.out` and `.err`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..agent.reactor import Reactor
+from ..messages import TaskSpec
+from ..resources import Slot
+from ..states import TaskState
+from .base import BackendEvent, PlacedTask, TaskFinished, TaskStarted
+
+TAIL_BYTES = 4096
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+
+
+def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: int,
+                     node_has_gpus: bool) -> dict[str, str]:
+    """The environment of one rank: the user's, plus where and who it is."""
+    env = dict(base)
+    env.update(spec.environment)
+    env["PILOTFISH_TASK_ID"] = spec.uid
+    env["PILOTFISH_RANK"] = str(rank)
+    env["PILOTFISH_RANKS"] = str(spec.ranks)
+    env["PILOTFISH_NODE"] = str(slot.node)
+    env["PILOTFISH_CORES"] = ",".join(map(str, slot.cores[rank]))
+    if slot.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot.rank_gpu_ids(rank)))
+    elif node_has_gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # asked for no GPU: see none
+    return env
+
+
+def read_tail(path: str, limit: int = TAIL_BYTES) -> str | None:
+    try:
+        size = os.stat(path).st_size
+        if size == 0:
+            return ""
+        with open(path, "rb") as f:
+            if size > limit:
+                f.seek(size - limit)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+@dataclass(slots=True)
+class _Running:
+    spec: TaskSpec
+    out_path: str
+    err_path: str
+    pgid: int
+    pids: dict[int, int]  # pid -> pidfd, of ranks still running
+    exec_start: float
+    exit_code: int | None = None
+    killed: str | None = None  # why we killed it: "timeout" or "canceled"
+    timers: list[int] = field(default_factory=list)
+
+
+class ProcessRunner:
+    """Spawns placed executables and reports when they start and end."""
+
+    def __init__(self, sandbox: str, node_has_gpus: bool,
+                 spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
+        self.sandbox = sandbox
+        self.node_has_gpus = node_has_gpus
+        self._spawn = spawn  # the one seam for process creation
+        self._base_env = dict(os.environ)
+        self._made_dirs: set[str] = set()
+        self._running: dict[str, _Running] = {}
+        self._reactor: Reactor | None = None
+        self._emit: Callable[[BackendEvent], None] = lambda e: None
+
+    def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
+        self._reactor, self._emit = reactor, emit
+
+    def launch(self, tasks: Sequence[PlacedTask]) -> None:
+        for placed in tasks:
+            self._launch_one(placed.spec, placed.slot)
+
+    def _launch_one(self, spec: TaskSpec, slot: Slot) -> None:
+        assert self._reactor is not None and spec.executable is not None
+        launch_ts = time.time()
+        sandbox = spec.sandbox or self.sandbox
+        out_path = os.path.join(sandbox, spec.uid + ".out")
+        err_path = os.path.join(sandbox, spec.uid + ".err")
+        pids: dict[int, int] = {}
+        pgid = 0
+        try:
+            if sandbox not in self._made_dirs:
+                os.makedirs(sandbox, exist_ok=True)
+                self._made_dirs.add(sandbox)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+            out = os.open(out_path, flags, 0o644)
+            err = os.open(err_path, flags, 0o644)
+            try:
+                argv = [spec.executable, *spec.arguments]
+                for rank in range(spec.ranks):
+                    proc = self._spawn(
+                        argv, cwd=sandbox, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                        env=task_environment(self._base_env, spec, slot, rank, self.node_has_gpus),
+                        process_group=pgid, close_fds=True,
+                    )
+                    proc.returncode = 0  # we reap it ourselves; keep Popen from trying
+                    if rank == 0:
+                        pgid = proc.pid
+                    pids[proc.pid] = os.pidfd_open(proc.pid)
+            finally:
+                os.close(out)
+                os.close(err)
+        except OSError as exc:
+            if pgid:
+                signal_group(pgid, signal.SIGKILL)
+            for pid, pidfd in pids.items():
+                os.waitpid(pid, 0)
+                os.close(pidfd)
+            now = time.time()
+            self._emit(TaskFinished(spec.uid, TaskState.FAILED, None, now,
+                                    error=f"cannot launch {spec.executable!r}: {exc}"))
+            return
+        exec_start = time.time()
+        task = _Running(spec, out_path, err_path, pgid, pids, exec_start)
+        self._running[spec.uid] = task
+        for pid, pidfd in pids.items():
+            self._reactor.add_reader(pidfd, lambda pid=pid, t=task: self._reap(t, pid))
+        if spec.timeout:
+            task.timers.append(self._reactor.call_later(
+                spec.timeout, lambda t=task: self._kill(t, "timeout")))
+        self._emit(TaskStarted(spec.uid, exec_start, pgid, launch_ts))
+
+    def _reap(self, task: _Running, pid: int) -> None:
+        assert self._reactor is not None
+        pidfd = task.pids.pop(pid)
+        self._reactor.remove_reader(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if task.exit_code is None or (task.exit_code == 0 and code != 0):
+            task.exit_code = code
+        if task.pids:
+            return
+        exec_stop = time.time()
+        signal_group(task.pgid, signal.SIGKILL)  # leftovers the task left behind
+        for timer in task.timers:
+            self._reactor.cancel_timer(timer)
+        del self._running[task.spec.uid]
+        stdout, stderr = read_tail(task.out_path), read_tail(task.err_path)
+        spec, code = task.spec, task.exit_code
+        if task.killed == "canceled":
+            state, error = TaskState.CANCELED, "canceled"
+        elif task.killed == "timeout":
+            state, error = TaskState.FAILED, f"timed out after {spec.timeout} s (killed)"
+        elif code == 0:
+            state, error = TaskState.DONE, None
+        else:
+            state = TaskState.FAILED
+            error = (f"killed by signal {-code}" if code is not None and code < 0
+                     else f"exit code {code}")
+        self._emit(TaskFinished(spec.uid, state, task.exec_start, exec_stop, exit_code=code,
+                                error=error, stdout=stdout, stderr=stderr))
+
+    def _kill(self, task: _Running, why: str) -> None:
+        assert self._reactor is not None
+        if task.spec.uid not in self._running or task.killed:
+            return
+        task.killed = why
+        signal_group(task.pgid, signal.SIGTERM)
+        task.timers.append(self._reactor.call_later(
+            KILL_GRACE, lambda: signal_group(task.pgid, signal.SIGKILL)))
+
+    def cancel(self, uids: Sequence[str]) -> list[str]:
+        """Kill the running tasks among `uids`; return those that were not ours."""
+        others = []
+        for uid in uids:
+            task = self._running.get(uid)
+            if task is None:
+                others.append(uid)
+            else:
+                self._kill(task, "canceled")
+        return others
+
+    def stop(self, timeout: float) -> None:
+        """Kill every running task's process group and reap it (no event is emitted)."""
+        for task in self._running.values():
+            signal_group(task.pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for task in list(self._running.values()):
+            for pid, pidfd in task.pids.items():
+                if not wait_fd(pidfd, deadline - time.monotonic()):
+                    signal_group(task.pgid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                os.close(pidfd)
+            signal_group(task.pgid, signal.SIGKILL)
+        self._running.clear()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_fd(fd: int, timeout: float) -> bool:
+    """Wait until a pidfd is readable (its process exited), up to `timeout` seconds."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    return bool(ready)

@@ -1,0 +1,207 @@
+"""Client <-> agent messaging: one I/O thread per session, ZeroMQ, batches, heartbeats.
+
+User threads never touch a socket: they queue messages and poke a pipe. The channel
+thread sends them (merging queued submits into large batches), receives the agents'
+batched updates and hands them to the session, sends a heartbeat to every agent each
+second, and declares an agent lost when it stays silent past its heartbeat timeout or
+its local process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import messages as m
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 1.0
+STARTUP_TIMEOUT = 30.0  # an agent that has not said hello yet may take this long
+MAX_TASKS_PER_MESSAGE = 5_000
+
+
+@dataclass(slots=True)
+class AgentLink:
+    pilot: str
+    socket: zmq.Socket  # type: ignore[type-arg]
+    address: str
+    heartbeat_timeout: float
+    last_heard: float = field(default_factory=time.monotonic)
+    last_sent: float = 0.0
+    pidfd: int | None = None
+    hello: m.Hello | None = None
+    closed: bool = False
+
+
+class Channel:
+    def __init__(
+        self,
+        on_message: Callable[[str, Any], None],
+        on_lost: Callable[[str, str], None],
+    ) -> None:
+        self._on_message = on_message  # (pilot uid, decoded message), on the channel thread
+        self._on_lost = on_lost  # (pilot uid, reason), on the channel thread
+        self._ctx = zmq.Context.instance()
+        self._links: dict[str, AgentLink] = {}
+        self._outbox: deque[tuple[str, Any]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._signaled = False
+        self._stopping = False
+        self._lock = threading.Lock()  # guards _links against the user threads
+        self._thread = threading.Thread(target=self._run, name="pilotfish-channel", daemon=True)
+        self._poller = zmq.Poller()
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._thread.start()
+
+    # ---- called from user threads -----------------------------------------------------
+
+    def open(self, pilot: str, heartbeat_timeout: float) -> str:
+        """Bind a socket for a new agent to connect to; returns its address."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        link = AgentLink(pilot, sock, f"tcp://127.0.0.1:{port}", heartbeat_timeout)
+        with self._lock:
+            self._links[pilot] = link
+        self._post(pilot, ("open", None))
+        return link.address
+
+    def watch_process(self, pilot: str, pid: int) -> None:
+        """Declare the agent lost as soon as this local process exits."""
+        self._post(pilot, ("watch", pid))
+
+    def send(self, pilot: str, message: Any) -> None:
+        self._post(pilot, message)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self._poke()
+        self._thread.join(timeout)
+
+    def _post(self, pilot: str, item: Any) -> None:
+        self._outbox.append((pilot, item))
+        self._poke()
+
+    def _poke(self) -> None:
+        if not self._signaled:
+            self._signaled = True
+            os.write(self._wake_w, b"x")
+
+    # ---- the channel thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._loop_once()
+        except Exception:  # a bug: fail every task rather than hang
+            log.exception("pilotfish channel thread crashed")
+            for link in list(self._links.values()):
+                if not link.closed:
+                    self._lose(link, "client channel crashed (see log)")
+        finally:
+            for link in self._links.values():
+                link.socket.close(linger=0)
+                if link.pidfd is not None:
+                    os.close(link.pidfd)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _loop_once(self) -> None:
+        events = dict(self._poller.poll(int(HEARTBEAT_INTERVAL * 1000)))
+        if self._wake_r in events:
+            self._signaled = False
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        self._send_outbox()
+        for link in list(self._links.values()):
+            if link.closed:
+                continue
+            if events.get(link.socket):
+                self._receive(link)
+            if link.pidfd is not None and events.get(link.pidfd):
+                self._lose(link, "agent process exited")
+        self._check_heartbeats()
+
+    def _send_outbox(self) -> None:
+        submits: dict[str, list[m.Submit]] = {}
+        while self._outbox:
+            pilot, item = self._outbox.popleft()
+            link = self._links.get(pilot)
+            if link is None or link.closed:
+                continue
+            if isinstance(item, m.Submit):
+                submits.setdefault(pilot, []).append(item)
+                continue
+            self._flush_submits(link, submits.pop(pilot, []))  # keep the order per pilot
+            if isinstance(item, tuple) and item[0] == "open":
+                self._poller.register(link.socket, zmq.POLLIN)
+            elif isinstance(item, tuple) and item[0] == "watch":
+                try:
+                    link.pidfd = os.pidfd_open(item[1])
+                    self._poller.register(link.pidfd, zmq.POLLIN)
+                except ProcessLookupError:
+                    self._lose(link, "agent process exited")
+            else:
+                link.socket.send(m.encode(item), copy=False)
+        for pilot, batch in submits.items():
+            self._flush_submits(self._links[pilot], batch)
+
+    @staticmethod
+    def _flush_submits(link: AgentLink, batch: list[m.Submit]) -> None:
+        if not batch:
+            return
+        tasks = [t for sub in batch for t in sub.tasks]
+        functions = {k: v for sub in batch for k, v in sub.functions.items()}
+        for i in range(0, len(tasks), MAX_TASKS_PER_MESSAGE):
+            chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
+            link.socket.send(m.encode(m.Submit(chunk, functions if i == 0 else {})), copy=False)
+
+    def _receive(self, link: AgentLink) -> None:
+        link.last_heard = time.monotonic()
+        sock = link.socket
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            msg = m.decode_to_client(sock.recv(copy=False).buffer)
+            if isinstance(msg, m.Heartbeat):
+                continue
+            if isinstance(msg, m.Hello):
+                link.hello = msg
+            self._on_message(link.pilot, msg)
+            if isinstance(msg, m.Bye):
+                self._close_link(link)
+                return
+
+    def _check_heartbeats(self) -> None:
+        now = time.monotonic()
+        for link in list(self._links.values()):
+            if link.closed:
+                continue
+            silent = now - link.last_heard
+            limit = link.heartbeat_timeout if link.hello is not None else STARTUP_TIMEOUT
+            if silent > limit:
+                self._lose(link, f"no heartbeat for {silent:.1f} s")
+                continue
+            if link.hello is not None and now - link.last_sent >= HEARTBEAT_INTERVAL:
+                link.last_sent = now
+                link.socket.send(m.encode(m.Heartbeat(time.time())), copy=False)
+
+    def _lose(self, link: AgentLink, reason: str) -> None:
+        self._close_link(link)
+        self._on_lost(link.pilot, f"agent lost: {reason}")
+
+    def _close_link(self, link: AgentLink) -> None:
+        link.closed = True
+        self._poller.unregister(link.socket)
+        if link.pidfd is not None:
+            self._poller.unregister(link.pidfd)

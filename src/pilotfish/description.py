@@ -1,0 +1,243 @@
+"""What a user asks for: task and pilot descriptions, validated when they are built.
+
+A bad description raises at construction (`InvalidDescription`, a `ValueError`, or a
+`TypeError`), naming the field and the numbers, so nothing is ever submitted with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+PLATFORMS = ("local",)
+
+
+class InvalidDescription(ValueError):
+    """A description that will fail again whatever the system does; names the field."""
+
+    def __init__(self, owner: str, field_name: str, message: str) -> None:
+        super().__init__(f"{owner}.{field_name}: {message}")
+        self.field = field_name
+
+
+def _check_int(owner: str, name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise InvalidDescription(owner, name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+# Pickled functions are cached by identity, as dask does: a workload submits the same
+# function many times, and pickling a closure by value costs tens of microseconds.
+_FUNCTION_CACHE: OrderedDict[Any, tuple[str, bytes]] = OrderedDict()
+_FUNCTION_CACHE_SIZE = 256
+
+
+def pickle_function(function: Callable[..., Any]) -> tuple[str, bytes]:
+    """Return (content key, pickled bytes) for a function; raise TypeError if it cannot be."""
+    try:
+        hit = _FUNCTION_CACHE.get(function)
+    except TypeError:  # unhashable callable object
+        hit = None
+    if hit is not None:
+        return hit
+    try:
+        blob = cloudpickle.dumps(function, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"TaskDescription.function: {function!r} cannot be serialised: {exc}"
+        ) from exc
+    entry = (hashlib.blake2b(blob, digest_size=12).hexdigest(), blob)
+    try:
+        _FUNCTION_CACHE[function] = entry
+    except TypeError:
+        return entry
+    if len(_FUNCTION_CACHE) > _FUNCTION_CACHE_SIZE:
+        _FUNCTION_CACHE.popitem(last=False)
+    return entry
+
+
+def pickle_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes | None:
+    if not args and not kwargs:
+        return None
+    payload = (args, dict(kwargs))
+    try:
+        return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(f"TaskDescription.args/kwargs cannot be serialised: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDescription:
+    """One task: an executable (with arguments) or a Python function (with args).
+
+    Resources: `ranks` processes (all on one node for now), each with `cores_per_rank`
+    cores and `gpus_per_rank` GPUs; a fraction (0.5, 0.25, ...) shares one GPU. `timeout`
+    is in seconds: the task is killed and FAILED with the reason when it runs longer.
+    `sandbox` is the working directory (default: the pilot's shared task directory);
+    stdout and stderr go to `<sandbox>/<uid>.out` and `.err`.
+    """
+
+    executable: str | None = None
+    arguments: Sequence[Any] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    sandbox: str | os.PathLike[str] | None = None
+    function: Callable[..., Any] | None = None
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    ranks: int = 1
+    cores_per_rank: int = 1
+    gpus_per_rank: float = 0.0
+    priority: int = 0
+    timeout: float | None = None
+    name: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # Derived at construction: the pickled function and arguments, so that an
+    # unserialisable function is refused here and submit does no pickling.
+    function_key: str | None = field(default=None, init=False, repr=False, compare=False)
+    function_blob: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    args_blob: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        owner = "TaskDescription"
+        set_ = object.__setattr__
+        if self.function is None:
+            if self.executable is None:
+                raise InvalidDescription(owner, "executable", "give an executable or a function")
+            if not isinstance(self.executable, str) or not self.executable:
+                raise TypeError(f"{owner}.executable must be a non-empty str")
+            if self.args or self.kwargs:
+                raise InvalidDescription(owner, "args", "args/kwargs are for functions; "
+                                         "use arguments for an executable")
+            if isinstance(self.arguments, str | bytes) or not isinstance(self.arguments, Sequence):
+                raise TypeError(f"{owner}.arguments must be a list of str")
+            arguments = tuple(str(a) if isinstance(a, int | float) and not isinstance(a, bool)
+                              else a for a in self.arguments)
+            for a in arguments:
+                if not isinstance(a, str):
+                    raise TypeError(f"{owner}.arguments must be a list of str, got {a!r}")
+            set_(self, "arguments", arguments)
+        else:
+            if self.executable is not None:
+                raise InvalidDescription(owner, "function", "give an executable or a function, "
+                                         "not both")
+            if not callable(self.function):
+                raise TypeError(f"{owner}.function must be callable, got {self.function!r}")
+            if self.arguments:
+                raise InvalidDescription(owner, "arguments", "arguments are for executables; "
+                                         "use args/kwargs for a function")
+            if not isinstance(self.args, tuple | list):
+                raise TypeError(f"{owner}.args must be a tuple or list")
+            if not isinstance(self.kwargs, Mapping):
+                raise TypeError(f"{owner}.kwargs must be a mapping")
+            key, blob = pickle_function(self.function)
+            set_(self, "function_key", key)
+            set_(self, "function_blob", blob)
+            set_(self, "args_blob", pickle_arguments(tuple(self.args), self.kwargs))
+        if not isinstance(self.environment, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.environment.items()
+        ):
+            raise TypeError(f"{owner}.environment must be a mapping of str to str")
+        if self.sandbox is not None:
+            set_(self, "sandbox", os.fspath(self.sandbox))
+        if self.ranks != 1 or self.cores_per_rank != 1:
+            _check_int(owner, "ranks", self.ranks, 1)
+            _check_int(owner, "cores_per_rank", self.cores_per_rank, 1)
+        if self.gpus_per_rank:
+            check_gpus(owner, "gpus_per_rank", self.gpus_per_rank)
+        if self.priority:
+            _check_int(owner, "priority", self.priority, -(2**31))
+        if self.timeout is not None:
+            if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
+                raise TypeError(f"{owner}.timeout must be a number of seconds")
+            if not self.timeout > 0 or math.isinf(self.timeout):
+                raise InvalidDescription(owner, "timeout", f"must be > 0 s, got {self.timeout}")
+        if self.name is not None and not isinstance(self.name, str):
+            raise TypeError(f"{owner}.name must be a str")
+        if not isinstance(self.tags, Mapping):
+            raise TypeError(f"{owner}.tags must be a mapping of str to str")
+
+    @property
+    def kind(self) -> str:
+        return "function" if self.function is not None else "executable"
+
+    @property
+    def cores(self) -> int:
+        return self.ranks * self.cores_per_rank
+
+    @property
+    def gpus(self) -> float:
+        return self.ranks * self.gpus_per_rank
+
+
+def check_gpus(owner: str, name: str, value: object) -> float:
+    """GPUs per rank: a whole number, or a fraction 1/k that shares one GPU between k ranks."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{owner}.{name} must be a number")
+    if value < 0 or math.isnan(value) or math.isinf(value):
+        raise InvalidDescription(owner, name, f"must be >= 0, got {value}")
+    if value > 1 and value != int(value):
+        raise InvalidDescription(owner, name, f"above 1 must be a whole number, got {value}")
+    if 0 < value < 1 and abs(1 / value - round(1 / value)) > 1e-9:
+        raise InvalidDescription(owner, name, f"a fraction must be 1/k (0.5, 0.25, ...), "
+                                 f"got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PilotDescription:
+    """Where and how big a pilot is.
+
+    On the `local` platform nodes, cores and GPUs are virtual: any shape can be exercised
+    on one small machine. `runtime` is the pilot's lifetime in seconds (None: until the
+    session closes). `function_workers` is the number of persistent Python worker
+    processes per node (default: the node's cores, capped at the machine's real cores).
+    """
+
+    platform: str = "local"
+    nodes: int = 1
+    cores_per_node: int | None = None
+    gpus_per_node: int = 0
+    runtime: float | None = None
+    function_workers: int | None = None
+    heartbeat_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        owner = "PilotDescription"
+        if self.platform not in PLATFORMS:
+            raise InvalidDescription(owner, "platform", f"unknown platform {self.platform!r}; "
+                                     f"known: {', '.join(PLATFORMS)}")
+        _check_int(owner, "nodes", self.nodes, 1)
+        if self.cores_per_node is None:
+            object.__setattr__(self, "cores_per_node", os.cpu_count() or 1)
+        _check_int(owner, "cores_per_node", self.cores_per_node, 1)
+        _check_int(owner, "gpus_per_node", self.gpus_per_node, 0)
+        if self.function_workers is not None:
+            _check_int(owner, "function_workers", self.function_workers, 1)
+        for name in ("runtime", "heartbeat_timeout"):
+            value = getattr(self, name)
+            if value is None and name == "runtime":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidDescription(owner, name, f"must be a number of seconds > 0, "
+                                         f"got {value!r}")
+
+    @property
+    def workers_per_node(self) -> int:
+        assert self.cores_per_node is not None
+        if self.function_workers is not None:
+            return self.function_workers
+        return max(1, min(self.cores_per_node, os.cpu_count() or 1))

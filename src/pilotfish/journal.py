@@ -1,0 +1,159 @@
+"""The session store: one SQLite file holding pilots, tasks and every timestamped event.
+
+Writes are batched by one writer thread (many rows per transaction), so the client's hot
+path only appends to a queue. Schema (see docs/journal.md):
+
+- `session(key, value)`: session id, creation time, pilotfish version.
+- `pilots(uid, description, nodes, cores_per_node, gpus_per_node, started, ready,
+  stopped, state, error)`: times are Unix seconds.
+- `tasks(id, uid, pilot, name, kind, cores, gpus, description, state, exit_code,
+  error)`: `description` is the task's JSON wire form; `cores`/`gpus` are its totals.
+- `events(task, event, ts)`: `task` is `tasks.id`. Events: NEW (client submit),
+  SUBMITTED (agent accepted), SCHEDULED (placed), `launch` (agent starts spawning),
+  RUNNING (execution starts), `exec_stop` (execution ends), and the final state
+  DONE/FAILED/CANCELED when the client learns it.
+- `functions(key, blob)`: each pickled function once.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS session (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS pilots (
+    uid TEXT PRIMARY KEY, description TEXT, nodes INTEGER, cores_per_node INTEGER,
+    gpus_per_node INTEGER, started REAL, ready REAL, stopped REAL, state TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY, uid TEXT UNIQUE NOT NULL, pilot TEXT, name TEXT, kind TEXT,
+    cores INTEGER, gpus REAL, description TEXT, state TEXT, exit_code INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS events (task INTEGER NOT NULL, event TEXT NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS functions (key TEXT PRIMARY KEY, blob BLOB);
+CREATE VIEW IF NOT EXISTS task_events AS
+    SELECT tasks.uid AS uid, events.event AS event, events.ts AS ts
+    FROM events JOIN tasks ON tasks.id = events.task;
+"""
+
+_STOP = object()
+
+
+class Journal:
+    """Append-only writer for one session's SQLite file (thread-safe, batched)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        self._db = db
+        self._thread = threading.Thread(target=self._run, name="pilotfish-journal", daemon=True)
+        self._thread.start()
+
+    # ---- writes (queued) --------------------------------------------------------------
+
+    def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._queue.put((sql, rows))
+
+    def set_session(self, **values: Any) -> None:
+        self.write("INSERT OR REPLACE INTO session VALUES (?, ?)",
+                   [(k, str(v)) for k, v in values.items()])
+
+    def add_pilot(self, uid: str, description: str, nodes: int, cores: int, gpus: int,
+                  started: float) -> None:
+        self.write("INSERT INTO pilots (uid, description, nodes, cores_per_node, gpus_per_node,"
+                   " started, state) VALUES (?, ?, ?, ?, ?, ?, 'STARTING')",
+                   [(uid, description, nodes, cores, gpus, started)])
+
+    def update_pilot(self, uid: str, **columns: Any) -> None:
+        names = ", ".join(f"{k} = ?" for k in columns)
+        self.write(f"UPDATE pilots SET {names} WHERE uid = ?", [(*columns.values(), uid)])
+
+    def add_tasks(self, rows: Sequence[tuple[int, str, str, str | None, str, int, float, str]]
+                  ) -> None:
+        """Rows of (id, uid, pilot, name, kind, cores, gpus, description JSON)."""
+        self.write("INSERT INTO tasks (id, uid, pilot, name, kind, cores, gpus, description,"
+                   " state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'NEW')", rows)
+
+    def add_events(self, rows: Sequence[tuple[int, str, float]]) -> None:
+        self.write("INSERT INTO events VALUES (?, ?, ?)", rows)
+
+    def finish_tasks(self, rows: Sequence[tuple[str, int | None, str | None, int]]) -> None:
+        """Rows of (state, exit_code, error, id) for tasks that reached a final state."""
+        self.write("UPDATE tasks SET state = ?, exit_code = ?, error = ? WHERE id = ?", rows)
+
+    def add_functions(self, items: Iterable[tuple[str, bytes]]) -> None:
+        self.write("INSERT OR IGNORE INTO functions VALUES (?, ?)", list(items))
+
+    # ---- control ----------------------------------------------------------------------
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything queued so far is committed."""
+        done = threading.Event()
+        self._queue.put(done)
+        if not done.wait(timeout):
+            raise TimeoutError(f"journal {self.path} did not flush within {timeout} s")
+        if self._error is not None:
+            raise RuntimeError(f"journal {self.path} failed: {self._error}") from self._error
+
+    def close(self, timeout: float = 30.0) -> None:
+        if not self._thread.is_alive():
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"journal {self.path} did not close within {timeout} s")
+        self._db.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            waiters = []
+            try:
+                self._db.execute("BEGIN")
+                for op in batch:
+                    if op is _STOP:
+                        stop = True
+                    elif isinstance(op, threading.Event):
+                        waiters.append(op)
+                    else:
+                        self._db.executemany(*op)
+                self._db.execute("COMMIT")
+            except Exception as exc:  # keep the thread alive: report on the next flush
+                self._error = exc
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            for waiter in waiters:
+                waiter.set()
+
+
+def connect_readonly(session_dir: str | Path) -> sqlite3.Connection:
+    """Open a session's journal for reading (metrics, reports)."""
+    path = Path(session_dir)
+    if path.is_dir():
+        path = path / "session.db"
+    if not path.exists():
+        raise FileNotFoundError(f"no session journal at {path}")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def now() -> float:
+    return time.time()

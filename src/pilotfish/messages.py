@@ -1,0 +1,107 @@
+"""What crosses ZeroMQ between client, agent and function workers (msgpack via msgspec).
+
+Every message is a batch: many tasks per `Submit`, many updates per `Updates`. Structs
+are encoded as arrays (no field names on the wire) and tagged by type; `WIRE_VERSION`
+is checked when the agent says hello.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+WIRE_VERSION = 1
+
+
+class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
+    """A task description on the wire (and in the journal)."""
+
+    uid: str
+    kind: str  # "executable" | "function"
+    executable: str | None = None
+    arguments: list[str] = []
+    environment: dict[str, str] = {}
+    sandbox: str | None = None
+    function_key: str | None = None
+    args_blob: bytes | None = None
+    ranks: int = 1
+    cores_per_rank: int = 1
+    gpus_per_rank: float = 0.0
+    priority: int = 0
+    timeout: float | None = None
+    name: str | None = None
+    tags: dict[str, str] = {}
+
+
+class Submit(msgspec.Struct, array_like=True, tag=True):
+    tasks: list[TaskSpec]
+    functions: dict[str, bytes] = {}  # pickled functions not sent to this agent before
+
+
+class Cancel(msgspec.Struct, array_like=True, tag=True):
+    uids: list[str]
+
+
+class Heartbeat(msgspec.Struct, array_like=True, tag=True):
+    ts: float
+
+
+class Shutdown(msgspec.Struct, array_like=True, tag=True):
+    reason: str = ""
+
+
+class Hello(msgspec.Struct, array_like=True, tag=True):
+    """The agent is up and ready for tasks."""
+
+    version: int
+    pid: int
+    ts: float
+    nodes: int
+    cores_per_node: int
+    gpus_per_node: int
+
+
+class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A task's new state with every event since the last update, and its outcome."""
+
+    uid: str
+    state: str
+    events: list[tuple[str, float]] = []
+    exit_code: int | None = None
+    error: str | None = None
+    result: bytes | None = None  # pickled return value, or pickled exception
+    stdout: str | None = None
+    stderr: str | None = None
+    pid: int | None = None  # process group of a running executable (for clean-up)
+
+
+class Updates(msgspec.Struct, array_like=True, tag=True):
+    updates: list[TaskUpdate]
+
+
+class Bye(msgspec.Struct, array_like=True, tag=True):
+    """The agent is exiting; `reason` says why."""
+
+    reason: str
+
+
+ToAgent = Submit | Cancel | Heartbeat | Shutdown
+ToClient = Hello | Updates | Heartbeat | Bye
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+decode_to_agent = msgspec.msgpack.Decoder(ToAgent).decode  # type: ignore[arg-type]
+decode_to_client = msgspec.msgpack.Decoder(ToClient).decode  # type: ignore[arg-type]
+
+
+# Agent <-> function worker. Kept as plain tuples: the hot path of function tasks.
+#   to worker:   ("run", [(uid, function_key, args_blob, timeout), ...], {key: blob})
+#                ("cancel", [uid, ...])   ("stop",)
+#   from worker: ("ready", pid)
+#                ("done", [(uid, ok, result_blob, error_text, exec_start, exec_stop), ...])
+def encode_plain(message: Any) -> bytes:
+    return _encoder.encode(message)
+
+
+decode_plain = msgspec.msgpack.Decoder().decode

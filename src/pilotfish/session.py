@@ -1,0 +1,400 @@
+"""The user's entry point: a session holds pilots, submits tasks, waits, reports.
+
+The `submit` contract (after PSI/J): if `submit` raises, nothing was submitted or
+journaled; if it returns, every later problem (a task that can never fit, a lost agent,
+a timeout) arrives as the task's state change to FAILED with a reason, never as a hang.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, overload
+
+import msgspec
+
+from . import messages as m
+from .agent.agent import AgentConfig
+from .channel import Channel
+from .description import PilotDescription, TaskDescription
+from .journal import Journal
+from .pilots.local import start_local_agent
+from .states import TaskState, is_stale
+from .task import Task
+
+__version__ = "0.1.0"
+
+_STATES = {s.value: s for s in TaskState}
+_json_encode = msgspec.json.Encoder().encode
+
+
+class Pilot:
+    """A started pilot: its description, agent process, and state."""
+
+    def __init__(self, uid: str, description: PilotDescription, sandbox: Path) -> None:
+        self.uid = uid
+        self.description = description
+        self.sandbox = sandbox
+        self.state = "STARTING"  # -> ACTIVE -> DONE | FAILED
+        self.reason: str | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<Pilot {self.uid} {self.state}>"
+
+    @property
+    def active(self) -> bool:
+        return self.state == "ACTIVE"
+
+
+class Session:
+    """Pilots, tasks and their journal (`<path>/<uid>/session.db`).
+
+    Use as a context manager; leaving it (or `close()`) cancels whatever still runs and
+    stops the pilots. Call `wait()` first to let the tasks finish.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, uid: str | None = None
+                 ) -> None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.uid = uid or f"pf.{stamp}.{secrets.token_hex(3)}"
+        self.path = Path(path if path is not None else "pilotfish-sessions") / self.uid
+        self.path.mkdir(parents=True, exist_ok=False)
+        self.journal = Journal(self.path / "session.db")
+        self.journal.set_session(uid=self.uid, created=time.time(), version=__version__)
+        self.pilots: dict[str, Pilot] = {}
+        self.stale_updates = 0  # repeated or out-of-date updates dropped
+        self._live: dict[str, Task] = {}  # tasks not final yet
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._done = threading.Condition()  # notified whenever tasks reach a final state
+        self._sent_functions: dict[str, set[str]] = {}
+        self._closed = False
+        self._channel = Channel(self._on_message, self._on_lost)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.uid} at {self.path}>"
+
+    # ---- pilots -----------------------------------------------------------------------
+
+    def start_pilot(self, description: PilotDescription | None = None,
+                    timeout: float = 60.0) -> Pilot:
+        """Start a pilot and return once its agent is ready for tasks."""
+        self._check_open()
+        desc = description or PilotDescription()
+        if not isinstance(desc, PilotDescription):
+            raise TypeError(f"start_pilot takes a PilotDescription, got {type(desc).__name__}")
+        uid = f"pilot.{len(self.pilots):04d}"
+        pilot = Pilot(uid, desc, self.path / uid)
+        assert desc.cores_per_node is not None
+        self.journal.add_pilot(uid, _json_encode(asdict(desc)).decode(), desc.nodes,
+                               desc.cores_per_node, desc.gpus_per_node, time.time())
+        self.pilots[uid] = pilot
+        self._sent_functions[uid] = set()
+        address = self._channel.open(uid, desc.heartbeat_timeout)
+        cfg = AgentConfig(
+            client_address=address, pilot_uid=uid, sandbox=str(pilot.sandbox.resolve()),
+            nodes=desc.nodes, cores_per_node=desc.cores_per_node,
+            gpus_per_node=desc.gpus_per_node, workers_per_node=desc.workers_per_node,
+            heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
+            parent_pid=os.getpid(),
+        )
+        pilot.process = start_local_agent(cfg)
+        self._channel.watch_process(uid, pilot.process.pid)
+        if not pilot.ready.wait(timeout):
+            self._kill_agent(pilot)
+            raise TimeoutError(f"{uid}: agent not ready within {timeout} s; see "
+                               f"{pilot.sandbox / 'agent.log'}")
+        if not pilot.active:
+            raise RuntimeError(f"{uid}: agent failed to start: {pilot.reason}; see "
+                               f"{pilot.sandbox / 'agent.log'}")
+        return pilot
+
+    # ---- tasks ------------------------------------------------------------------------
+
+    @overload
+    def submit(self, descriptions: TaskDescription, pilot: Pilot | None = None) -> Task: ...
+
+    @overload
+    def submit(self, descriptions: Iterable[TaskDescription], pilot: Pilot | None = None
+               ) -> list[Task]: ...
+
+    def submit(self, descriptions: TaskDescription | Iterable[TaskDescription],
+               pilot: Pilot | None = None) -> Task | list[Task]:
+        """Submit one task or many (one batch); returns Task futures at once."""
+        single = isinstance(descriptions, TaskDescription)
+        descs = [descriptions] if single else list(descriptions)  # type: ignore[list-item,arg-type]
+        for i, d in enumerate(descs):
+            if not isinstance(d, TaskDescription):
+                raise TypeError(f"submit takes TaskDescription objects; item {i} is "
+                                f"{type(d).__name__}")
+        target = self._pick_pilot(pilot)
+        tasks = self._submit(descs, target)
+        return tasks[0] if single else tasks
+
+    def _pick_pilot(self, pilot: Pilot | None) -> Pilot:
+        self._check_open()
+        if pilot is not None:
+            if pilot.uid not in self.pilots or not pilot.active:
+                raise RuntimeError(f"{pilot.uid} is not an active pilot of this session")
+            return pilot
+        for p in self.pilots.values():
+            if p.active:
+                return p
+        raise RuntimeError("no active pilot: call session.start_pilot() first")
+
+    def _submit(self, descs: list[TaskDescription], pilot: Pilot) -> list[Task]:
+        now = time.time()
+        specs: list[m.TaskSpec] = []
+        tasks: list[Task] = []
+        rows = []
+        events = []
+        functions: dict[str, bytes] = {}
+        sent = self._sent_functions[pilot.uid]
+        pid = pilot.uid
+        with self._lock:
+            first = self._seq + 1
+            self._seq += len(descs)
+        for seq, d in enumerate(descs, first):
+            uid = f"task.{seq:06d}"
+            if d.function_key is not None:
+                kind = "function"
+                if d.function_key not in sent:
+                    assert d.function_blob is not None
+                    functions[d.function_key] = d.function_blob
+                    sent.add(d.function_key)
+                spec = m.TaskSpec(uid, kind, None, [], {}, None, d.function_key, d.args_blob,
+                                  d.ranks, d.cores_per_rank, d.gpus_per_rank, d.priority,
+                                  d.timeout, d.name, dict(d.tags))
+            else:
+                kind = "executable"
+                spec = m.TaskSpec(uid, kind, d.executable, list(d.arguments),
+                                  dict(d.environment), d.sandbox, None, None, d.ranks,
+                                  d.cores_per_rank, d.gpus_per_rank, d.priority, d.timeout,
+                                  d.name, dict(d.tags))
+            task = Task(uid, seq, d, pid, self)
+            task.events.append(("NEW", now))
+            specs.append(spec)
+            tasks.append(task)
+            rows.append((seq, uid, pid, d.name, kind, d.ranks * d.cores_per_rank,
+                         d.ranks * d.gpus_per_rank, _json_encode(spec).decode()))
+            events.append((seq, "NEW", now))
+        if functions:
+            self.journal.add_functions(functions.items())
+        self.journal.add_tasks(rows)
+        self.journal.add_events(events)
+        with self._done:
+            for task in tasks:
+                self._live[task.uid] = task
+        self._channel.send(pilot.uid, m.Submit(specs, functions))
+        return tasks
+
+    def cancel(self, tasks: Iterable[Task]) -> None:
+        """Cancel queued or running tasks; each ends CANCELED unless it finished first."""
+        by_pilot: dict[str, list[str]] = {}
+        now = time.time()
+        rows = []
+        for t in tasks:
+            if not t.state.final:
+                by_pilot.setdefault(t.pilot, []).append(t.uid)
+                rows.append((t.id, "cancel_requested", now))
+        self.journal.add_events(rows)
+        for pilot, uids in by_pilot.items():
+            self._channel.send(pilot, m.Cancel(uids))
+
+    def wait(self, tasks: Iterable[Task] | None = None, timeout: float | None = None) -> bool:
+        """Block until the tasks (default: all submitted so far) are final.
+
+        Returns True when they all are, False if `timeout` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(self._live.values()) if tasks is None else list(tasks)
+        i = 0
+        with self._done:
+            while True:
+                while i < len(pending) and pending[i].state.final:
+                    i += 1
+                if i == len(pending):
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._done.wait(remaining)
+
+    def as_completed(self, tasks: Iterable[Task], timeout: float | None = None
+                     ) -> Iterator[Task]:
+        return concurrent.futures.as_completed(list(tasks), timeout)  # type: ignore[arg-type]
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks submitted and not final yet."""
+        return len(self._live)
+
+    def executor(self, pilot: Pilot | None = None) -> PilotExecutor:
+        """A `concurrent.futures.Executor` whose calls run as function tasks on the pilot."""
+        return PilotExecutor(self, pilot)
+
+    # ---- metrics ----------------------------------------------------------------------
+
+    def metrics(self, by: str | None = None) -> Any:
+        """Throughput, utilization, makespan and overheads, computed from the journal."""
+        from .metrics import session_metrics
+
+        self.journal.flush()
+        return session_metrics(self.path, by=by)
+
+    # ---- shutdown ---------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every pilot (tasks still running are canceled) and close the journal."""
+        if self._closed:
+            return
+        self._closed = True
+        for pilot in self.pilots.values():
+            if pilot.active:
+                self._channel.send(pilot.uid, m.Shutdown("session closed"))
+        deadline = time.monotonic() + timeout
+        for pilot in self.pilots.values():
+            if not pilot.stopped.wait(max(0.0, deadline - time.monotonic())):
+                self._kill_agent(pilot)
+                self._on_lost(pilot.uid, "agent did not stop within the timeout; killed")
+            if pilot.process is not None:
+                try:
+                    pilot.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self._kill_agent(pilot)
+                    pilot.process.wait(5)
+        self._channel.close()
+        self._fail_live(None, TaskState.CANCELED, "session closed")
+        self.journal.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"session {self.uid} is closed")
+
+    @staticmethod
+    def _kill_agent(pilot: Pilot) -> None:
+        if pilot.process is not None and pilot.process.poll() is None:
+            try:
+                os.killpg(pilot.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ---- called on the channel thread -------------------------------------------------
+
+    def _on_message(self, pilot_uid: str, msg: Any) -> None:
+        pilot = self.pilots[pilot_uid]
+        if isinstance(msg, m.Updates):
+            self._apply_updates(msg.updates)
+        elif isinstance(msg, m.Hello):
+            if msg.version != m.WIRE_VERSION:
+                pilot.state, pilot.reason = "FAILED", f"agent speaks wire version {msg.version}"
+            else:
+                pilot.state = "ACTIVE"
+            self.journal.update_pilot(pilot_uid, ready=time.time(), state=pilot.state)
+            pilot.ready.set()
+        elif isinstance(msg, m.Bye):
+            self._end_pilot(pilot, "DONE", msg.reason)
+
+    def _on_lost(self, pilot_uid: str, reason: str) -> None:
+        pilot = self.pilots[pilot_uid]
+        if pilot.stopped.is_set():
+            return
+        self._kill_agent(pilot)
+        for task in list(self._live.values()):  # local tasks: kill what the agent left
+            if task.pilot == pilot_uid and task.pid:
+                try:
+                    os.killpg(task.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self._end_pilot(pilot, "FAILED", reason)
+
+    def _end_pilot(self, pilot: Pilot, state: str, reason: str) -> None:
+        pilot.state, pilot.reason = state, reason
+        self.journal.update_pilot(pilot.uid, stopped=time.time(), state=state, error=reason)
+        self._fail_live(pilot.uid, TaskState.FAILED, reason)
+        pilot.ready.set()
+        pilot.stopped.set()
+
+    def _fail_live(self, pilot_uid: str | None, state: TaskState, reason: str) -> None:
+        updates = [m.TaskUpdate(t.uid, state.value, error=reason)
+                   for t in list(self._live.values()) if pilot_uid in (None, t.pilot)]
+        if updates:
+            self._apply_updates(updates)
+
+    def _apply_updates(self, updates: list[m.TaskUpdate]) -> None:
+        now = time.time()
+        event_rows: list[tuple[int, str, float]] = []
+        finish_rows: list[tuple[str, int | None, str | None, int]] = []
+        live = self._live
+        finished: list[Task] = []
+        for u in updates:
+            task = live.get(u.uid)
+            state = _STATES[u.state]
+            if task is None or is_stale(task.state, state):
+                self.stale_updates += 1
+                continue
+            tid = task.id
+            if u.events:
+                task.events.extend(u.events)
+                event_rows.extend([(tid, name, ts) for name, ts in u.events])
+            if u.pid:
+                task.pid = u.pid
+            if state.final:
+                task.exit_code, task.error = u.exit_code, u.error
+                task.stdout, task.stderr = u.stdout, u.stderr
+                task.events.append((u.state, now))
+                event_rows.append((tid, u.state, now))
+                finish_rows.append((u.state, u.exit_code, u.error, tid))
+                del live[u.uid]
+                finished.append(task)
+                task._resolve(state, u.result)
+            else:
+                task.state = state
+        self.journal.add_events(event_rows)
+        self.journal.finish_tasks(finish_rows)
+        if finished:
+            with self._done:
+                self._done.notify_all()
+
+
+class PilotExecutor(concurrent.futures.Executor):
+    """`concurrent.futures.Executor` over a session: each call is one function task."""
+
+    def __init__(self, session: Session, pilot: Pilot | None = None) -> None:
+        self._session = session
+        self._pilot = pilot
+        self._tasks: list[Task] = []
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task:
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        task = self._session.submit(TaskDescription(function=fn, args=args, kwargs=kwargs),
+                                    pilot=self._pilot)
+        self._tasks.append(task)
+        return task
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        if cancel_futures:
+            self._session.cancel([t for t in self._tasks if not t.done()])
+        if wait:
+            self._session.wait(self._tasks)

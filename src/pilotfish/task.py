@@ -1,0 +1,157 @@
+"""The client's handle on one task: a `concurrent.futures.Future` with a state and events.
+
+Deviations from `Future`, on purpose:
+
+* `cancel()` asks the agent to cancel a queued or *running* task and returns True if the
+  task was not final yet; the task becomes CANCELED when the agent confirms (or ends
+  DONE/FAILED if it finished first).
+* The future's condition variable is created on first use (a wait, a callback), not
+  per task: a session of 100,000 tasks that nobody waits on one by one stays cheap.
+* `result()` of an executable is its exit code; a non-zero exit raises `TaskFailed`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from typing import TYPE_CHECKING, Any
+
+from .description import TaskDescription
+from .states import TaskState
+
+if TYPE_CHECKING:
+    from .session import Session
+
+_CONDITION_LOCK = threading.Lock()
+
+
+class TaskFailed(Exception):
+    """A task ended FAILED: a non-zero exit, a timeout, a launch error or a lost agent."""
+
+    def __init__(self, uid: str, reason: str, exit_code: int | None = None,
+                 stderr: str | None = None) -> None:
+        message = f"task {uid} failed: {reason}"
+        if stderr:
+            message += "\n--- stderr (tail) ---\n" + stderr.rstrip()
+        super().__init__(message)
+        self.uid, self.reason, self.exit_code, self.stderr = uid, reason, exit_code, stderr
+
+
+class RemoteError(Exception):
+    """A function's exception that could not be rebuilt in the client (its text is kept)."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the remote traceback text; set as `__cause__` of a function's exception."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Task(Future):  # type: ignore[type-arg]
+    def __init__(self, uid: str, seq: int, description: TaskDescription, pilot: str,
+                 session: Session) -> None:
+        # Future.__init__ is skipped on purpose: it builds a Condition per future.
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+        self.uid = uid
+        self.id = seq
+        self.description = description
+        self.pilot = pilot
+        self._session = session
+        self.state = TaskState.NEW
+        self.events: list[tuple[str, float]] = []
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.stdout: str | None = None
+        self.stderr: str | None = None
+        self.pid: int | None = None
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond: threading.Condition | None = self.__dict__.get("_cond")
+        if cond is None:
+            with _CONDITION_LOCK:
+                cond = self.__dict__.get("_cond")
+                if cond is None:
+                    cond = self.__dict__["_cond"] = threading.Condition()
+        return cond
+
+    def __repr__(self) -> str:
+        return f"<Task {self.uid} {self.state.value}>"
+
+    # Lock-free reads: the state attribute is replaced atomically.
+    def done(self) -> bool:
+        return self.state.final
+
+    def cancelled(self) -> bool:
+        return self.state is TaskState.CANCELED
+
+    def running(self) -> bool:
+        return self.state is TaskState.RUNNING
+
+    def cancel(self) -> bool:
+        if self.state.final:
+            return False
+        self._session.cancel([self])
+        return True
+
+    @property
+    def kind(self) -> str:
+        return self.description.kind
+
+    # ---- called by the session's channel thread ---------------------------------------
+
+    def _resolve(self, state: TaskState, blob: bytes | None) -> None:
+        """Set the outcome from the agent's final update and wake whoever waits."""
+        if state is TaskState.DONE:
+            if self.description.function is None:
+                result, exception = self.exit_code, None
+            else:
+                result, exception = _load(blob) if blob else None, None
+        elif state is TaskState.CANCELED:
+            result, exception = None, None
+        else:
+            result, exception = None, self._failure(blob)
+        future_state = CANCELLED_AND_NOTIFIED if state is TaskState.CANCELED else FINISHED
+        with _CONDITION_LOCK:
+            cond = self.__dict__.get("_cond")
+            if cond is None:  # nobody waits, no callback: no one to notify
+                self._result, self._exception, self._state = result, exception, future_state
+                self.state = state
+                return
+        with cond:
+            self._result, self._exception, self._state = result, exception, future_state
+            self.state = state
+            for waiter in self._waiters:
+                if state is TaskState.CANCELED:
+                    waiter.add_cancelled(self)
+                elif exception is not None:
+                    waiter.add_exception(self)
+                else:
+                    waiter.add_result(self)
+            cond.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+
+    def _failure(self, blob: bytes | None) -> BaseException:
+        reason = self.error or "failed"
+        if self.description.function is None or blob is None:
+            return TaskFailed(self.uid, reason, self.exit_code, self.stderr)
+        try:
+            exc = _load(blob)
+        except Exception:
+            return RemoteError(reason)
+        if not isinstance(exc, BaseException):
+            return RemoteError(reason)
+        exc.__cause__ = RemoteTraceback(reason)
+        exc.add_note(f"(raised by task {self.uid}; remote traceback:)\n{reason}")
+        return exc
+
+
+def _load(blob: bytes) -> Any:
+    return pickle.loads(blob)
