@@ -18,6 +18,8 @@ from typing import Any
 import cloudpickle
 
 PLATFORMS = ("local",)
+# GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
+MAX_GPU_SHARING = 1024
 
 
 class InvalidDescription(ValueError):
@@ -194,6 +196,9 @@ def check_gpus(owner: str, name: str, value: object) -> float:
     if 0 < value < 1 and abs(1 / value - round(1 / value)) > 1e-9:
         raise InvalidDescription(owner, name, f"a fraction must be 1/k (0.5, 0.25, ...), "
                                  f"got {value}")
+    if 0 < value < 1 and round(1 / value) > MAX_GPU_SHARING:
+        raise InvalidDescription(owner, name, f"a fraction must be at least "
+                                 f"1/{MAX_GPU_SHARING}, got {value}")
     return float(value)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sqlite3
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,6 @@ from pilotfish.journal import connect_readonly
 
 FINAL_STATES = ("DONE", "FAILED", "CANCELED")
 
-
-# ---- plain records ------------------------------------------------------------------
 
 
 class TaskRecord(NamedTuple):
@@ -79,8 +78,6 @@ class SessionData:
     pilots: list[PilotRecord]
     last_event: float | None
 
-
-# ---- results ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -146,10 +143,10 @@ class Metrics:
     def __str__(self) -> str:
         return "\n".join(self.lines())
 
-    def lines(self, indent: str = "") -> list[str]:
-        """The human-readable form, one aligned `label  value` per line."""
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value with unit) pairs: the text and HTML reports both use these."""
         window = self.exec_window_s
-        rows = [
+        return [
             ("tasks", f"{self.n_tasks}  (done {self.n_done}, failed {self.n_failed}, "
                       f"canceled {self.n_canceled}, not final {self.n_not_final}, "
                       f"started {self.n_started})"),
@@ -171,6 +168,10 @@ class Metrics:
             ("submit->start", _latency(self.submit_to_start)),
             ("end->final", _latency(self.end_to_final)),
         ]
+
+    def lines(self, indent: str = "") -> list[str]:
+        """The human-readable form: aligned `label  value` lines, then each group indented."""
+        rows = self.rows()
         width = max(len(label) for label, _ in rows)
         out = [f"{indent}{label:<{width}}  {value}" for label, value in rows]
         for key, sub in self.groups.items():
@@ -195,8 +196,6 @@ def _latency(stats: LatencyStats | None) -> str:
     return "  ".join(f"{name} {1000.0 * v:.1f}" for name, v in parts) + f" ms  (n={stats.count})"
 
 
-# ---- pure math ----------------------------------------------------------------------
-
 
 def mean_rate(times: Sequence[float]) -> float | None:
     """Events per second from the first to the last event; None for <2 events or no span."""
@@ -213,11 +212,8 @@ def peak_rate(times: Sequence[float], window: float = 1.0) -> float | None:
     if not times:
         return None
     ordered = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(ordered):  # window ends at t (inclusive) and starts > t - window
-        while ordered[lo] <= t - window:
-            lo += 1
-        best = max(best, hi - lo + 1)
+    # Some best window starts at an event: count events in [t, t + window) for each t.
+    best = max(bisect_left(ordered, t + window, i) - i for i, t in enumerate(ordered))
     return best / window
 
 
@@ -244,8 +240,15 @@ def latency_stats(values: Iterable[float]) -> LatencyStats | None:
 def busy_seconds(intervals: Iterable[tuple[float, float, float]],
                  lo: float = -math.inf, hi: float = math.inf) -> float:
     """Sum of amount * duration over (start, end, amount) intervals, clipped to [lo, hi]."""
-    return math.fsum(amount * (min(end, hi) - max(start, lo))
-                     for start, end, amount in intervals if min(end, hi) > max(start, lo))
+    parts = []
+    for start, end, amount in intervals:
+        if start < lo:
+            start = lo
+        if end > hi:
+            end = hi
+        if end > start:
+            parts.append(amount * (end - start))
+    return math.fsum(parts)
 
 
 def ratio(used: float, offered: float) -> float | None:
@@ -321,27 +324,16 @@ def compute_metrics(tasks: Sequence[TaskRecord], pilots: Sequence[PilotRecord],
 
     makespan = max(finals) - min(submits) if finals and submits else None
     return Metrics(
-        n_tasks=len(tasks),
-        n_done=states.count("DONE"),
-        n_failed=states.count("FAILED"),
+        n_tasks=len(tasks), n_done=states.count("DONE"), n_failed=states.count("FAILED"),
         n_canceled=states.count("CANCELED"),
-        n_not_final=sum(1 for s in states if s not in FINAL_STATES),
-        n_started=len(starts),
-        started_per_s=mean_rate(starts),
-        peak_started_per_s=peak_rate(starts, peak_window),
-        completed_per_s=mean_rate(finals),
-        peak_completed_per_s=peak_rate(finals, peak_window),
-        peak_window_s=peak_window,
-        exec_window_start=w0,
-        exec_window_end=w1,
-        core_seconds=core_s,
-        gpu_seconds=gpu_s,
-        offered_cores=offered_cores,
-        offered_gpus=offered_gpus,
-        core_utilization=core_u,
-        gpu_utilization=gpu_u,
-        core_utilization_lifetime=core_life,
-        gpu_utilization_lifetime=gpu_life,
+        n_not_final=sum(1 for s in states if s not in FINAL_STATES), n_started=len(starts),
+        started_per_s=mean_rate(starts), peak_started_per_s=peak_rate(starts, peak_window),
+        completed_per_s=mean_rate(finals), peak_completed_per_s=peak_rate(finals, peak_window),
+        peak_window_s=peak_window, exec_window_start=w0, exec_window_end=w1,
+        core_seconds=core_s, gpu_seconds=gpu_s,
+        offered_cores=offered_cores, offered_gpus=offered_gpus,
+        core_utilization=core_u, gpu_utilization=gpu_u,
+        core_utilization_lifetime=core_life, gpu_utilization_lifetime=gpu_life,
         makespan_s=makespan,
         submit_to_start=latency_stats(
             t.start - t.submit for t in tasks if t.start is not None and t.submit is not None),
@@ -351,10 +343,13 @@ def compute_metrics(tasks: Sequence[TaskRecord], pilots: Sequence[PilotRecord],
 
 
 def _overlaps(life: tuple[float, float] | None, lo: float, hi: float) -> bool:
-    return life is not None and life[0] <= hi and life[1] >= lo
+    """Whether a pilot's life shares time with [lo, hi] (a point window: contains it)."""
+    if life is None:
+        return False
+    if hi <= lo:
+        return life[0] <= lo <= life[1]
+    return life[0] < hi and life[1] > lo
 
-
-# ---- grouping -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -397,8 +392,6 @@ def grouped_metrics(data: SessionData, by: str, peak_window: float = 1.0
     return out
 
 
-# ---- loading ------------------------------------------------------------------------
-
 _EVENTS_SQL = """
 SELECT task,
        MIN(CASE WHEN event = 'NEW' THEN ts END),
@@ -424,14 +417,13 @@ def load_session(db: sqlite3.Connection) -> SessionData:
         if last_event is None or latest > last_event:
             last_event = latest
     none4 = (None, None, None, None)
-    tasks = [TaskRecord(tid, pilot, kind, cores or 0, gpus or 0.0, state, *times.get(tid, none4))
+    tasks = [TaskRecord(tid, pilot, kind, cores, gpus, state, *times.get(tid, none4))
              for tid, pilot, kind, cores, gpus, state in cur.execute(
-                 "SELECT id, pilot, kind, cores, gpus, state FROM tasks ORDER BY id")]
+                 "SELECT id, pilot, kind, IFNULL(cores, 0), IFNULL(gpus, 0.0), state"
+                 " FROM tasks ORDER BY id")]
     pilots = [PilotRecord(*row) for row in cur.execute(
-        "SELECT uid, nodes, cores_per_node, gpus_per_node, started, ready, stopped, state"
-        " FROM pilots ORDER BY started, uid")]
-    pilots = [p._replace(nodes=p.nodes or 0, cores_per_node=p.cores_per_node or 0,
-                         gpus_per_node=p.gpus_per_node or 0) for p in pilots]
+        "SELECT uid, IFNULL(nodes, 0), IFNULL(cores_per_node, 0), IFNULL(gpus_per_node, 0),"
+        " started, ready, stopped, state FROM pilots ORDER BY started, uid")]
     return SessionData(tasks=tasks, pilots=pilots, last_event=last_event)
 
 
@@ -456,10 +448,3 @@ def session_metrics(source: str | Path | sqlite3.Connection, by: str | None = No
     return dataclasses.replace(whole, group_by=by,
                                groups=grouped_metrics(data, by, peak_window))
 
-
-__all__ = [
-    "GROUPINGS", "Grouping", "LatencyStats", "Metrics", "PilotRecord", "SessionData",
-    "TaskRecord", "busy_seconds", "compute_metrics", "grouped_metrics", "latency_stats",
-    "load", "load_session", "mean_rate", "peak_rate", "quantile", "ratio", "session_metrics",
-    "time_series",
-]

@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -115,6 +116,7 @@ class Session:
             gpus_per_node=desc.gpus_per_node, workers_per_node=desc.workers_per_node,
             heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
             parent_pid=os.getpid(),
+            python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
         )
         pilot.process = start_local_agent(cfg)
         self._channel.watch_process(uid, pilot.process.pid)

@@ -70,4 +70,4 @@ def is_stale(old: TaskState, new: TaskState) -> bool:
     Such updates are dropped (and counted), not raised: messages may be reordered or
     replayed, and a final state must stay final.
     """
-    return old.final or (new is not old and _ORDER[new] < _ORDER[old] and not is_legal(old, new))
+    return old.final or new is old or (_ORDER[new] < _ORDER[old] and not is_legal(old, new))

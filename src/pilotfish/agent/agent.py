@@ -9,6 +9,7 @@ one update, not three.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -53,6 +54,7 @@ class AgentConfig:
     heartbeat_timeout: float = 5.0
     runtime: float | None = None
     parent_pid: int | None = None  # exit at once if this process ends (local pilots)
+    python_path: list[str] = dataclasses.field(default_factory=list)  # for function workers
 
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:
@@ -83,7 +85,8 @@ class Agent:
         self.scheduler = Scheduler(cfg.nodes, cfg.cores_per_node, cfg.gpus_per_node,
                                    cfg.workers_per_node)
         self.backend = BuiltinBackend(os.path.join(cfg.sandbox, "tasks"), cfg.gpus_per_node,
-                                      self.functions, log_dir=cfg.sandbox)
+                                      self.functions, log_dir=cfg.sandbox,
+                                      python_path=cfg.python_path)
         self.tasks: dict[str, _Task] = {}
         self._final: dict[str, None] = {}  # uids with a final update to send
         self._progress: dict[str, None] = {}  # uids with a progress update to send

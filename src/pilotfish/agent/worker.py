@@ -26,6 +26,8 @@ import zmq
 from ..messages import decode_plain, encode_plain
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
+CANCEL_MESSAGE_WAIT_MS = 1000
+ANNOUNCE_AFTER = 0.01  # a task that ran longer makes the worker announce the next start
 
 # Outcomes reported per task.
 OK, ERROR, CANCELED, TIMEOUT = 0, 1, 2, 3
@@ -75,7 +77,10 @@ class FunctionWorker:
             return  # the loop is between tasks (maybe inside zmq): it checks by itself
         if signum == signal.SIGALRM:
             raise _Interrupt(TIMEOUT)
-        self._drain()  # safe: the main thread is in user code, not in a zmq call
+        # Safe: the main thread is in user code, not in a zmq call. The agent sends the
+        # cancel message before the signal, but the signal may overtake it: wait for it.
+        if self.sock.poll(CANCEL_MESSAGE_WAIT_MS):
+            self._drain()
         if self.current in self.canceled:
             raise _Interrupt(CANCELED)
 
@@ -141,6 +146,7 @@ class FunctionWorker:
         results: list[tuple[Any, ...]] = []
         first_result = 0.0
         while not self.stopping:
+            announce = False
             if not self.queue:
                 if results:
                     self.sock.send(encode_plain(("done", results)))
@@ -149,14 +155,19 @@ class FunctionWorker:
                     if os.getppid() != parent:
                         return  # the agent is gone
                     continue
+                announce = True
             self._drain()
             while self.queue and not self.stopping:
                 uid, key, args_blob, timeout = self.queue.popleft()
+                if announce:
+                    # After idling or a long task, the next may be long too: say it runs.
+                    self.sock.send(encode_plain(("started", uid, time.time())))
                 results.append(self._run_one(uid, key, args_blob, timeout))
                 now = results[-1][5]
+                announce = now - results[-1][4] > ANNOUNCE_AFTER
                 if len(results) == 1:
                     first_result = now
-                elif now - first_result > FLUSH_INTERVAL:
+                if announce or now - first_result > FLUSH_INTERVAL:
                     self.sock.send(encode_plain(("done", results)))
                     results = []
                 if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:

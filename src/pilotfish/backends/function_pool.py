@@ -25,7 +25,7 @@ from ..agent import worker as worker_module
 from ..agent.reactor import Reactor
 from ..messages import TaskSpec, decode_plain, encode_plain
 from ..states import TaskState
-from .base import BackendEvent, TaskFinished, TaskRequeued
+from .base import BackendEvent, TaskFinished, TaskRequeued, TaskStarted
 from .processes import signal_group, wait_fd
 
 _OUTCOME = {
@@ -50,8 +50,13 @@ class _Worker:
 
 
 class FunctionPool:
-    def __init__(self, sandbox: str, functions: dict[str, bytes]) -> None:
+    def __init__(self, sandbox: str, functions: dict[str, bytes], python_path: list[str]
+                 ) -> None:
         self.sandbox = sandbox
+        # Workers import functions pickled by reference from the client's own modules.
+        self._env = dict(os.environ)
+        if python_path:
+            self._env["PYTHONPATH"] = os.pathsep.join(python_path)
         self.functions = functions  # key -> pickled function, shared with the agent
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -97,7 +102,7 @@ class FunctionPool:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pilotfish.agent.worker", self.address, ident],
                 cwd=self.sandbox, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})}, process_group=0,
+                env={**self._env, **(env or {})}, process_group=0,
             )
         proc.returncode = 0  # reaped through its pidfd, not by Popen
         worker = _Worker(ident, proc, os.pidfd_open(proc.pid), log, one_off=one_off)
@@ -133,6 +138,8 @@ class FunctionPool:
                     worker.unsent = []
             elif msg[0] == "done":
                 self._on_done(worker, msg[1])
+            elif msg[0] == "started":
+                self._emit(TaskStarted(msg[1], msg[2]))
 
     def _on_done(self, worker: _Worker, results: list[Any]) -> None:
         emit = self._emit

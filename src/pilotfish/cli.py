@@ -1,0 +1,96 @@
+"""The `pilotfish` command: run the demo, report on a session."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from .description import PilotDescription
+from .session import Session
+from .states import TaskState
+
+
+def _progress(session: Session, total: int, started: float, stream: object) -> None:
+    """Redraw a one-line progress bar until every task is final (waits, never sleeps)."""
+    width = 30
+    while True:
+        finished = session.wait(timeout=0.2)
+        done = total - session.outstanding
+        filled = int(width * done / total) if total else width
+        rate = done / max(time.monotonic() - started, 1e-9)
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks  {rate:,.0f}/s"
+        print(line, end="", file=stream, flush=True)  # type: ignore[call-overload]
+        if finished:
+            print(file=stream)  # type: ignore[call-overload]
+            return
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .workloads.demo import demo_tasks
+
+    desc = PilotDescription(nodes=args.nodes, cores_per_node=args.cores,
+                            gpus_per_node=args.gpus)
+    with Session(path=args.sessions) as session:
+        print(f"session {session.uid} ({session.path})")
+        t0 = time.monotonic()
+        pilot = session.start_pilot(desc)
+        print(f"pilot {pilot.uid}: {desc.nodes} node(s) x {desc.cores_per_node} cores, "
+              f"{desc.gpus_per_node} GPUs per node; ready in {time.monotonic() - t0:.2f} s")
+        tasks = session.submit(demo_tasks(args.tasks, desc.gpus_per_node))
+        _progress(session, len(tasks), time.monotonic(), sys.stderr)
+        counts = {s.value: 0 for s in TaskState if s.final}
+        for t in tasks:
+            counts[t.state.value] += 1
+        print("tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        for t in tasks:
+            if t.state is TaskState.FAILED:
+                print(f"first failure: {t.uid} ({t.description.name}): {t.error}")
+                break
+        print(session.metrics())
+        print(f"report: pilotfish report {session.path}")
+        return 0 if counts["DONE"] == len(tasks) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .metrics import session_metrics
+    from .report import render_report, write_html_report
+
+    if args.json:
+        metrics = session_metrics(args.session_dir)
+        print(json.dumps(metrics.to_dict(), indent=2))  # type: ignore[union-attr]
+        return 0
+    print(render_report(args.session_dir))
+    if args.html:
+        print(f"HTML report: {write_html_report(args.session_dir, args.html)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the demo workload on a local pilot")
+    run.add_argument("--nodes", type=int, default=2, help="virtual nodes (default 2)")
+    run.add_argument("--cores", type=int, default=16, help="cores per node (default 16)")
+    run.add_argument("--gpus", type=int, default=4, help="GPUs per node (default 4)")
+    run.add_argument("--tasks", type=int, default=2000, help="number of tasks (default 2000)")
+    run.add_argument("--sessions", default="pilotfish-sessions",
+                     help="where session directories go")
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="metrics and charts of a finished session")
+    report.add_argument("session_dir")
+    report.add_argument("--json", action="store_true", help="metrics as JSON")
+    report.add_argument("--html", metavar="FILE", help="also write an HTML report")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared fixtures: sessions in a temporary directory, and helpers to watch processes."""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pilotfish as pf
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[pf.Session]:
+    with pf.Session(path=tmp_path) as s:
+        yield s
+
+
+@pytest.fixture
+def pilot(session: pf.Session) -> pf.Pilot:
+    return session.start_pilot(pf.PilotDescription(nodes=2, cores_per_node=8, gpus_per_node=4))
+
+
+def process_gone(pid: int, timeout: float) -> bool:
+    """Wait (on a pidfd, no sleeping) until process `pid` has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready) or _zombie(pid)
+    finally:
+        os.close(fd)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True

@@ -1,0 +1,265 @@
+"""A real agent process, real tasks: each behaviour of the local pilot end to end."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from concurrent.futures import as_completed
+from pathlib import Path
+
+import pytest
+
+import pilotfish as pf
+from pilotfish import TaskDescription as TD
+from pilotfish import TaskState
+
+from ..conftest import process_gone
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def fail_with(message: str) -> None:
+    raise ZeroDivisionError(message)
+
+
+def sleep_for(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def crash_worker() -> None:
+    os._exit(3)
+
+
+def test_the_issue_example(session: pf.Session, pilot: pf.Pilot) -> None:
+    t = session.submit(TD(executable="/bin/echo", arguments=["hello"]))
+    many = session.submit([TD(executable="/bin/sleep", arguments=["0.1"]) for _ in range(100)])
+    f = session.submit(TD(function=pow, args=(2, 10)))
+    assert session.wait(timeout=60)
+    assert t.state == TaskState.DONE and t.exit_code == 0 and t.stdout.strip() == "hello"
+    assert t.result() == 0
+    assert f.result() == 1024
+    assert all(x.state == TaskState.DONE for x in many)
+    names = [e for e, _ in t.events]
+    assert names == ["NEW", "SUBMITTED", "SCHEDULED", "launch", "RUNNING", "exec_stop", "DONE"]
+    stamps = [ts for _, ts in t.events]
+    assert stamps == sorted(stamps)
+
+
+def test_nonzero_exit_fails_with_exit_code_and_stderr(session: pf.Session, pilot: pf.Pilot
+                                                      ) -> None:
+    t = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo oops >&2; exit 3"]))
+    with pytest.raises(pf.TaskFailed) as info:
+        t.result(timeout=30)
+    assert t.state == TaskState.FAILED and t.exit_code == 3
+    assert info.value.exit_code == 3 and "oops" in str(info.value)
+    assert "exit code 3" in t.error
+
+
+def test_missing_executable_fails_with_reason(session: pf.Session, pilot: pf.Pilot) -> None:
+    t = session.submit(TD(executable="/no/such/program"))
+    with pytest.raises(pf.TaskFailed, match="cannot launch"):
+        t.result(timeout=30)
+
+
+def test_function_exception_carries_remote_traceback(session: pf.Session, pilot: pf.Pilot
+                                                     ) -> None:
+    t = session.submit(TD(function=fail_with, args=("bad input",)))
+    with pytest.raises(ZeroDivisionError, match="bad input") as info:
+        t.result(timeout=30)
+    assert t.state == TaskState.FAILED
+    assert "fail_with" in str(info.value.__cause__)  # the remote traceback
+    assert any("Traceback" in note for note in info.value.__notes__)
+
+
+def test_environment_ranks_and_gpus(session: pf.Session, pilot: pf.Pilot) -> None:
+    script = 'echo "$PILOTFISH_TASK_ID $PILOTFISH_RANK/$PILOTFISH_RANKS gpu=$CUDA_VISIBLE_DEVICES $X"'
+    t = session.submit(TD(executable="/bin/sh", arguments=["-c", script], ranks=4,
+                          gpus_per_rank=1, environment={"X": "userval"}))
+    assert t.result(timeout=30) == 0
+    lines = sorted(t.stdout.split("\n")[:-1])
+    assert [line.split()[1] for line in lines] == ["0/4", "1/4", "2/4", "3/4"]
+    assert all(line.startswith(t.uid) and line.endswith("userval") for line in lines)
+    gpus = sorted(line.split()[2] for line in lines)
+    assert gpus == ["gpu=0", "gpu=1", "gpu=2", "gpu=3"]
+    plain = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo gpu=$CUDA_VISIBLE_DEVICES"]))
+    plain.result(timeout=30)
+    assert plain.stdout.strip() == "gpu="
+
+
+def test_fractional_gpus_share_one_device(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4, gpus_per_node=1))
+    script = "echo $CUDA_VISIBLE_DEVICES; sleep 0.5"
+    a, b = session.submit([TD(executable="/bin/sh", arguments=["-c", script],
+                              gpus_per_rank=0.5) for _ in range(2)])
+    assert session.wait(timeout=30)
+    assert a.stdout.strip() == b.stdout.strip() == "0"
+    # both ran at once: their execution overlapped
+    start = {t.uid: dict(t.events)["RUNNING"] for t in (a, b)}
+    stop = {t.uid: dict(t.events)["exec_stop"] for t in (a, b)}
+    assert max(start.values()) < min(stop.values())
+
+
+def test_timeout_kills_the_whole_process_group(session: pf.Session, pilot: pf.Pilot,
+                                               tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $! > {pids}; echo $$ >> {pids}; wait"
+    t = session.submit(TD(executable="/bin/sh", arguments=["-c", script], timeout=1))
+    with pytest.raises(pf.TaskFailed, match="timed out"):
+        t.result(timeout=30)
+    for pid in map(int, pids.read_text().split()):
+        assert process_gone(pid, 5)
+
+
+def test_cancel_queued_and_running(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    running = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
+    queued = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
+    assert session.wait([running], timeout=0.01) is False
+    while running.state is not TaskState.RUNNING:  # progress updates arrive within 50 ms
+        session.wait([running], timeout=0.05)
+    session.cancel([queued, running])  # one message: the queued one never starts
+    assert session.wait(timeout=30)
+    assert running.state is queued.state is TaskState.CANCELED
+    assert running.cancelled() and queued.cancelled()
+    assert "RUNNING" not in dict(queued.events)
+    assert process_gone(running.pid, 5)
+    assert not running.cancel()  # final states are final
+
+
+def test_function_timeout_and_cancel_keep_the_worker(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    slow = session.submit(TD(function=sleep_for, args=(60,), timeout=0.5))
+    with pytest.raises(pf.TaskFailed, match="timed out"):
+        slow.result(timeout=30)
+    running = session.submit(TD(function=sleep_for, args=(60,)))
+    while running.state is not TaskState.RUNNING and not running.done():
+        session.wait([running], timeout=0.05)
+    assert running.cancel()
+    assert session.wait([running], timeout=30)
+    assert running.state is TaskState.CANCELED
+    assert session.submit(TD(function=pow, args=(3, 2))).result(timeout=30) == 9
+
+
+def test_worker_death_fails_its_task_only(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    bad = session.submit(TD(function=crash_worker))
+    after = session.submit([TD(function=pow, args=(2, i)) for i in range(20)])
+    with pytest.raises(pf.TaskFailed, match="worker died"):
+        bad.result(timeout=30)
+    assert [t.result(timeout=30) for t in after] == [2**i for i in range(20)]
+
+
+def test_task_that_can_never_fit_fails_at_once(session: pf.Session, pilot: pf.Pilot) -> None:
+    big = session.submit(TD(executable="/bin/true", ranks=3, cores_per_rank=4))
+    gpu = session.submit(TD(executable="/bin/true", gpus_per_rank=8))
+    with pytest.raises(pf.TaskFailed, match=r"12 cores.*a node has 8"):
+        big.result(timeout=10)
+    with pytest.raises(pf.TaskFailed, match="GPU"):
+        gpu.result(timeout=10)
+    assert "RUNNING" not in dict(big.events)
+
+
+def test_bad_descriptions_raise_before_anything_is_submitted(session: pf.Session,
+                                                             pilot: pf.Pilot) -> None:
+    with pytest.raises(ValueError, match="executable"):
+        TD()
+    with pytest.raises(ValueError, match="not both"):
+        TD(executable="/bin/true", function=pow)
+    with pytest.raises(ValueError, match="cores_per_rank"):
+        TD(executable="/bin/true", cores_per_rank=-1)
+    with pytest.raises(TypeError, match="nodes_wanted"):
+        TD(executable="/bin/true", nodes_wanted=3)  # type: ignore[call-arg]
+    import threading
+
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="function"):
+        TD(function=lambda: lock)
+    with pytest.raises(TypeError, match="item 1"):
+        session.submit([TD(executable="/bin/true"), "not a description"])  # type: ignore[list-item]
+    assert session.outstanding == 0
+    assert session.wait(timeout=1)
+
+
+def test_priority_orders_queued_tasks(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    blocker = session.submit(TD(executable="/bin/sleep", arguments=["0.5"]))
+    low = session.submit([TD(executable="/bin/true", priority=0) for _ in range(3)])
+    high = session.submit([TD(executable="/bin/true", priority=5) for _ in range(3)])
+    assert session.wait(timeout=30)
+    assert blocker.state is TaskState.DONE
+    first_low = min(dict(t.events)["RUNNING"] for t in low)
+    last_high = max(dict(t.events)["RUNNING"] for t in high)
+    assert last_high < first_low
+
+
+def test_executor_futures_callbacks(session: pf.Session, pilot: pf.Pilot) -> None:
+    seen: list[int] = []
+    with session.executor() as ex:
+        futures = [ex.submit(pow, 2, i) for i in range(50)]
+        futures[0].add_done_callback(lambda f: seen.append(f.result()))
+        assert sorted(f.result() for f in as_completed(futures, timeout=30)) == sorted(
+            2**i for i in range(50))
+        assert list(ex.map(abs, [-1, -2, -3], timeout=30)) == [1, 2, 3]
+    assert seen == [1]
+
+
+def test_agent_killed_mid_run_fails_every_task(session: pf.Session, tmp_path: Path) -> None:
+    pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4,
+                                                    heartbeat_timeout=5))
+    tasks = session.submit([TD(executable="/bin/sleep", arguments=["60"]) for _ in range(8)])
+    while sum(t.state is TaskState.RUNNING for t in tasks) < 4:
+        session.wait(tasks, timeout=0.05)
+    running_pids = [t.pid for t in tasks if t.pid]
+    assert pilot.process is not None
+    started = time.monotonic()
+    pilot.process.kill()
+    assert session.wait(tasks, timeout=10)
+    assert time.monotonic() - started < 10
+    assert all(t.state is TaskState.FAILED and "agent lost" in t.error for t in tasks)
+    assert all(process_gone(pid, 5) for pid in running_pids)
+    with pytest.raises(RuntimeError, match="no active pilot"):
+        session.submit(TD(executable="/bin/true"))
+
+
+CLIENT_SCRIPT = """
+import os, sys, pilotfish as pf
+s = pf.Session(path=sys.argv[1])
+p = s.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+t = s.submit(pf.TaskDescription(executable="/bin/sleep", arguments=["60"]))
+f = s.submit(pf.TaskDescription(function=pow, args=(2, 2)))
+f.result(30)
+while t.pid is None:
+    s.wait([t], timeout=0.05)
+print(p.process.pid, t.pid, flush=True)
+os._exit(0)
+"""
+
+
+def test_client_death_stops_the_agent_and_its_tasks(tmp_path: Path) -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    agent_pid, task_pid = map(int, out.stdout.split())
+    assert process_gone(agent_pid, 10)
+    assert process_gone(task_pid, 10)
+
+
+def test_ten_thousand_tasks_journaled(session: pf.Session, pilot: pf.Pilot) -> None:
+    descs = [TD(function=pow, args=(i, 2)) if i % 2 else TD(executable="/bin/true")
+             for i in range(10_000)]
+    tasks = session.submit(descs)
+    assert session.wait(timeout=120)
+    assert all(t.state is TaskState.DONE for t in tasks)
+    assert tasks[1].result() == 1 and tasks[9_999].result() == 9_999**2
+    session.journal.flush()
+    db = sqlite3.connect(session.path / "session.db")
+    assert db.execute("SELECT count(*) FROM tasks WHERE state = 'DONE'").fetchone()[0] == 10_000
+    per_task = db.execute("SELECT count(*) FROM events GROUP BY task").fetchall()
+    assert len(per_task) == 10_000 and min(n for (n,) in per_task) >= 6
+    # no per-task files for functions; two per executable
+    assert len(list((pilot.sandbox / "tasks").iterdir())) == 2 * 5_000
