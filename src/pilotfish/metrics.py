@@ -240,6 +240,9 @@ def latency_stats(values: Iterable[float]) -> LatencyStats | None:
 def busy_seconds(intervals: Iterable[tuple[float, float, float]],
                  lo: float = -math.inf, hi: float = math.inf) -> float:
     """Sum of amount * duration over (start, end, amount) intervals, clipped to [lo, hi]."""
+    if lo == -math.inf and hi == math.inf:
+        return math.fsum([amount * (end - start) for start, end, amount in intervals
+                          if end > start])
     parts = []
     for start, end, amount in intervals:
         if start < lo:
@@ -317,9 +320,10 @@ def compute_metrics(tasks: Sequence[TaskRecord], pilots: Sequence[PilotRecord],
     if lives:
         lo = min(life[0] for _, life in lives)
         hi = max(life[1] for _, life in lives)
-        core_life = ratio(busy_seconds(core_iv, lo, hi),
+        inside = w0 is not None and w1 is not None and lo <= w0 and w1 <= hi  # no clipping
+        core_life = ratio(core_s if inside else busy_seconds(core_iv, lo, hi),
                           sum(p.cores * (b - a) for p, (a, b) in lives))
-        gpu_life = ratio(busy_seconds(gpu_iv, lo, hi),
+        gpu_life = ratio(gpu_s if inside else busy_seconds(gpu_iv, lo, hi),
                          sum(p.gpus * (b - a) for p, (a, b) in lives))
 
     makespan = max(finals) - min(submits) if finals and submits else None

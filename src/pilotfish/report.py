@@ -111,23 +111,23 @@ def ascii_chart(values: Sequence[float], span: float, height: int = 8,
     for row in range(height, 0, -1):
         level = top * (row - 0.5) / height
         cells = "".join("#" if v >= level else " " for v in values)
-        lines.append(f"  {labels.get(row, ''):>{width}} |{cells}")
+        lines.append(f"  {labels.get(row, ''):>{width}} |{cells}".rstrip())
     lines.append(f"  {'0':>{width}} +{'-' * len(values)}")
     right = f"{span:.3g} s"
-    gap = max(1, len(values) - len("0 s") - len(right) + 1)
+    gap = max(1, len(values) - len("0 s") - len(right))
     lines.append(f"  {'':>{width}}  0 s{' ' * gap}{right}")
     return lines
 
 
 def _short(value: float) -> str:
-    return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.2g}"
+    return f"{value:.0f}" if value >= 100 or value == int(value) else f"{value:.3g}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     if not rows:
         return ["  (none)"]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return ["  " + "  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths, strict=True)).rstrip()
+    return ["  " + "  ".join(f"{c!s:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip()
             for r in [header, *rows]]
 
 

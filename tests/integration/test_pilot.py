@@ -263,3 +263,15 @@ def test_ten_thousand_tasks_journaled(session: pf.Session, pilot: pf.Pilot) -> N
     assert len(per_task) == 10_000 and min(n for (n,) in per_task) >= 6
     # no per-task files for functions; two per executable
     assert len(list((pilot.sandbox / "tasks").iterdir())) == 2 * 5_000
+
+
+def test_custom_sandbox_and_path_lookup(session: pf.Session, pilot: pf.Pilot,
+                                        tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    here = session.submit(TD(executable="pwd", sandbox=box, ranks=2))
+    assert here.result(timeout=30) == 0
+    assert here.stdout.split() == [str(box), str(box)]
+    assert (box / f"{here.uid}.out").read_text() == here.stdout
+    default = session.submit(TD(executable="pwd"))
+    default.result(timeout=30)
+    assert Path(default.stdout.strip()) == pilot.sandbox.resolve() / "tasks"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -13,7 +14,15 @@ def main() -> int:
     agent = Agent(cfg)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop("agent terminated (SIGTERM)"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reason = agent.run()
+    profile = os.environ.get("PILOTFISH_PROFILE_AGENT")
+    if profile:  # a developer's switch: cProfile the agent's whole run into this file
+        import cProfile
+
+        profiler = cProfile.Profile()
+        reason = profiler.runcall(agent.run)
+        profiler.dump_stats(profile)
+    else:
+        reason = agent.run()
     print(f"agent {cfg.pilot_uid} stopped: {reason}", file=sys.stderr)
     return 0
 

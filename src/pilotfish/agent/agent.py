@@ -102,6 +102,8 @@ class Agent:
 
     def run(self) -> str:
         cfg = self.cfg
+        os.makedirs(self.backend.sandbox, exist_ok=True)
+        os.chdir(self.backend.sandbox)  # tasks in the default sandbox spawn fastest
         self.backend.start(self.reactor, self._inbox.append)
         self.reactor.add_reader(self.client, self._on_client)
         if cfg.parent_pid:

@@ -42,6 +42,40 @@ def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: 
     return env
 
 
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def spawn_process(argv: list[str], env: dict[str, str], cwd: str | None, out_path: str,
+                  err_path: str, pgid: int) -> int:
+    """Start one process in process group `pgid` (0: a new group); return its pid.
+
+    `cwd=None` means our own working directory (the agent works in its default sandbox):
+    then `posix_spawn` is used, the child opens its output files itself and the
+    environment is encoded in C, which is what makes spawning thousands of short tasks
+    cheap. `Popen` otherwise. Output files are truncated by the first rank only (pgid 0).
+    Raises OSError when the program cannot be executed.
+    """
+    flags = _OUT_FLAGS if pgid == 0 else _OUT_FLAGS & ~os.O_TRUNC
+    if cwd is None:
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, out_path, flags, 0o644),
+            (os.POSIX_SPAWN_OPEN, 2, err_path, flags, 0o644),
+        ]
+        spawn = os.posix_spawn if "/" in argv[0] else os.posix_spawnp
+        return spawn(argv[0], argv, env, file_actions=actions, setpgroup=pgid)
+    out = os.open(out_path, flags, 0o644)
+    err = os.open(err_path, flags, 0o644)
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, process_group=pgid, close_fds=True)
+    finally:
+        os.close(out)
+        os.close(err)
+    proc.returncode = 0  # reaped through its pidfd, not by Popen
+    return proc.pid
+
+
 def read_tail(path: str, limit: int = TAIL_BYTES) -> str | None:
     try:
         size = os.stat(path).st_size
@@ -72,18 +106,20 @@ class ProcessRunner:
     """Spawns placed executables and reports when they start and end."""
 
     def __init__(self, sandbox: str, node_has_gpus: bool,
-                 spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
+                 spawn: Callable[..., int] | None = None) -> None:
         self.sandbox = sandbox
         self.node_has_gpus = node_has_gpus
-        self._spawn = spawn  # the one seam for process creation
+        self._spawn = spawn or spawn_process  # the one seam for process creation
         self._base_env = dict(os.environ)
         self._made_dirs: set[str] = set()
+        self._cwd = os.getcwd()
         self._running: dict[str, _Running] = {}
         self._reactor: Reactor | None = None
         self._emit: Callable[[BackendEvent], None] = lambda e: None
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self._reactor, self._emit = reactor, emit
+        self._cwd = os.getcwd()
 
     def launch(self, tasks: Sequence[PlacedTask]) -> None:
         for placed in tasks:
@@ -101,24 +137,14 @@ class ProcessRunner:
             if sandbox not in self._made_dirs:
                 os.makedirs(sandbox, exist_ok=True)
                 self._made_dirs.add(sandbox)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-            out = os.open(out_path, flags, 0o644)
-            err = os.open(err_path, flags, 0o644)
-            try:
-                argv = [spec.executable, *spec.arguments]
-                for rank in range(spec.ranks):
-                    proc = self._spawn(
-                        argv, cwd=sandbox, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                        env=task_environment(self._base_env, spec, slot, rank, self.node_has_gpus),
-                        process_group=pgid, close_fds=True,
-                    )
-                    proc.returncode = 0  # we reap it ourselves; keep Popen from trying
-                    if rank == 0:
-                        pgid = proc.pid
-                    pids[proc.pid] = os.pidfd_open(proc.pid)
-            finally:
-                os.close(out)
-                os.close(err)
+            argv = [spec.executable, *spec.arguments]
+            for rank in range(spec.ranks):
+                env = task_environment(self._base_env, spec, slot, rank, self.node_has_gpus)
+                cwd = None if sandbox == self._cwd else sandbox
+                pid = self._spawn(argv, env, cwd, out_path, err_path, pgid)
+                if rank == 0:
+                    pgid = pid
+                pids[pid] = os.pidfd_open(pid)
         except OSError as exc:
             if pgid:
                 signal_group(pgid, signal.SIGKILL)
