@@ -124,7 +124,9 @@ class TaskDescription:
             if self.args or self.kwargs:
                 raise InvalidDescription(owner, "args", "args/kwargs are for functions; "
                                          "use arguments for an executable")
-            if isinstance(self.arguments, str | bytes) or not isinstance(self.arguments, Sequence):
+            if type(self.arguments) not in (list, tuple) and (
+                    isinstance(self.arguments, str | bytes)
+                    or not isinstance(self.arguments, Sequence)):
                 raise TypeError(f"{owner}.arguments must be a list of str")
             arguments = tuple(str(a) if isinstance(a, int | float) and not isinstance(a, bool)
                               else a for a in self.arguments)
@@ -143,15 +145,19 @@ class TaskDescription:
                                          "use args/kwargs for a function")
             if not isinstance(self.args, tuple | list):
                 raise TypeError(f"{owner}.args must be a tuple or list")
-            if not isinstance(self.kwargs, Mapping):
+            if type(self.kwargs) is not dict and not isinstance(self.kwargs, Mapping):
                 raise TypeError(f"{owner}.kwargs must be a mapping")
+            if self.ranks != 1:
+                raise InvalidDescription(owner, "ranks", f"a function runs as one rank, got "
+                                         f"{self.ranks} (use cores_per_rank for more cores)")
             key, blob = pickle_function(self.function)
             set_(self, "function_key", key)
             set_(self, "function_blob", blob)
             set_(self, "args_blob", pickle_arguments(tuple(self.args), self.kwargs))
-        if not isinstance(self.environment, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.environment.items()
-        ):
+        env = self.environment
+        if (type(env) is not dict and not isinstance(env, Mapping)) or (env and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        )):
             raise TypeError(f"{owner}.environment must be a mapping of str to str")
         if self.sandbox is not None:
             set_(self, "sandbox", os.fspath(self.sandbox))
@@ -169,7 +175,7 @@ class TaskDescription:
                 raise InvalidDescription(owner, "timeout", f"must be > 0 s, got {self.timeout}")
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"{owner}.name must be a str")
-        if not isinstance(self.tags, Mapping):
+        if type(self.tags) is not dict and not isinstance(self.tags, Mapping):
             raise TypeError(f"{owner}.tags must be a mapping of str to str")
 
     @property
