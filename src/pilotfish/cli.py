@@ -7,24 +7,32 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from .description import PilotDescription
 from .session import Session
 from .states import TaskState
 
 
-def _progress(session: Session, total: int, started: float, stream: object) -> None:
-    """Redraw a one-line progress bar until every task is final (waits, never sleeps)."""
+def _progress(session: Session, total: int, started: float, stream: TextIO) -> None:
+    """Redraw a one-line progress bar until every task is final (waits, never sleeps).
+
+    On a terminal the line is redrawn five times a second; otherwise (a log file) a new
+    line is written every five seconds.
+    """
     width = 30
+    tty = stream.isatty()
     while True:
-        finished = session.wait(timeout=0.2)
+        finished = session.wait(timeout=0.2 if tty else 5.0)
         done = total - session.outstanding
         filled = int(width * done / total) if total else width
         rate = done / max(time.monotonic() - started, 1e-9)
-        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks  {rate:,.0f}/s"
-        print(line, end="", file=stream, flush=True)  # type: ignore[call-overload]
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks  {rate:,.0f}/s"
+        if tty:
+            print("\r" + line, end="\n" if finished else "", file=stream, flush=True)
+        else:
+            print(line, file=stream, flush=True)
         if finished:
-            print(file=stream)  # type: ignore[call-overload]
             return
 
 

@@ -28,15 +28,15 @@ def demo_tasks(n: int = 2000, gpus_per_node: int = 0) -> list[TaskDescription]:
             tasks.append(TaskDescription(function=monte_carlo_pi, args=(2_000, i),
                                          name=f"pi-{i}", tags={"kind": "function"}))
         elif kind == 7:
-            tasks.append(TaskDescription(executable="/bin/sleep", arguments=["0.2"],
+            tasks.append(TaskDescription(executable="/bin/sleep", arguments=["0.1"],
                                          name=f"sleep-{i}", tags={"kind": "executable"}))
         elif kind == 8:
             tasks.append(TaskDescription(executable="/bin/sh", arguments=[
-                "-c", 'echo "rank $PILOTFISH_RANK of $PILOTFISH_RANKS"; sleep 0.3'],
+                "-c", 'echo "rank $PILOTFISH_RANK of $PILOTFISH_RANKS"; sleep 0.1'],
                 ranks=4, cores_per_rank=2, name=f"ranks-{i}", tags={"kind": "multi-rank"}))
         elif gpus_per_node:
             tasks.append(TaskDescription(executable="/bin/sh", arguments=[
-                "-c", 'echo "GPU $CUDA_VISIBLE_DEVICES"; sleep 0.3'],
+                "-c", 'echo "GPU $CUDA_VISIBLE_DEVICES"; sleep 0.1'],
                 ranks=2, gpus_per_rank=0.5 if i % 20 == 9 else 1, name=f"gpu-{i}",
                 tags={"kind": "gpu"}))
         else:
