@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 
 from . import messages as m
+from .agent.reactor import readable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Channel:
     ) -> None:
         self._on_message = on_message  # (pilot uid, decoded message), on the channel thread
         self._on_lost = on_lost  # (pilot uid, reason), on the channel thread
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._links: dict[str, AgentLink] = {}
         self._outbox: deque[tuple[str, Any]] = deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -171,7 +172,7 @@ class Channel:
     def _receive(self, link: AgentLink) -> None:
         link.last_heard = time.monotonic()
         sock = link.socket
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(sock):
             msg = m.decode_to_client(sock.recv(copy=False).buffer)
             if isinstance(msg, m.Heartbeat):
                 continue

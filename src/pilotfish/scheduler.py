@@ -37,7 +37,7 @@ class Request:
 
     uid: str
     seq: int
-    shape: Shape = Shape()
+    shape: Shape = field(default_factory=Shape)
     priority: int = 0
     pooled: bool = False  # a plain function task, for a function worker
 
@@ -97,9 +97,8 @@ class Scheduler:
         self, nodes: int, cores_per_node: int, gpus_per_node: int = 0, workers_per_node: int = 1
     ) -> None:
         self.nodes = [NodeResources(i, cores_per_node, gpus_per_node) for i in range(nodes)]
-        self.workers = [
-            Worker(n * workers_per_node + i, n) for n in range(nodes) for i in range(workers_per_node)
-        ]
+        per_node = workers_per_node
+        self.workers = [Worker(n * per_node + i, n) for n in range(nodes) for i in range(per_node)]
         self._queues: dict[int, _Queue] = {}
         self._priorities: list[int] = []  # ascending; scanned from the end
         self._queued: dict[str, Request] = {}

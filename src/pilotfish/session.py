@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import msgspec
 
@@ -142,7 +142,8 @@ class Session:
                pilot: Pilot | None = None) -> Task | list[Task]:
         """Submit one task or many (one batch); returns Task futures at once."""
         single = isinstance(descriptions, TaskDescription)
-        descs = [descriptions] if single else list(descriptions)  # type: ignore[list-item,arg-type]
+        descs: list[TaskDescription] = (
+            [descriptions] if single else list(descriptions))  # type: ignore[list-item,arg-type]
         for i, d in enumerate(descs):
             if not isinstance(d, TaskDescription):
                 raise TypeError(f"submit takes TaskDescription objects; item {i} is "
@@ -187,8 +188,9 @@ class Session:
                                   d.timeout, d.name, dict(d.tags))
             else:
                 kind = "executable"
+                sandbox = cast("str | None", d.sandbox)  # made a str at construction
                 spec = m.TaskSpec(uid, kind, d.executable, list(d.arguments),
-                                  dict(d.environment), d.sandbox, None, None, d.ranks,
+                                  dict(d.environment), sandbox, None, None, d.ranks,
                                   d.cores_per_rank, d.gpus_per_rank, d.priority, d.timeout,
                                   d.name, dict(d.tags))
             task = Task(uid, seq, d, pid, self)
@@ -242,7 +244,8 @@ class Session:
 
     def as_completed(self, tasks: Iterable[Task], timeout: float | None = None
                      ) -> Iterator[Task]:
-        return concurrent.futures.as_completed(list(tasks), timeout)  # type: ignore[arg-type]
+        futures: list[concurrent.futures.Future[Any]] = list(tasks)
+        return concurrent.futures.as_completed(futures, timeout)  # type: ignore[return-value]
 
     @property
     def outstanding(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     NEW = "NEW"
     SUBMITTED = "SUBMITTED"
     SCHEDULED = "SCHEDULED"
@@ -21,9 +21,6 @@ class TaskState(str, enum.Enum):
     @property
     def final(self) -> bool:
         return self in FINAL_STATES
-
-    def __str__(self) -> str:
-        return self.value
 
 
 FINAL_STATES = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELED})

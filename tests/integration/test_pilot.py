@@ -75,7 +75,8 @@ def test_function_exception_carries_remote_traceback(session: pf.Session, pilot:
 
 
 def test_environment_ranks_and_gpus(session: pf.Session, pilot: pf.Pilot) -> None:
-    script = 'echo "$PILOTFISH_TASK_ID $PILOTFISH_RANK/$PILOTFISH_RANKS gpu=$CUDA_VISIBLE_DEVICES $X"'
+    script = ('echo "$PILOTFISH_TASK_ID $PILOTFISH_RANK/$PILOTFISH_RANKS '
+              'gpu=$CUDA_VISIBLE_DEVICES $X"')
     t = session.submit(TD(executable="/bin/sh", arguments=["-c", script], ranks=4,
                           gpus_per_rank=1, environment={"X": "userval"}))
     assert t.result(timeout=30) == 0
@@ -84,7 +85,8 @@ def test_environment_ranks_and_gpus(session: pf.Session, pilot: pf.Pilot) -> Non
     assert all(line.startswith(t.uid) and line.endswith("userval") for line in lines)
     gpus = sorted(line.split()[2] for line in lines)
     assert gpus == ["gpu=0", "gpu=1", "gpu=2", "gpu=3"]
-    plain = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo gpu=$CUDA_VISIBLE_DEVICES"]))
+    plain = session.submit(TD(executable="/bin/sh",
+                              arguments=["-c", "echo gpu=$CUDA_VISIBLE_DEVICES"]))
     plain.result(timeout=30)
     assert plain.stdout.strip() == "gpu="
 

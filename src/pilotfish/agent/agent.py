@@ -32,7 +32,7 @@ from ..backends.builtin import BuiltinBackend
 from ..resources import Shape
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
 from ..states import TaskState
-from .reactor import Reactor
+from .reactor import Reactor, readable
 
 PROGRESS_INTERVAL = 0.05  # seconds
 HEARTBEAT_INTERVAL = 1.0
@@ -77,7 +77,7 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.reactor = Reactor()
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.client = self._ctx.socket(zmq.DEALER)
         self.client.setsockopt(zmq.LINGER, 2000)
         self.client.connect(cfg.client_address)
@@ -167,7 +167,7 @@ class Agent:
 
     def _on_client(self) -> None:
         self._last_heard = time.monotonic()
-        while self.client.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(self.client):
             msg = m.decode_to_agent(self.client.recv(copy=False).buffer)
             if isinstance(msg, m.Submit):
                 self._on_submit(msg)

@@ -24,6 +24,7 @@ import cloudpickle
 import zmq
 
 from ..messages import decode_plain, encode_plain
+from .reactor import readable
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
 CANCEL_MESSAGE_WAIT_MS = 1000
@@ -42,7 +43,7 @@ class _Interrupt(BaseException):
 
 class FunctionWorker:
     def __init__(self, address: str, ident: str) -> None:
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, ident.encode())
         self.sock.setsockopt(zmq.LINGER, 2000)
@@ -69,7 +70,7 @@ class FunctionWorker:
             self.stopping = True
 
     def _drain(self) -> None:
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(self.sock):
             self._handle(self.sock.recv())
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -170,7 +171,7 @@ class FunctionWorker:
                 if announce or now - first_result > FLUSH_INTERVAL:
                     self.sock.send(encode_plain(("done", results)))
                     results = []
-                if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if readable(self.sock):
                     self._drain()
         if results:
             self.sock.send(encode_plain(("done", results)))

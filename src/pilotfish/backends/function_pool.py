@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import zmq
 
 from ..agent import worker as worker_module
-from ..agent.reactor import Reactor
+from ..agent.reactor import Reactor, readable
 from ..messages import TaskSpec, decode_plain, encode_plain
 from ..states import TaskState
 from .base import BackendEvent, TaskFinished, TaskRequeued, TaskStarted
@@ -58,7 +57,7 @@ class FunctionPool:
         if python_path:
             self._env["PYTHONPATH"] = os.pathsep.join(python_path)
         self.functions = functions  # key -> pickled function, shared with the agent
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -125,7 +124,7 @@ class FunctionPool:
     # ---- hearing back -----------------------------------------------------------------
 
     def _on_message(self) -> None:
-        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while readable(self._sock):
             ident_raw, raw = self._sock.recv_multipart()
             worker = self._workers.get(ident_raw.decode())
             if worker is None:

@@ -7,6 +7,7 @@ kills the task and everything it started; stdout and stderr of all ranks are app
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import signal
@@ -159,10 +160,10 @@ class ProcessRunner:
         task = _Running(spec, out_path, err_path, pgid, pids, exec_start)
         self._running[spec.uid] = task
         for pid, pidfd in pids.items():
-            self._reactor.add_reader(pidfd, lambda pid=pid, t=task: self._reap(t, pid))
+            self._reactor.add_reader(pidfd, functools.partial(self._reap, task, pid))
         if spec.timeout:
             task.timers.append(self._reactor.call_later(
-                spec.timeout, lambda t=task: self._kill(t, "timeout")))
+                spec.timeout, functools.partial(self._kill, task, "timeout")))
         self._emit(TaskStarted(spec.uid, exec_start, pgid, launch_ts))
 
     def _reap(self, task: _Running, pid: int) -> None:
