@@ -22,6 +22,7 @@ import zmq
 
 from . import messages as m
 from .agent.reactor import readable
+from .task import CHANNEL_THREAD
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Channel:
         self._signaled = False
         self._stopping = False
         self._lock = threading.Lock()  # guards _links against the user threads
-        self._thread = threading.Thread(target=self._run, name="pilotfish-channel", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=CHANNEL_THREAD, daemon=True)
         self._poller = zmq.Poller()
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._thread.start()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .session import Session
 
 _CONDITION_LOCK = threading.Lock()
+CHANNEL_THREAD = "pilotfish-channel"  # the session thread that resolves tasks
 
 
 class TaskFailed(Exception):
@@ -94,6 +95,20 @@ class Task(Future):  # type: ignore[type-arg]
 
     def running(self) -> bool:
         return self.state is TaskState.RUNNING
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._check_not_receiver()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._check_not_receiver()
+        return super().exception(timeout)
+
+    def _check_not_receiver(self) -> None:
+        """Waiting on the thread that delivers results would wait forever: refuse."""
+        if not self.state.final and threading.current_thread().name == CHANNEL_THREAD:
+            raise RuntimeError(f"{self.uid}: result() of an unfinished task inside a done "
+                               "callback would deadlock; wait elsewhere")
 
     def cancel(self) -> bool:
         if self.state.final:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import threading
 import time
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -174,8 +175,6 @@ def test_bad_descriptions_raise_before_anything_is_submitted(session: pf.Session
         TD(executable="/bin/true", cores_per_rank=-1)
     with pytest.raises(TypeError, match="nodes_wanted"):
         TD(executable="/bin/true", nodes_wanted=3)  # type: ignore[call-arg]
-    import threading
-
     lock = threading.Lock()
     with pytest.raises(TypeError, match="function"):
         TD(function=lambda: lock)
@@ -277,3 +276,65 @@ def test_custom_sandbox_and_path_lookup(session: pf.Session, pilot: pf.Pilot,
     default = session.submit(TD(executable="pwd"))
     default.result(timeout=30)
     assert Path(default.stdout.strip()) == pilot.sandbox.resolve() / "tasks"
+
+
+def test_pilot_runtime_ends_the_pilot_and_fails_what_is_left(session: pf.Session) -> None:
+    pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1, runtime=1))
+    running, queued = session.submit([TD(executable="/bin/sleep", arguments=["60"])] * 2)
+    assert session.wait(timeout=20)
+    for t in (running, queued):
+        assert t.state is TaskState.FAILED and "runtime of 1 s exceeded" in t.error
+    assert pilot.stopped.wait(10) and pilot.state == "DONE"
+
+
+def test_closing_the_session_cancels_running_tasks(tmp_path: Path) -> None:
+    with pf.Session(path=tmp_path) as session:
+        session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+        t = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
+        while t.pid is None:
+            session.wait([t], timeout=0.05)
+    assert t.state is TaskState.CANCELED
+    assert process_gone(t.pid, 5)
+    db = sqlite3.connect(session.path / "session.db")
+    state, error = db.execute("SELECT state, error FROM tasks WHERE uid = ?", (t.uid,)).fetchone()
+    assert state == "CANCELED" and "shutdown" in error
+
+
+def test_journal_holds_descriptions_outcomes_and_events(session: pf.Session,
+                                                        pilot: pf.Pilot) -> None:
+    ok = session.submit(TD(executable="/bin/echo", arguments=["x"], name="greeter",
+                           tags={"stage": "1"}))
+    bad = session.submit(TD(executable="/bin/sh", arguments=["-c", "exit 7"]))
+    assert session.wait(timeout=30)
+    session.journal.flush()
+    db = sqlite3.connect(session.path / "session.db")
+    import json
+
+    rows = {uid: (name, state, code, error, json.loads(desc)) for uid, name, state, code, error,
+            desc in db.execute("SELECT uid, name, state, exit_code, error, description FROM tasks")}
+    assert rows[ok.uid][:4] == ("greeter", "DONE", 0, None)
+    assert rows[ok.uid][4][2:4] == ["/bin/echo", ["x"]]  # executable, arguments
+    assert rows[bad.uid][1:4] == ("FAILED", 7, "exit code 7")
+    events = db.execute("SELECT event, ts FROM task_events WHERE uid = ? ORDER BY ts",
+                        (ok.uid,)).fetchall()
+    assert [e for e, _ in events] == [e for e, _ in ok.events]
+
+
+def test_result_inside_a_callback_refuses_to_deadlock(session: pf.Session,
+                                                      pilot: pf.Pilot) -> None:
+    slow = session.submit(TD(executable="/bin/sleep", arguments=["5"]))
+    errors: list[BaseException] = []
+    called = threading.Event()
+
+    def callback(_: object) -> None:
+        try:
+            slow.result()
+        except RuntimeError as exc:
+            errors.append(exc)
+        called.set()
+
+    fast = session.submit(TD(executable="/bin/true"))
+    fast.add_done_callback(callback)
+    assert called.wait(30)
+    assert errors and "deadlock" in str(errors[0])
+    slow.cancel()
