@@ -156,7 +156,7 @@ class Channel:
                 except ProcessLookupError:
                     self._lose(link, "agent process exited")
             else:
-                link.socket.send(m.encode(item), copy=False)
+                link.socket.send(m.encode(item))
         for pilot, batch in submits.items():
             self._flush_submits(self._links[pilot], batch)
 
@@ -168,7 +168,7 @@ class Channel:
         functions = {k: v for sub in batch for k, v in sub.functions.items()}
         for i in range(0, len(tasks), MAX_TASKS_PER_MESSAGE):
             chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
-            link.socket.send(m.encode(m.Submit(chunk, functions if i == 0 else {})), copy=False)
+            link.socket.send(m.encode(m.Submit(chunk, functions if i == 0 else {})))
 
     def _receive(self, link: AgentLink) -> None:
         link.last_heard = time.monotonic()
@@ -196,7 +196,7 @@ class Channel:
                 continue
             if link.hello is not None and now - link.last_sent >= HEARTBEAT_INTERVAL:
                 link.last_sent = now
-                link.socket.send(m.encode(m.Heartbeat(time.time())), copy=False)
+                link.socket.send(m.encode(m.Heartbeat(time.time())))
 
     def _lose(self, link: AgentLink, reason: str) -> None:
         self._close_link(link)

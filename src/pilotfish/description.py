@@ -161,12 +161,13 @@ class TaskDescription:
             raise TypeError(f"{owner}.environment must be a mapping of str to str")
         if self.sandbox is not None:
             set_(self, "sandbox", os.fspath(self.sandbox))
-        if self.ranks != 1 or self.cores_per_rank != 1:
+        if type(self.ranks) is not int or self.ranks != 1:
             _check_int(owner, "ranks", self.ranks, 1)
+        if type(self.cores_per_rank) is not int or self.cores_per_rank != 1:
             _check_int(owner, "cores_per_rank", self.cores_per_rank, 1)
         if self.gpus_per_rank:
             check_gpus(owner, "gpus_per_rank", self.gpus_per_rank)
-        if self.priority:
+        if type(self.priority) is not int or self.priority:
             _check_int(owner, "priority", self.priority, -(2**31))
         if self.timeout is not None:
             if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):

@@ -353,7 +353,7 @@ class Session:
         for u in updates:
             task = live.get(u.uid)
             state = _STATES[u.state]
-            if task is None or is_stale(task.state, state):
+            if task is None or (state is not task.state and is_stale(task.state, state)):
                 self.stale_updates += 1
                 continue
             tid = task.id

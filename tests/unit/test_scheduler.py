@@ -301,7 +301,8 @@ def test_fractional_shares_pack_onto_one_gpu_to_keep_whole_gpus_free(make) -> No
 def test_whole_gpus_per_rank(make) -> None:
     sched = make(cores=8, gpus=4)
     (action,) = sched.submit([task("m", ranks=2, gpus=2)])
-    assert action == Launch("m", on(0, (0,), (1,), gpus=(((0, ONE), (1, ONE)), ((2, ONE), (3, ONE)))))
+    two_each = (((0, ONE), (1, ONE)), ((2, ONE), (3, ONE)))
+    assert action == Launch("m", on(0, (0,), (1,), gpus=two_each))
     assert action.slot.rank_gpu_ids(0) == [0, 1]
     assert action.slot.rank_gpu_ids(1) == [2, 3]
     # No GPU left: a GPU task waits, a CPU-only task still runs.

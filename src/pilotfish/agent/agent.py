@@ -161,7 +161,7 @@ class Agent:
         self.stop(reason)
 
     def _send(self, message: Any) -> None:
-        self.client.send(m.encode(message), copy=False)
+        self.client.send(m.encode(message))
 
     # ---- from the client --------------------------------------------------------------
 

@@ -1,0 +1,247 @@
+"""Descriptions are validated when they are built, and an error names the field."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import threading
+from collections.abc import Iterator
+
+import cloudpickle
+import pytest
+
+from pilotfish.description import InvalidDescription, PilotDescription, TaskDescription
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def power(x: int, y: int = 2) -> int:
+    return x**y
+
+
+@contextlib.contextmanager
+def invalid(field: str, match: str | None = None) -> Iterator[pytest.ExceptionInfo]:
+    """Expect `InvalidDescription` for `field`, its message naming the field."""
+    with pytest.raises(InvalidDescription, match=match) as info:
+        yield info
+    assert info.value.field == field
+    assert f".{field}:" in str(info.value)
+
+
+def test_invalid_description_is_a_value_error() -> None:
+    assert issubclass(InvalidDescription, ValueError)
+
+
+# ---- valid ones ---------------------------------------------------------------------------
+
+
+def test_an_executable_task() -> None:
+    td = TaskDescription(executable="/bin/echo", arguments=["hi", 3, 2.5], ranks=2,
+                         cores_per_rank=3, gpus_per_rank=0.5, timeout=10, sandbox=os.curdir,
+                         environment={"A": "1"}, priority=-3, name="echo", tags={"k": "v"})
+    assert td.kind == "executable"
+    assert td.arguments == ("hi", "3", "2.5")  # numbers become str
+    assert (td.cores, td.gpus) == (6, 1.0)
+    assert td.sandbox == "." and td.function_blob is None and td.args_blob is None
+
+
+def test_a_function_task_is_pickled_at_construction() -> None:
+    td = TaskDescription(function=power, args=[3], kwargs={"y": 3})
+    assert td.kind == "function"
+    assert cloudpickle.loads(td.function_blob)(4) == 16
+    assert pickle.loads(td.args_blob) == ((3,), {"y": 3})
+    assert td.function_key == TaskDescription(function=power).function_key
+    assert td.function_key != TaskDescription(function=square).function_key
+    assert TaskDescription(function=power).args_blob is None
+
+
+def test_a_closure_is_pickled_by_value() -> None:
+    base = 10
+    td = TaskDescription(function=lambda x: x + base, args=[1])
+    assert cloudpickle.loads(td.function_blob)(1) == 11
+
+
+@pytest.mark.parametrize("gpus", [0, 0.25, 0.5, 1, 2, 1 / 3, 1 / 8])
+def test_valid_gpu_amounts(gpus: float) -> None:
+    assert TaskDescription(executable="x", gpus_per_rank=gpus).gpus_per_rank == gpus
+
+
+def test_descriptions_are_frozen() -> None:
+    td = TaskDescription(executable="x")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        td.ranks = 2  # type: ignore[misc]
+
+
+# ---- what is refused ----------------------------------------------------------------------
+
+
+def test_neither_executable_nor_function() -> None:
+    with invalid("executable", "executable or a function"):
+        TaskDescription()
+
+
+def test_both_executable_and_function() -> None:
+    with invalid("function", "not both"):
+        TaskDescription(executable="/bin/true", function=square)
+
+
+@pytest.mark.parametrize("field", ["ranks", "cores_per_rank"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_ranks_and_cores_must_be_positive(field: str, value: int) -> None:
+    with invalid(field, f"must be >= 1, got {value}"):
+        TaskDescription(executable="x", **{field: value})
+
+
+@pytest.mark.parametrize("field", ["ranks", "cores_per_rank"])
+def test_ranks_and_cores_must_be_ints(field: str) -> None:
+    with pytest.raises(TypeError, match=field):
+        TaskDescription(executable="x", **{field: 2.5})
+
+
+@pytest.mark.parametrize("gpus", [0.3, 1.5, 0.75, 2.5])
+def test_a_gpu_fraction_must_be_one_over_k_or_whole(gpus: float) -> None:
+    with invalid("gpus_per_rank", str(gpus)):
+        TaskDescription(executable="x", gpus_per_rank=gpus)
+
+
+@pytest.mark.parametrize("gpus", [-1, -0.5, float("nan"), float("inf")])
+def test_gpus_must_be_a_finite_non_negative_number(gpus: float) -> None:
+    with invalid("gpus_per_rank"):
+        TaskDescription(executable="x", gpus_per_rank=gpus)
+
+
+def test_a_gpu_fraction_finer_than_the_accounting_is_refused() -> None:
+    # Shares are kept in 1/1024ths; 1/3000 would round to nothing and crash the scheduler.
+    with invalid("gpus_per_rank", "1/1024"):
+        TaskDescription(executable="x", gpus_per_rank=1 / 3000)
+    assert TaskDescription(executable="x", gpus_per_rank=1 / 1024).gpus_per_rank == 1 / 1024
+
+
+def test_gpus_must_be_a_number() -> None:
+    with pytest.raises(TypeError, match="gpus_per_rank"):
+        TaskDescription(executable="x", gpus_per_rank="1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [0, -1, -0.5, float("nan"), float("inf")])
+def test_timeout_must_be_positive_and_finite(timeout: float) -> None:
+    with invalid("timeout", "must be > 0"):
+        TaskDescription(executable="x", timeout=timeout)
+
+
+def test_timeout_must_be_a_number() -> None:
+    with pytest.raises(TypeError, match="timeout"):
+        TaskDescription(executable="x", timeout="10")  # type: ignore[arg-type]
+
+
+def test_an_unknown_keyword_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="cores"):
+        TaskDescription(executable="x", cores=4)  # type: ignore[call-arg]
+
+
+def test_fields_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        TaskDescription("/bin/true")  # type: ignore[misc]
+
+
+def test_a_function_that_cannot_be_serialised_is_refused() -> None:
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="function") as info:
+        TaskDescription(function=lambda: lock)
+    assert "serialised" in str(info.value)
+
+
+def test_a_function_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="function"):
+        TaskDescription(function=42)  # type: ignore[arg-type]
+
+
+def test_args_that_cannot_be_serialised_are_refused() -> None:
+    with pytest.raises(TypeError, match="args"):
+        TaskDescription(function=square, args=(threading.Lock(),))
+
+
+@pytest.mark.parametrize("extra", [{"args": (1,)}, {"kwargs": {"a": 1}}])
+def test_args_are_for_functions(extra: dict) -> None:
+    with invalid("args", "use arguments"):
+        TaskDescription(executable="x", **extra)
+
+
+def test_arguments_are_for_executables() -> None:
+    with invalid("arguments", "use args"):
+        TaskDescription(function=square, arguments=["1"])
+
+
+@pytest.mark.parametrize("bad", [None, b"bytes", object(), True, ["nested"]])
+def test_arguments_must_be_str(bad: object) -> None:
+    with pytest.raises(TypeError, match="arguments"):
+        TaskDescription(executable="x", arguments=["ok", bad])
+
+
+def test_arguments_must_be_a_list_not_a_string() -> None:
+    with pytest.raises(TypeError, match="arguments"):
+        TaskDescription(executable="x", arguments="-v")
+
+
+def test_executable_must_be_a_non_empty_str() -> None:
+    for bad in ("", 42):
+        with pytest.raises(TypeError, match="executable"):
+            TaskDescription(executable=bad)  # type: ignore[arg-type]
+
+
+def test_environment_must_map_str_to_str() -> None:
+    with pytest.raises(TypeError, match="environment"):
+        TaskDescription(executable="x", environment={"N": 1})  # type: ignore[dict-item]
+
+
+def test_priority_must_be_an_int() -> None:
+    with pytest.raises(TypeError, match="priority"):
+        TaskDescription(executable="x", priority=1.5)  # type: ignore[arg-type]
+
+
+# ---- pilots -------------------------------------------------------------------------------
+
+
+def test_a_pilot_defaults_to_the_machine() -> None:
+    pd = PilotDescription()
+    assert pd.platform == "local" and pd.nodes == 1 and pd.gpus_per_node == 0
+    assert pd.cores_per_node == (os.cpu_count() or 1)
+    assert 1 <= pd.workers_per_node <= pd.cores_per_node
+
+
+def test_a_pilot_with_virtual_resources() -> None:
+    pd = PilotDescription(nodes=3, cores_per_node=64, gpus_per_node=4, function_workers=2,
+                          runtime=60)
+    assert (pd.nodes, pd.cores_per_node, pd.gpus_per_node) == (3, 64, 4)
+    assert pd.workers_per_node == 2
+
+
+@pytest.mark.parametrize("nodes", [0, -1])
+def test_a_pilot_needs_a_node(nodes: int) -> None:
+    with invalid("nodes", f"got {nodes}"):
+        PilotDescription(nodes=nodes)
+
+
+def test_an_unknown_platform_is_refused_with_the_known_ones() -> None:
+    with invalid("platform", "'summit'.*known: local"):
+        PilotDescription(platform="summit")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("cores_per_node", 0), ("gpus_per_node", -1), ("function_workers", 0),
+     ("runtime", 0), ("runtime", -5), ("heartbeat_timeout", 0)],
+)
+def test_pilot_numbers_are_checked(field: str, value: int) -> None:
+    with invalid(field):
+        PilotDescription(**{field: value})
+
+
+def test_pilot_counts_must_be_ints() -> None:
+    with pytest.raises(TypeError, match="nodes"):
+        PilotDescription(nodes=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        PilotDescription(cpus=4)  # type: ignore[call-arg]
