@@ -262,8 +262,23 @@ def test_ten_thousand_tasks_journaled(session: pf.Session, pilot: pf.Pilot) -> N
     assert db.execute("SELECT count(*) FROM tasks WHERE state = 'DONE'").fetchone()[0] == 10_000
     per_task = db.execute("SELECT count(*) FROM events GROUP BY task").fetchall()
     assert len(per_task) == 10_000 and min(n for (n,) in per_task) >= 6
-    # no per-task files for functions; two per executable
-    assert len(list((pilot.sandbox / "tasks").iterdir())) == 2 * 5_000
+    # no per-task files: functions have none, and silent short executables leave none
+    assert list((pilot.sandbox / "tasks").iterdir()) == []
+
+
+def test_output_files_are_named_when_written_or_running_long(session: pf.Session,
+                                                             pilot: pf.Pilot) -> None:
+    sandbox = pilot.sandbox / "tasks"
+    loud = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo out; echo err >&2"]))
+    quiet = session.submit(TD(executable="/bin/true"))
+    # a long task finds its own (still empty) output file by name while it runs
+    check = 'sleep 1.5; test -e "$PILOTFISH_TASK_ID.out" && test -e "$PILOTFISH_TASK_ID.err"'
+    long = session.submit(TD(executable="/bin/sh", arguments=["-c", check]))
+    assert session.wait(timeout=30)
+    assert long.state is TaskState.DONE, long.error
+    assert (sandbox / f"{loud.uid}.out").read_text() == "out\n" == loud.stdout
+    assert (sandbox / f"{loud.uid}.err").read_text() == "err\n" == loud.stderr
+    assert not (sandbox / f"{quiet.uid}.out").exists() and quiet.stdout == ""
 
 
 def test_custom_sandbox_and_path_lookup(session: pf.Session, pilot: pf.Pilot,

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,17 +119,21 @@ class Agent:
                 cfg.runtime, lambda: self.stop(f"pilot runtime of {cfg.runtime:g} s exceeded"))
         self._send(m.Hello(m.WIRE_VERSION, os.getpid(), time.time(), cfg.nodes,
                            cfg.cores_per_node, cfg.gpus_per_node))
-        while self._stop_reason is None:
-            wait = HEARTBEAT_INTERVAL
-            if self._progress:
-                wait = max(0.0, min(wait, self._next_progress_flush - time.monotonic()))
-            self.reactor.run_once(wait)
-            if self._inbox:
-                self._on_backend_events()
-            if self._final or self._progress:
-                self._flush()
+        try:
+            while self._stop_reason is None:
+                wait = HEARTBEAT_INTERVAL
+                if self._progress:
+                    wait = max(0.0, min(wait, self._next_progress_flush - time.monotonic()))
+                self.reactor.run_once(wait)
+                if self._inbox:
+                    self._on_backend_events()
+                if self._final or self._progress:
+                    self._flush()
+        except Exception as exc:  # a bug: say so, stop everything, fail the tasks
+            traceback.print_exc()
+            self.stop(f"agent error: {exc!r} (see agent.log)")
         self._shutdown()
-        return self._stop_reason
+        return self._stop_reason or "stopped"
 
     def stop(self, reason: str) -> None:
         if self._stop_reason is None:

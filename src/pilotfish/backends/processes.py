@@ -21,6 +21,7 @@ from ..messages import TaskSpec
 from ..resources import Slot
 from ..states import TaskState
 from .base import BackendEvent, PlacedTask, TaskFinished, TaskStarted
+from .outputs import PUBLISH_AFTER, OutputFile
 
 TAIL_BYTES = 4096
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
@@ -43,58 +44,34 @@ def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: 
     return env
 
 
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-
-def spawn_process(argv: list[str], env: dict[str, str], cwd: str | None, out_path: str,
-                  err_path: str, pgid: int) -> int:
+def spawn_process(argv: list[str], env: dict[str, str], cwd: str | None, out_fd: int,
+                  err_fd: int, pgid: int) -> int:
     """Start one process in process group `pgid` (0: a new group); return its pid.
 
     `cwd=None` means our own working directory (the agent works in its default sandbox):
-    then `posix_spawn` is used, the child opens its output files itself and the
-    environment is encoded in C, which is what makes spawning thousands of short tasks
-    cheap. `Popen` otherwise. Output files are truncated by the first rank only (pgid 0).
-    Raises OSError when the program cannot be executed.
+    then `posix_spawn` is used and the environment is encoded in C, which is what makes
+    spawning thousands of short tasks cheap. `Popen` otherwise. Raises OSError when the
+    program cannot be executed.
     """
-    flags = _OUT_FLAGS if pgid == 0 else _OUT_FLAGS & ~os.O_TRUNC
     if cwd is None:
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, out_path, flags, 0o644),
-            (os.POSIX_SPAWN_OPEN, 2, err_path, flags, 0o644),
+            (os.POSIX_SPAWN_DUP2, out_fd, 1),
+            (os.POSIX_SPAWN_DUP2, err_fd, 2),
         ]
         spawn = os.posix_spawn if "/" in argv[0] else os.posix_spawnp
         return spawn(argv[0], argv, env, file_actions=actions, setpgroup=pgid)
-    out = os.open(out_path, flags, 0o644)
-    err = os.open(err_path, flags, 0o644)
-    try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, process_group=pgid, close_fds=True)
-    finally:
-        os.close(out)
-        os.close(err)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd,
+                            stderr=err_fd, process_group=pgid, close_fds=True)
     proc.returncode = 0  # reaped through its pidfd, not by Popen
     return proc.pid
-
-
-def read_tail(path: str, limit: int = TAIL_BYTES) -> str | None:
-    try:
-        size = os.stat(path).st_size
-        if size == 0:
-            return ""
-        with open(path, "rb") as f:
-            if size > limit:
-                f.seek(size - limit)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return None
 
 
 @dataclass(slots=True)
 class _Running:
     spec: TaskSpec
-    out_path: str
-    err_path: str
+    out: OutputFile
+    err: OutputFile
     pgid: int
     pids: dict[int, int]  # pid -> pidfd, of ranks still running
     exec_start: float
@@ -130,19 +107,21 @@ class ProcessRunner:
         assert self._reactor is not None and spec.executable is not None
         launch_ts = time.time()
         sandbox = spec.sandbox or self.sandbox
-        out_path = os.path.join(sandbox, spec.uid + ".out")
-        err_path = os.path.join(sandbox, spec.uid + ".err")
         pids: dict[int, int] = {}
         pgid = 0
+        outputs: list[OutputFile] = []
         try:
             if sandbox not in self._made_dirs:
                 os.makedirs(sandbox, exist_ok=True)
                 self._made_dirs.add(sandbox)
+            for suffix in (".out", ".err"):
+                outputs.append(OutputFile(sandbox, os.path.join(sandbox, spec.uid + suffix)))
+            out, err = outputs
             argv = [spec.executable, *spec.arguments]
+            cwd = None if sandbox == self._cwd else sandbox
             for rank in range(spec.ranks):
                 env = task_environment(self._base_env, spec, slot, rank, self.node_has_gpus)
-                cwd = None if sandbox == self._cwd else sandbox
-                pid = self._spawn(argv, env, cwd, out_path, err_path, pgid)
+                pid = self._spawn(argv, env, cwd, out.fd, err.fd, pgid)
                 if rank == 0:
                     pgid = pid
                 pids[pid] = os.pidfd_open(pid)
@@ -152,15 +131,19 @@ class ProcessRunner:
             for pid, pidfd in pids.items():
                 os.waitpid(pid, 0)
                 os.close(pidfd)
+            for output in outputs:
+                output.close()
             now = time.time()
             self._emit(TaskFinished(spec.uid, TaskState.FAILED, None, now,
                                     error=f"cannot launch {spec.executable!r}: {exc}"))
             return
         exec_start = time.time()
-        task = _Running(spec, out_path, err_path, pgid, pids, exec_start)
+        task = _Running(spec, out, err, pgid, pids, exec_start)
         self._running[spec.uid] = task
         for pid, pidfd in pids.items():
             self._reactor.add_reader(pidfd, functools.partial(self._reap, task, pid))
+        task.timers.append(self._reactor.call_later(PUBLISH_AFTER, functools.partial(
+            self._publish, task)))
         if spec.timeout:
             task.timers.append(self._reactor.call_later(
                 spec.timeout, functools.partial(self._kill, task, "timeout")))
@@ -182,7 +165,7 @@ class ProcessRunner:
         for timer in task.timers:
             self._reactor.cancel_timer(timer)
         del self._running[task.spec.uid]
-        stdout, stderr = read_tail(task.out_path), read_tail(task.err_path)
+        stdout, stderr = task.out.finish(TAIL_BYTES), task.err.finish(TAIL_BYTES)
         spec, code = task.spec, task.exit_code
         if task.killed == "canceled":
             state, error = TaskState.CANCELED, "canceled"
@@ -196,6 +179,12 @@ class ProcessRunner:
                      else f"exit code {code}")
         self._emit(TaskFinished(spec.uid, state, task.exec_start, exec_stop, exit_code=code,
                                 error=error, stdout=stdout, stderr=stderr))
+
+    @staticmethod
+    def _publish(task: _Running) -> None:
+        """A task that runs a while gets named output files, to follow as it runs."""
+        task.out.publish()
+        task.err.publish()
 
     def _kill(self, task: _Running, why: str) -> None:
         assert self._reactor is not None
@@ -229,6 +218,8 @@ class ProcessRunner:
                 os.waitpid(pid, 0)
                 os.close(pidfd)
             signal_group(task.pgid, signal.SIGKILL)
+            task.out.finish(0)  # keep what it wrote
+            task.err.finish(0)
         self._running.clear()
 
     @property
