@@ -353,3 +353,15 @@ def test_result_inside_a_callback_refuses_to_deadlock(session: pf.Session,
     assert called.wait(30)
     assert errors and "deadlock" in str(errors[0])
     slow.cancel()
+
+
+def test_recycled_output_files_never_mix_tasks(session: pf.Session, pilot: pf.Pilot) -> None:
+    quiet = session.submit([TD(executable="/bin/true") for _ in range(50)])
+    assert session.wait(quiet, timeout=30)
+    loud = session.submit([TD(executable="/bin/sh", arguments=["-c", 'echo "$PILOTFISH_TASK_ID"'])
+                           for _ in range(50)])
+    assert session.wait(loud, timeout=30)
+    sandbox = pilot.sandbox / "tasks"
+    for t in loud:
+        assert t.stdout == f"{t.uid}\n" == (sandbox / f"{t.uid}.out").read_text()
+        assert not (sandbox / f"{t.uid}.err").exists()

@@ -4,8 +4,13 @@ Creating two named files per task is the dearest part of launching a short execu
 a disk file system (and a metadata storm on a parallel one). So the file is opened with
 `O_TMPFILE` in the sandbox, handed to the task, and linked to `<sandbox>/<uid>.out` only
 when the task ended having written something, or has been running `PUBLISH_AFTER`
-seconds (so `tail -f` works on long tasks). A silent short task leaves no file at all.
-Where `O_TMPFILE` is not supported, the file is named from the start.
+seconds (so `tail -f` works on long tasks). A silent short task leaves no file at all,
+and its still-empty unnamed file is reused for a later task: after warm-up, launching
+silent tasks costs no file-system operation. Where `O_TMPFILE` is not supported, files
+are named from the start.
+
+(A detached daemon that a task left behind, outside its process group, and that writes
+to its inherited stdout later, could write into a recycled file: kill your daemons.)
 """
 
 from __future__ import annotations
@@ -13,24 +18,16 @@ from __future__ import annotations
 import os
 
 PUBLISH_AFTER = 1.0  # seconds
+POOL_LIMIT = 4096  # empty unnamed files kept for reuse, per directory
 _NAMED_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC
 _TMP_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
 
 
 class OutputFile:
-    __slots__ = ("fd", "named", "path")
+    __slots__ = ("directory", "fd", "named", "path")
 
-    def __init__(self, directory: str, path: str) -> None:
-        self.path = path
-        self.named = False
-        if hasattr(os, "O_TMPFILE"):
-            try:
-                self.fd = os.open(directory, _TMP_FLAGS, 0o644)
-                return
-            except OSError:
-                pass  # not supported here: fall back to a named file
-        self.fd = os.open(path, _NAMED_FLAGS, 0o644)
-        self.named = True
+    def __init__(self, directory: str, path: str, fd: int, named: bool) -> None:
+        self.directory, self.path, self.fd, self.named = directory, path, fd, named
 
     def publish(self) -> None:
         """Give the file its name (replacing an older file of that name)."""
@@ -43,21 +40,51 @@ class OutputFile:
             _link(self.fd, self.path)
         self.named = True
 
-    def finish(self, tail_bytes: int) -> str:
-        """Name the file if it has content, close it, and return its last `tail_bytes`."""
-        size = os.fstat(self.fd).st_size
-        tail = b""
-        if size:
-            self.publish()
-            start = max(0, size - tail_bytes)
-            tail = os.pread(self.fd, size - start, start)
-        self.close()
-        return tail.decode(errors="replace")
-
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class OutputFiles:
+    """Opens output files, and recycles the unnamed ones that tasks left empty."""
+
+    def __init__(self) -> None:
+        self._free: dict[str, list[int]] = {}
+
+    def open(self, directory: str, path: str) -> OutputFile:
+        free = self._free.get(directory)
+        if free:
+            return OutputFile(directory, path, free.pop(), named=False)
+        if hasattr(os, "O_TMPFILE"):
+            try:
+                return OutputFile(directory, path, os.open(directory, _TMP_FLAGS, 0o644), False)
+            except OSError:
+                pass  # not supported on this file system: name it from the start
+        return OutputFile(directory, path, os.open(path, _NAMED_FLAGS, 0o644), named=True)
+
+    def finish(self, output: OutputFile, tail_bytes: int) -> str:
+        """Name the file if it has content, return its last `tail_bytes`, and let it go."""
+        size = os.fstat(output.fd).st_size
+        if size == 0 and not output.named:
+            free = self._free.setdefault(output.directory, [])
+            if len(free) < POOL_LIMIT:
+                free.append(output.fd)
+                output.fd = -1
+                return ""
+        tail = b""
+        if size:
+            output.publish()
+            start = max(0, size - tail_bytes)
+            tail = os.pread(output.fd, size - start, start)
+        output.close()
+        return tail.decode(errors="replace")
+
+    def close(self) -> None:
+        for fds in self._free.values():
+            for fd in fds:
+                os.close(fd)
+        self._free.clear()
 
 
 def _link(fd: int, path: str) -> None:

@@ -21,7 +21,7 @@ from ..messages import TaskSpec
 from ..resources import Slot
 from ..states import TaskState
 from .base import BackendEvent, PlacedTask, TaskFinished, TaskStarted
-from .outputs import PUBLISH_AFTER, OutputFile
+from .outputs import PUBLISH_AFTER, OutputFile, OutputFiles
 
 TAIL_BYTES = 4096
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
@@ -90,6 +90,7 @@ class ProcessRunner:
         self._spawn = spawn or spawn_process  # the one seam for process creation
         self._base_env = dict(os.environ)
         self._made_dirs: set[str] = set()
+        self._outputs = OutputFiles()
         self._cwd = os.getcwd()
         self._running: dict[str, _Running] = {}
         self._reactor: Reactor | None = None
@@ -115,7 +116,8 @@ class ProcessRunner:
                 os.makedirs(sandbox, exist_ok=True)
                 self._made_dirs.add(sandbox)
             for suffix in (".out", ".err"):
-                outputs.append(OutputFile(sandbox, os.path.join(sandbox, spec.uid + suffix)))
+                path = os.path.join(sandbox, spec.uid + suffix)
+                outputs.append(self._outputs.open(sandbox, path))
             out, err = outputs
             argv = [spec.executable, *spec.arguments]
             cwd = None if sandbox == self._cwd else sandbox
@@ -165,7 +167,8 @@ class ProcessRunner:
         for timer in task.timers:
             self._reactor.cancel_timer(timer)
         del self._running[task.spec.uid]
-        stdout, stderr = task.out.finish(TAIL_BYTES), task.err.finish(TAIL_BYTES)
+        finish = self._outputs.finish
+        stdout, stderr = finish(task.out, TAIL_BYTES), finish(task.err, TAIL_BYTES)
         spec, code = task.spec, task.exit_code
         if task.killed == "canceled":
             state, error = TaskState.CANCELED, "canceled"
@@ -218,9 +221,10 @@ class ProcessRunner:
                 os.waitpid(pid, 0)
                 os.close(pidfd)
             signal_group(task.pgid, signal.SIGKILL)
-            task.out.finish(0)  # keep what it wrote
-            task.err.finish(0)
+            self._outputs.finish(task.out, 0)  # keep what it wrote
+            self._outputs.finish(task.err, 0)
         self._running.clear()
+        self._outputs.close()
 
     @property
     def running(self) -> int:
