@@ -111,9 +111,13 @@ CASES: dict[str, tuple[Callable[[str], tuple[float, float]], str, str]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=list(CASES), choices=[*CASES, []])
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)}")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    unknown = set(args.cases) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    args.cases = args.cases or list(CASES)
     print(f"pilotfish {pf.__version__}, python {sys.version.split()[0]}, {args.runs} runs each")
     with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
         for name in args.cases:

@@ -62,6 +62,13 @@ class Hello(msgspec.Struct, array_like=True, tag=True):
     gpus_per_node: int
 
 
+class Accepted(msgspec.Struct, array_like=True, tag=True):
+    """The agent took these tasks in at `ts`: they are SUBMITTED."""
+
+    uids: list[str]
+    ts: float
+
+
 class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
     """A task's new state with every event since the last update, and its outcome."""
 
@@ -87,7 +94,7 @@ class Bye(msgspec.Struct, array_like=True, tag=True):
 
 
 ToAgent = Submit | Cancel | Heartbeat | Shutdown
-ToClient = Hello | Updates | Heartbeat | Bye
+ToClient = Hello | Accepted | Updates | Heartbeat | Bye
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode

@@ -308,6 +308,8 @@ class Session:
         pilot = self.pilots[pilot_uid]
         if isinstance(msg, m.Updates):
             self._apply_updates(msg.updates)
+        elif isinstance(msg, m.Accepted):
+            self._accept(msg.uids, msg.ts)
         elif isinstance(msg, m.Hello):
             if msg.version != m.WIRE_VERSION:
                 pilot.state, pilot.reason = "FAILED", f"agent speaks wire version {msg.version}"
@@ -343,6 +345,18 @@ class Session:
                    for t in list(self._live.values()) if pilot_uid in (None, t.pilot)]
         if updates:
             self._apply_updates(updates)
+
+    def _accept(self, uids: list[str], ts: float) -> None:
+        live = self._live
+        rows = []
+        event = ("SUBMITTED", ts)
+        for uid in uids:
+            task = live.get(uid)
+            if task is not None and task.state is TaskState.NEW:
+                task.state = TaskState.SUBMITTED
+                task.events.append(event)
+                rows.append((task.id, "SUBMITTED", ts))
+        self.journal.add_events(rows)
 
     def _apply_updates(self, updates: list[m.TaskUpdate]) -> None:
         now = time.time()

@@ -133,16 +133,16 @@ class Task(Future):  # type: ignore[type-arg]
             result, exception = None, None
         else:
             result, exception = None, self._failure(blob)
-        future_state = CANCELLED_AND_NOTIFIED if state is TaskState.CANCELED else FINISHED
-        with _CONDITION_LOCK:
-            cond = self.__dict__.get("_cond")
-            if cond is None:  # nobody waits, no callback: no one to notify
-                self._result, self._exception, self._state = result, exception, future_state
-                self.state = state
-                return
+        # Set the outcome first, then look for a condition: a waiter that creates one
+        # after this look sees the outcome already set (the GIL orders the two), and one
+        # that created it before is notified below. So most tasks take no lock at all.
+        self._result, self._exception = result, exception
+        self._state = CANCELLED_AND_NOTIFIED if state is TaskState.CANCELED else FINISHED
+        self.state = state
+        cond = self.__dict__.get("_cond")
+        if cond is None:  # nobody waits, no callback: no one to notify
+            return
         with cond:
-            self._result, self._exception, self._state = result, exception, future_state
-            self.state = state
             for waiter in self._waiters:
                 if state is TaskState.CANCELED:
                     waiter.add_cancelled(self)

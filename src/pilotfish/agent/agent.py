@@ -2,9 +2,10 @@
 
 One thread, one `Reactor`: client messages in, scheduler decisions out to the backend,
 backend events back through the scheduler, state updates batched to the client.
-Updates of tasks that ended go out at the end of every loop turn; progress updates
-(SCHEDULED, RUNNING) are held for up to `PROGRESS_INTERVAL` so that a fast task costs
-one update, not three.
+A submitted batch is acknowledged at once with one `Accepted` message (the tasks are
+SUBMITTED). Updates of tasks that ended go out at the end of every loop turn. A progress
+update (SCHEDULED, RUNNING) goes out only for a task that stayed in that state for
+`PROGRESS_INTERVAL`: a task that finishes sooner costs a single update.
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ class AgentConfig:
 class _Task:
     __slots__ = ("events", "outcome", "pid", "request", "spec", "state")
 
-    def __init__(self, spec: m.TaskSpec, request: Request, ts: float) -> None:
+    def __init__(self, spec: m.TaskSpec, request: Request) -> None:
         self.spec = spec
         self.request = request
         self.state = SUBMITTED
-        self.events: list[tuple[str, float]] = [("SUBMITTED", ts)]
+        self.events: list[tuple[str, float]] = []  # since the last update sent
         self.outcome: TaskFinished | None = None
         self.pid: int | None = None
 
@@ -90,8 +91,8 @@ class Agent:
                                       python_path=cfg.python_path)
         self.tasks: dict[str, _Task] = {}
         self._final: dict[str, None] = {}  # uids with a final update to send
-        self._progress: dict[str, None] = {}  # uids with a progress update to send
-        self._next_progress_flush = 0.0
+        # uid -> when its unsent progress began (monotonic), oldest first
+        self._progress: dict[str, float] = {}
         self._inbox: list[BackendEvent] = []
         self._seq = 0
         self._shapes: dict[tuple[int, int, float], Shape] = {}
@@ -123,7 +124,8 @@ class Agent:
             while self._stop_reason is None:
                 wait = HEARTBEAT_INTERVAL
                 if self._progress:
-                    wait = max(0.0, min(wait, self._next_progress_flush - time.monotonic()))
+                    due = next(iter(self._progress.values())) + PROGRESS_INTERVAL
+                    wait = max(0.0, min(wait, due - time.monotonic()))
                 self.reactor.run_once(wait)
                 if self._inbox:
                     self._on_backend_events()
@@ -183,7 +185,6 @@ class Agent:
 
     def _on_submit(self, msg: m.Submit) -> None:
         self.functions.update(msg.functions)
-        now = time.time()
         requests = []
         shapes = self._shapes
         for spec in msg.tasks:
@@ -196,9 +197,9 @@ class Agent:
             pooled = spec.kind == "function" and key == (1, 1, 0.0)
             self._seq += 1
             request = Request(spec.uid, self._seq, shape, spec.priority, pooled)
-            self.tasks[spec.uid] = _Task(spec, request, now)
-            self._progress[spec.uid] = None
+            self.tasks[spec.uid] = _Task(spec, request)
             requests.append(request)
+        self._send(m.Accepted([r.uid for r in requests], time.time()))
         self._apply(self.scheduler.submit(requests))
         if self._inbox:
             self._on_backend_events()
@@ -216,6 +217,8 @@ class Agent:
 
     def _apply(self, actions: Sequence[Action]) -> None:
         now = time.time()
+        since = time.monotonic()
+        progress = self._progress
         launches: list[PlacedTask] = []
         dispatches: list[DispatchedTask] = []
         tasks = self.tasks
@@ -224,11 +227,13 @@ class Agent:
             if type(action) is Dispatch:
                 task.state = SCHEDULED
                 task.events.append(("SCHEDULED", now))
+                progress.setdefault(action.uid, since)
                 dispatches.append(DispatchedTask(task.spec, action.worker, action.node,
                                                  action.core))
             elif type(action) is Launch:
                 task.state = SCHEDULED
                 task.events.append(("SCHEDULED", now))
+                progress.setdefault(action.uid, since)
                 launches.append(PlacedTask(task.spec, action.slot))
             elif type(action) is Fail:
                 self._finish(task, TaskFinished(action.uid, TaskState.FAILED, None, now,
@@ -261,7 +266,7 @@ class Agent:
                     if event.launch_ts is not None:
                         task.events.append(("launch", event.launch_ts))
                     task.events.append(("RUNNING", event.ts))
-                    self._progress[event.uid] = None
+                    self._progress.setdefault(event.uid, time.monotonic())
                 elif type(event) is TaskRequeued:
                     task.state = SUBMITTED
                     requeue.append(task.request)
@@ -290,13 +295,16 @@ class Agent:
                                         o.error, o.result, o.stdout, o.stderr, task.pid))
             self._progress.pop(uid, None)
         self._final.clear()
-        now = time.monotonic()
-        if self._progress and (force or now >= self._next_progress_flush):
-            for uid in self._progress:
-                task = tasks[uid]
-                updates.append(m.TaskUpdate(uid, task.state.value, task.events, pid=task.pid))
-                task.events = []
-            self._progress.clear()
-            self._next_progress_flush = now + PROGRESS_INTERVAL
+        cutoff = time.monotonic() - PROGRESS_INTERVAL
+        due = []
+        for uid, since in self._progress.items():
+            if since > cutoff and not force:
+                break
+            due.append(uid)
+        for uid in due:
+            del self._progress[uid]
+            task = tasks[uid]
+            updates.append(m.TaskUpdate(uid, task.state.value, task.events, pid=task.pid))
+            task.events = []
         for i in range(0, len(updates), MAX_UPDATES_PER_MESSAGE):
             self._send(m.Updates(updates[i:i + MAX_UPDATES_PER_MESSAGE]))
