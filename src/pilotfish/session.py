@@ -28,7 +28,7 @@ from .agent.agent import AgentConfig
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
 from .journal import Journal
-from .pilots.local import start_local_agent
+from .pilots.local import kill_session, start_local_agent
 from .states import TaskState, is_stale
 from .task import Task
 
@@ -325,12 +325,8 @@ class Session:
         if pilot.stopped.is_set():
             return
         self._kill_agent(pilot)
-        for task in list(self._live.values()):  # local tasks: kill what the agent left
-            if task.pilot == pilot_uid and task.pid:
-                try:
-                    os.killpg(task.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        if pilot.process is not None:  # and everything it started, by session id
+            kill_session(pilot.process.pid)
         self._end_pilot(pilot, "FAILED", reason)
 
     def _end_pilot(self, pilot: Pilot, state: str, reason: str) -> None:

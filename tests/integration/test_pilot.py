@@ -365,3 +365,23 @@ def test_recycled_output_files_never_mix_tasks(session: pf.Session, pilot: pf.Pi
     for t in loud:
         assert t.stdout == f"{t.uid}\n" == (sandbox / f"{t.uid}.out").read_text()
         assert not (sandbox / f"{t.uid}.err").exists()
+
+
+def test_a_hung_agent_is_declared_lost_by_heartbeat(session: pf.Session) -> None:
+    import signal
+
+    pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2,
+                                                    heartbeat_timeout=2))
+    task = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo $$; sleep 60"]))
+    sandbox = pilot.sandbox / "tasks"
+    assert pilot.process is not None
+    while not (sandbox / f"{task.uid}.out").exists():  # named once it wrote its pid
+        session.wait([task], timeout=0.05)
+    task_pid = int((sandbox / f"{task.uid}.out").read_text())
+    os.kill(pilot.process.pid, signal.SIGSTOP)  # alive but silent
+    started = time.monotonic()
+    assert session.wait([task], timeout=10)
+    assert task.state is TaskState.FAILED and "no heartbeat" in task.error
+    assert time.monotonic() - started < 10
+    assert process_gone(pilot.process.pid, 5)  # the client killed it
+    assert process_gone(task_pid, 5)  # and the task it had started
