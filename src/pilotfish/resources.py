@@ -54,11 +54,6 @@ class NodeResources:
         self.free_cores: list[int] = list(range(cores))  # a heap
         self.gpu_free: list[Fraction] = [ONE] * gpus
 
-    def fits(self, shape: Shape) -> bool:
-        if len(self.free_cores) < shape.cores:
-            return False
-        return shape.gpus_per_rank == 0 or self._gpu_plan(shape) is not None
-
     def allocate(self, shape: Shape) -> Slot | None:
         if len(self.free_cores) < shape.cores:
             return None

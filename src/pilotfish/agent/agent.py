@@ -23,6 +23,7 @@ import zmq
 
 from .. import messages as m
 from ..backends.base import (
+    Backend,
     BackendEvent,
     DispatchedTask,
     PlacedTask,
@@ -33,7 +34,7 @@ from ..backends.base import (
 from ..backends.builtin import BuiltinBackend
 from ..resources import Shape
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
-from ..states import TaskState
+from ..states import TaskState, check_transition
 from .reactor import Reactor, readable
 
 PROGRESS_INTERVAL = 0.05  # seconds
@@ -75,6 +76,12 @@ class _Task:
         self.pid: int | None = None
 
 
+def _move(task: _Task, state: TaskState) -> None:
+    """Change a task's state through the one transition table; a bad move is a bug."""
+    check_transition(task.spec.uid, task.state, state)
+    task.state = state
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -86,9 +93,10 @@ class Agent:
         self.functions: dict[str, bytes] = {}
         self.scheduler = Scheduler(cfg.nodes, cfg.cores_per_node, cfg.gpus_per_node,
                                    cfg.workers_per_node)
-        self.backend = BuiltinBackend(os.path.join(cfg.sandbox, "tasks"), cfg.gpus_per_node,
-                                      self.functions, log_dir=cfg.sandbox,
-                                      python_path=cfg.python_path)
+        self.task_sandbox = os.path.join(cfg.sandbox, "tasks")
+        self.backend: Backend = BuiltinBackend(self.task_sandbox, cfg.gpus_per_node,
+                                               self.functions, log_dir=cfg.sandbox,
+                                               python_path=cfg.python_path)
         self.tasks: dict[str, _Task] = {}
         self._final: dict[str, None] = {}  # uids with a final update to send
         # uid -> when its unsent progress began (monotonic), oldest first
@@ -104,8 +112,8 @@ class Agent:
 
     def run(self) -> str:
         cfg = self.cfg
-        os.makedirs(self.backend.sandbox, exist_ok=True)
-        os.chdir(self.backend.sandbox)  # tasks in the default sandbox spawn fastest
+        os.makedirs(self.task_sandbox, exist_ok=True)
+        os.chdir(self.task_sandbox)  # tasks in the default sandbox spawn fastest
         self.backend.start(self.reactor, self._inbox.append)
         self.reactor.add_reader(self.client, self._on_client)
         if cfg.parent_pid:
@@ -225,13 +233,13 @@ class Agent:
         for action in actions:
             task = tasks[action.uid]
             if type(action) is Dispatch:
-                task.state = SCHEDULED
+                _move(task, SCHEDULED)
                 task.events.append(("SCHEDULED", now))
                 progress.setdefault(action.uid, since)
                 dispatches.append(DispatchedTask(task.spec, action.worker, action.node,
                                                  action.core))
             elif type(action) is Launch:
-                task.state = SCHEDULED
+                _move(task, SCHEDULED)
                 task.events.append(("SCHEDULED", now))
                 progress.setdefault(action.uid, since)
                 launches.append(PlacedTask(task.spec, action.slot))
@@ -261,14 +269,14 @@ class Agent:
                     completed.append((event.uid, event.exec_stop - start if start else 0.0))
                     self._finish(task, event)
                 elif type(event) is TaskStarted:
-                    task.state = RUNNING
+                    _move(task, RUNNING)
                     task.pid = event.pid
                     if event.launch_ts is not None:
                         task.events.append(("launch", event.launch_ts))
                     task.events.append(("RUNNING", event.ts))
                     self._progress.setdefault(event.uid, time.monotonic())
                 elif type(event) is TaskRequeued:
-                    task.state = SUBMITTED
+                    _move(task, SUBMITTED)
                     requeue.append(task.request)
             actions = self.scheduler.completed(completed)
             if requeue:
@@ -280,7 +288,7 @@ class Agent:
             if task.state is not RUNNING:
                 task.events.append(("RUNNING", outcome.exec_start))
             task.events.append(("exec_stop", outcome.exec_stop))
-        task.state = outcome.state
+        _move(task, outcome.state)
         task.outcome = outcome
         self._final[outcome.uid] = None
 

@@ -19,7 +19,6 @@ class BuiltinBackend:
 
     def __init__(self, sandbox: str, gpus_per_node: int, functions: dict[str, bytes],
                  log_dir: str, python_path: list[str] | None = None) -> None:
-        self.sandbox = sandbox
         self.processes = ProcessRunner(sandbox, node_has_gpus=gpus_per_node > 0)
         self.pool = FunctionPool(log_dir, functions, python_path or [])
         self._has_gpus = gpus_per_node > 0

@@ -40,7 +40,7 @@ class _Worker:
     ident: str
     proc: subprocess.Popen[bytes]
     pidfd: int
-    env_note: str
+    log: str
     one_off: bool = False
     ready: bool = False
     outstanding: dict[str, None] = field(default_factory=dict)  # uids, in dispatch order
@@ -165,7 +165,7 @@ class FunctionPool:
         for uid in uids:
             self._task_worker.pop(uid, None)
         if not worker.ready:
-            reason = f"function worker could not start ({how}); see {worker.env_note}"
+            reason = f"function worker could not start ({how}); see {worker.log}"
             for uid in uids:
                 self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=reason))
             return
