@@ -52,26 +52,35 @@ class RemoteTraceback(Exception):
 
 
 class Task(Future):  # type: ignore[type-arg]
+    # Defaults live on the class: a session creates many tasks, most never set these.
+    state = TaskState.NEW
+    exit_code: int | None = None
+    error: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    pid: int | None = None
+    _state = PENDING
+    _result: Any = None
+    _exception: BaseException | None = None
+
     def __init__(self, uid: str, seq: int, description: TaskDescription, pilot: str,
                  session: Session) -> None:
-        # Future.__init__ is skipped on purpose: it builds a Condition per future.
-        self._state = PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
+        # Future.__init__ is skipped on purpose: it builds a Condition (and two lists) per
+        # future; here they are made on first use (see _condition, _waiters).
         self.uid = uid
         self.id = seq
         self.description = description
         self.pilot = pilot
         self._session = session
-        self.state = TaskState.NEW
         self.events: list[tuple[str, float]] = []
-        self.exit_code: int | None = None
-        self.error: str | None = None
-        self.stdout: str | None = None
-        self.stderr: str | None = None
-        self.pid: int | None = None
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        return self.__dict__.setdefault("_waiter_list", [])
+
+    @property
+    def _done_callbacks(self) -> list[Any]:  # type: ignore[override]
+        return self.__dict__.setdefault("_callback_list", [])
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
