@@ -403,7 +403,7 @@ SELECT task,
        MAX(CASE WHEN event = 'exec_stop' THEN ts END),
        MAX(CASE WHEN event IN ('DONE', 'FAILED', 'CANCELED') THEN ts END),
        MAX(ts)
-FROM events GROUP BY task
+FROM all_events GROUP BY task
 """
 
 

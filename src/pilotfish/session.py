@@ -27,7 +27,7 @@ from . import messages as m
 from .agent.agent import AgentConfig
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
-from .journal import Journal
+from .journal import LIFECYCLE, Journal
 from .pilots.local import kill_session, start_local_agent
 from .states import TaskState, is_stale
 from .task import Task
@@ -35,6 +35,7 @@ from .task import Task
 __version__ = "0.1.0"
 
 _STATES = {s.value: s for s in TaskState}
+_LIFECYCLE = frozenset(LIFECYCLE)
 _json_encode = msgspec.json.Encoder().encode
 
 
@@ -168,7 +169,6 @@ class Session:
         specs: list[m.TaskSpec] = []
         tasks: list[Task] = []
         rows = []
-        events = []
         functions: dict[str, bytes] = {}
         sent = self._sent_functions[pilot.uid]
         pid = pilot.uid
@@ -198,12 +198,10 @@ class Session:
             specs.append(spec)
             tasks.append(task)
             rows.append((seq, uid, pid, d.name, kind, d.ranks * d.cores_per_rank,
-                         d.ranks * d.gpus_per_rank, _json_encode(spec).decode()))
-            events.append((seq, "NEW", now))
+                         d.ranks * d.gpus_per_rank, _json_encode(spec).decode(), now))
         if functions:
             self.journal.add_functions(functions.items())
         self.journal.add_tasks(rows)
-        self.journal.add_events(events)
         with self._done:
             for task in tasks:
                 self._live[task.uid] = task
@@ -344,20 +342,17 @@ class Session:
 
     def _accept(self, uids: list[str], ts: float) -> None:
         live = self._live
-        rows = []
         event = ("SUBMITTED", ts)
         for uid in uids:
             task = live.get(uid)
             if task is not None and task.state is TaskState.NEW:
                 task.state = TaskState.SUBMITTED
-                task.events.append(event)
-                rows.append((task.id, "SUBMITTED", ts))
-        self.journal.add_events(rows)
+                task.events.append(event)  # journaled with the others when it ends
 
     def _apply_updates(self, updates: list[m.TaskUpdate]) -> None:
         now = time.time()
         event_rows: list[tuple[int, str, float]] = []
-        finish_rows: list[tuple[str, int | None, str | None, int]] = []
+        finish_rows: list[tuple[Any, ...]] = []
         live = self._live
         finished: list[Task] = []
         for u in updates:
@@ -366,18 +361,15 @@ class Session:
             if task is None or (state is not task.state and is_stale(task.state, state)):
                 self.stale_updates += 1
                 continue
-            tid = task.id
             if u.events:
                 task.events.extend(u.events)
-                event_rows.extend([(tid, name, ts) for name, ts in u.events])
             if u.pid:
                 task.pid = u.pid
             if state.final:
                 task.exit_code, task.error = u.exit_code, u.error
                 task.stdout, task.stderr = u.stdout, u.stderr
                 task.events.append((u.state, now))
-                event_rows.append((tid, u.state, now))
-                finish_rows.append((u.state, u.exit_code, u.error, tid))
+                finish_rows.append(_journal_row(task, u, now, event_rows))
                 del live[u.uid]
                 finished.append(task)
                 task._resolve(state, u.result)
@@ -388,6 +380,20 @@ class Session:
         if finished:
             with self._done:
                 self._done.notify_all()
+
+
+def _journal_row(task: Task, update: m.TaskUpdate, final: float,
+                 extra: list[tuple[int, str, float]]) -> tuple[Any, ...]:
+    """The `finish_tasks` row of a task that ended; its other events go to `extra`."""
+    times: dict[str, float] = {}
+    for name, ts in task.events[1:-1]:  # NEW is journaled at submit, the final state below
+        if name in _LIFECYCLE and name not in times:
+            times[name] = ts
+        else:
+            extra.append((task.id, name, ts))
+    get = times.get
+    return (update.state, update.exit_code, update.error, get("SUBMITTED"), get("SCHEDULED"),
+            get("RUNNING"), get("exec_stop"), final, task.id)
 
 
 class PilotExecutor(concurrent.futures.Executor):

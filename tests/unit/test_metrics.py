@@ -238,13 +238,13 @@ def write_journal(session_dir: Path) -> Path:
     rows, events, finals = [], [], []
     for t in [*SCENARIO, task(8, 9.0, 10.0, 15.0, 16.0, cores=4, pilot="p1", kind="fn")]:
         rows.append((t.id, f"task.{t.id:06d}", t.pilot or "", None, t.kind or "exe",
-                     t.cores, t.gpus, "{}"))
+                     t.cores, t.gpus, "{}", None))  # times as rows of `events` instead
         for name, ts in (("NEW", t.submit), ("SUBMITTED", t.submit), ("RUNNING", t.start),
                          ("exec_stop", t.end), (t.state, t.final)):
             if ts is not None:
                 events.append((t.id, str(name), T0 + ts))
         if t.final is not None:
-            finals.append((str(t.state), 0, None, t.id))
+            finals.append((str(t.state), 0, None, None, None, None, None, None, t.id))
     j.add_tasks(rows)
     j.add_events(events)
     j.finish_tasks(finals)
