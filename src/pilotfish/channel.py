@@ -22,7 +22,6 @@ import zmq
 
 from . import messages as m
 from .agent.reactor import readable
-from .task import CHANNEL_THREAD
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,8 @@ class AgentLink:
     pidfd: int | None = None
     hello: m.Hello | None = None
     closed: bool = False
+    stopping: bool = False  # Shutdown sent: the session's close() times the agent out
+    sent_functions: set[str] = field(default_factory=set)
 
 
 class Channel:
@@ -49,9 +50,14 @@ class Channel:
         self,
         on_message: Callable[[str, Any], None],
         on_lost: Callable[[str, str], None],
+        on_dropped: Callable[[str, m.Submit], None],
     ) -> None:
-        self._on_message = on_message  # (pilot uid, decoded message), on the channel thread
-        self._on_lost = on_lost  # (pilot uid, reason), on the channel thread
+        # All three are called on the channel thread with the pilot's uid and: a decoded
+        # message; the reason the agent was lost; a Submit that can no longer be sent.
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._on_dropped = on_dropped
+        self._closed = False
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._links: dict[str, AgentLink] = {}
         self._outbox: deque[tuple[str, Any]] = deque()
@@ -60,7 +66,7 @@ class Channel:
         self._signaled = False
         self._stopping = False
         self._lock = threading.Lock()  # guards _links against the user threads
-        self._thread = threading.Thread(target=self._run, name=CHANNEL_THREAD, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="pilotfish-channel", daemon=True)
         self._poller = zmq.Poller()
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._thread.start()
@@ -95,9 +101,12 @@ class Channel:
         self._poke()
 
     def _poke(self) -> None:
-        if not self._signaled:
+        if not self._signaled and not self._closed:
             self._signaled = True
-            os.write(self._wake_w, b"x")
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass  # closed meanwhile
 
     # ---- the channel thread -----------------------------------------------------------
 
@@ -111,6 +120,10 @@ class Channel:
                 if not link.closed:
                     self._lose(link, "client channel crashed (see log)")
         finally:
+            self._closed = True
+            for pilot, item in self._outbox:
+                if isinstance(item, m.Submit):
+                    self._on_dropped(pilot, item)
             for link in self._links.values():
                 link.socket.close(linger=0)
                 if link.pidfd is not None:
@@ -142,6 +155,8 @@ class Channel:
             pilot, item = self._outbox.popleft()
             link = self._links.get(pilot)
             if link is None or link.closed:
+                if isinstance(item, m.Submit):
+                    self._on_dropped(pilot, item)
                 continue
             if isinstance(item, m.Submit):
                 submits.setdefault(pilot, []).append(item)
@@ -156,16 +171,21 @@ class Channel:
                 except ProcessLookupError:
                     self._lose(link, "agent process exited")
             else:
+                if isinstance(item, m.Shutdown):
+                    link.stopping = True
                 link.socket.send(m.encode(item))
         for pilot, batch in submits.items():
             self._flush_submits(self._links[pilot], batch)
 
     @staticmethod
     def _flush_submits(link: AgentLink, batch: list[m.Submit]) -> None:
+        """Send queued submits in large messages, each function only once per agent."""
         if not batch:
             return
         tasks = [t for sub in batch for t in sub.tasks]
-        functions = {k: v for sub in batch for k, v in sub.functions.items()}
+        sent = link.sent_functions
+        functions = {k: v for sub in batch for k, v in sub.functions.items() if k not in sent}
+        sent.update(functions)
         for i in range(0, len(tasks), MAX_TASKS_PER_MESSAGE):
             chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
             link.socket.send(m.encode(m.Submit(chunk, functions if i == 0 else {})))
@@ -191,7 +211,7 @@ class Channel:
                 continue
             silent = now - link.last_heard
             limit = link.heartbeat_timeout if link.hello is not None else STARTUP_TIMEOUT
-            if silent > limit:
+            if silent > limit and not link.stopping:
                 self._lose(link, f"no heartbeat for {silent:.1f} s")
                 continue
             if link.hello is not None and now - link.last_sent >= HEARTBEAT_INTERVAL:

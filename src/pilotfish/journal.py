@@ -120,6 +120,8 @@ class Journal:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until everything queued so far is committed."""
+        if not self._thread.is_alive():  # closed: everything was committed then
+            return
         done = threading.Event()
         self._queue.put(done)
         if not done.wait(timeout):

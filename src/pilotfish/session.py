@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import os
+import queue
 import secrets
 import signal
 import subprocess
@@ -81,9 +82,9 @@ class Session:
         self._seq = 0
         self._lock = threading.Lock()
         self._done = threading.Condition()  # notified whenever tasks reach a final state
-        self._sent_functions: dict[str, set[str]] = {}
+        self._callbacks = CallbackThread()
         self._closed = False
-        self._channel = Channel(self._on_message, self._on_lost)
+        self._channel = Channel(self._on_message, self._on_lost, self._on_dropped)
 
     def __enter__(self) -> Session:
         return self
@@ -109,7 +110,6 @@ class Session:
         self.journal.add_pilot(uid, _json_encode(asdict(desc)).decode(), desc.nodes,
                                desc.cores_per_node, desc.gpus_per_node, time.time())
         self.pilots[uid] = pilot
-        self._sent_functions[uid] = set()
         address = self._channel.open(uid, desc.heartbeat_timeout)
         cfg = AgentConfig(
             client_address=address, pilot_uid=uid, sandbox=str(pilot.sandbox.resolve()),
@@ -170,7 +170,6 @@ class Session:
         tasks: list[Task] = []
         rows = []
         functions: dict[str, bytes] = {}
-        sent = self._sent_functions[pilot.uid]
         pid = pilot.uid
         with self._lock:
             first = self._seq + 1
@@ -179,10 +178,9 @@ class Session:
             uid = f"task.{seq:06d}"
             if d.function_key is not None:
                 kind = "function"
-                if d.function_key not in sent:
+                if d.function_key not in functions:  # the channel sends each once
                     assert d.function_blob is not None
                     functions[d.function_key] = d.function_blob
-                    sent.add(d.function_key)
                 spec = m.TaskSpec(uid, kind, None, [], {}, None, d.function_key, d.args_blob,
                                   d.ranks, d.cores_per_rank, d.gpus_per_rank, d.priority,
                                   d.timeout, d.name, dict(d.tags))
@@ -200,7 +198,7 @@ class Session:
             rows.append((seq, uid, pid, d.name, kind, d.ranks * d.cores_per_rank,
                          d.ranks * d.gpus_per_rank, _json_encode(spec).decode(), now))
         if functions:
-            self.journal.add_functions(functions.items())
+            self.journal.add_functions(list(functions.items()))
         self.journal.add_tasks(rows)
         with self._done:
             for task in tasks:
@@ -286,6 +284,7 @@ class Session:
                     pilot.process.wait(5)
         self._channel.close()
         self._fail_live(None, TaskState.CANCELED, "session closed")
+        self._callbacks.close(timeout)
         self.journal.close()
 
     def _check_open(self) -> None:
@@ -317,6 +316,13 @@ class Session:
             pilot.ready.set()
         elif isinstance(msg, m.Bye):
             self._end_pilot(pilot, "DONE", msg.reason)
+
+    def _on_dropped(self, pilot_uid: str, submit: m.Submit) -> None:
+        """Tasks queued for a pilot that ended before they could be sent: they fail."""
+        pilot = self.pilots[pilot_uid]
+        reason = f"{pilot_uid} ended before the task reached it ({pilot.reason})"
+        self._apply_updates([m.TaskUpdate(spec.uid, TaskState.FAILED.value, error=reason)
+                             for spec in submit.tasks])
 
     def _on_lost(self, pilot_uid: str, reason: str) -> None:
         pilot = self.pilots[pilot_uid]
@@ -354,7 +360,8 @@ class Session:
         event_rows: list[tuple[int, str, float]] = []
         finish_rows: list[tuple[Any, ...]] = []
         live = self._live
-        finished: list[Task] = []
+        finished = 0
+        callbacks: list[Task] = []
         for u in updates:
             task = live.get(u.uid)
             state = _STATES[u.state]
@@ -368,11 +375,13 @@ class Session:
             if state.final:
                 task.exit_code, task.error = u.exit_code, u.error
                 task.stdout, task.stderr = u.stdout, u.stderr
-                task.events.append((u.state, now))
-                finish_rows.append(_journal_row(task, u, now, event_rows))
+                state, has_callbacks = task._resolve(state, u.result)
+                task.events.append((state.value, now))
+                finish_rows.append(_journal_row(task, now, event_rows))
                 del live[u.uid]
-                finished.append(task)
-                task._resolve(state, u.result)
+                finished += 1
+                if has_callbacks:
+                    callbacks.append(task)
             else:
                 task.state = state
         self.journal.add_events(event_rows)
@@ -380,10 +389,12 @@ class Session:
         if finished:
             with self._done:
                 self._done.notify_all()
+        if callbacks:
+            self._callbacks.run(callbacks)
 
 
-def _journal_row(task: Task, update: m.TaskUpdate, final: float,
-                 extra: list[tuple[int, str, float]]) -> tuple[Any, ...]:
+def _journal_row(task: Task, final: float, extra: list[tuple[int, str, float]]
+                 ) -> tuple[Any, ...]:
     """The `finish_tasks` row of a task that ended; its other events go to `extra`."""
     times: dict[str, float] = {}
     for name, ts in task.events[1:-1]:  # NEW is journaled at submit, the final state below
@@ -392,8 +403,34 @@ def _journal_row(task: Task, update: m.TaskUpdate, final: float,
         else:
             extra.append((task.id, name, ts))
     get = times.get
-    return (update.state, update.exit_code, update.error, get("SUBMITTED"), get("SCHEDULED"),
+    return (task.state.value, task.exit_code, task.error, get("SUBMITTED"), get("SCHEDULED"),
             get("RUNNING"), get("exec_stop"), final, task.id)
+
+
+class CallbackThread:
+    """Runs tasks' done-callbacks in order, off the channel thread (started on first use)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[list[Task] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, tasks: list[Task]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="pilotfish-callbacks",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put(tasks)
+
+    def _loop(self) -> None:
+        while (tasks := self._queue.get()) is not None:
+            for task in tasks:
+                task._invoke_callbacks()  # type: ignore[attr-defined]  # logs exceptions
+
+    def close(self, timeout: float) -> None:
+        """Let queued callbacks run (up to `timeout` s), then stop."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
 
 
 class PilotExecutor(concurrent.futures.Executor):

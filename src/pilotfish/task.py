@@ -8,6 +8,8 @@ Deviations from `Future`, on purpose:
 * The future's condition variable is created on first use (a wait, a callback), not
   per task: a session of 100,000 tasks that nobody waits on one by one stays cheap.
 * `result()` of an executable is its exit code; a non-zero exit raises `TaskFailed`.
+* Done-callbacks run on the session's callback thread, not on the thread that completed
+  the task: a slow callback cannot stall the session's messaging.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
     from .session import Session
 
 _CONDITION_LOCK = threading.Lock()
-CHANNEL_THREAD = "pilotfish-channel"  # the session thread that resolves tasks
 
 
 class TaskFailed(Exception):
@@ -105,20 +106,6 @@ class Task(Future):  # type: ignore[type-arg]
     def running(self) -> bool:
         return self.state is TaskState.RUNNING
 
-    def result(self, timeout: float | None = None) -> Any:
-        self._check_not_receiver()
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._check_not_receiver()
-        return super().exception(timeout)
-
-    def _check_not_receiver(self) -> None:
-        """Waiting on the thread that delivers results would wait forever: refuse."""
-        if not self.state.final and threading.current_thread().name == CHANNEL_THREAD:
-            raise RuntimeError(f"{self.uid}: result() of an unfinished task inside a done "
-                               "callback would deadlock; wait elsewhere")
-
     def cancel(self) -> bool:
         if self.state.final:
             return False
@@ -131,13 +118,25 @@ class Task(Future):  # type: ignore[type-arg]
 
     # ---- called by the session's channel thread ---------------------------------------
 
-    def _resolve(self, state: TaskState, blob: bytes | None) -> None:
-        """Set the outcome from the agent's final update and wake whoever waits."""
+    def _resolve(self, state: TaskState, blob: bytes | None) -> tuple[TaskState, bool]:
+        """Set the outcome from the agent's final update and wake whoever waits.
+
+        Returns the final state (a result that cannot be unpickled here turns DONE into
+        FAILED) and whether done-callbacks are waiting to be run (by the caller's
+        callback thread, never by the channel thread).
+        """
+        result: Any = None
+        exception: BaseException | None = None
         if state is TaskState.DONE:
             if self.description.function is None:
-                result, exception = self.exit_code, None
-            else:
-                result, exception = _load(blob) if blob else None, None
+                result = self.exit_code
+            elif blob:
+                try:
+                    result = _load(blob)
+                except Exception as exc:
+                    state = TaskState.FAILED
+                    self.error = f"its result cannot be unpickled in the client: {exc!r}"
+                    exception = TaskFailed(self.uid, self.error)
         elif state is TaskState.CANCELED:
             result, exception = None, None
         else:
@@ -150,7 +149,7 @@ class Task(Future):  # type: ignore[type-arg]
         self.state = state
         cond = self.__dict__.get("_cond")
         if cond is None:  # nobody waits, no callback: no one to notify
-            return
+            return state, False
         with cond:
             for waiter in self._waiters:
                 if state is TaskState.CANCELED:
@@ -160,7 +159,7 @@ class Task(Future):  # type: ignore[type-arg]
                 else:
                     waiter.add_result(self)
             cond.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return state, bool(self._done_callbacks)
 
     def _failure(self, blob: bytes | None) -> BaseException:
         reason = self.error or "failed"
