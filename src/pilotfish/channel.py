@@ -26,6 +26,7 @@ from .agent.reactor import readable
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 1.0
+RETRY_INTERVAL = 0.05  # how soon to retry messages an unconnected socket would not take
 STARTUP_TIMEOUT = 30.0  # an agent that has not said hello yet may take this long
 MAX_TASKS_PER_MESSAGE = 5_000
 
@@ -43,6 +44,7 @@ class AgentLink:
     closed: bool = False
     stopping: bool = False  # Shutdown sent: the session's close() times the agent out
     sent_functions: set[str] = field(default_factory=set)
+    unsent: deque[bytes] = field(default_factory=deque)  # the socket would have blocked
 
 
 class Channel:
@@ -77,6 +79,7 @@ class Channel:
         """Bind a socket for a new agent to connect to; returns its address."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # queue rather than block; sends never wait
         port = sock.bind_to_random_port("tcp://127.0.0.1")
         link = AgentLink(pilot, sock, f"tcp://127.0.0.1:{port}", heartbeat_timeout)
         with self._lock:
@@ -132,7 +135,9 @@ class Channel:
             os.close(self._wake_w)
 
     def _loop_once(self) -> None:
-        events = dict(self._poller.poll(int(HEARTBEAT_INTERVAL * 1000)))
+        blocked = any(link.unsent and not link.closed for link in self._links.values())
+        wait = RETRY_INTERVAL if blocked else HEARTBEAT_INTERVAL
+        events = dict(self._poller.poll(int(wait * 1000)))
         if self._wake_r in events:
             self._signaled = False
             try:
@@ -143,6 +148,8 @@ class Channel:
         for link in list(self._links.values()):
             if link.closed:
                 continue
+            if link.unsent:
+                self._retry_unsent(link)
             if events.get(link.socket):
                 self._receive(link)
             if link.pidfd is not None and events.get(link.pidfd):
@@ -173,9 +180,29 @@ class Channel:
             else:
                 if isinstance(item, m.Shutdown):
                     link.stopping = True
-                link.socket.send(m.encode(item))
+                self._send(link, m.encode(item))
         for pilot, batch in submits.items():
             self._flush_submits(self._links[pilot], batch)
+
+    @staticmethod
+    def _send(link: AgentLink, data: bytes) -> None:
+        """Send without ever blocking: what the socket will not take now waits in order."""
+        if not link.unsent:
+            try:
+                link.socket.send(data, zmq.NOBLOCK)
+                return
+            except zmq.Again:  # no agent connected (gone, or not yet)
+                pass
+        link.unsent.append(data)
+
+    @staticmethod
+    def _retry_unsent(link: AgentLink) -> None:
+        while link.unsent:
+            try:
+                link.socket.send(link.unsent[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            link.unsent.popleft()
 
     @staticmethod
     def _flush_submits(link: AgentLink, batch: list[m.Submit]) -> None:
@@ -188,7 +215,7 @@ class Channel:
         sent.update(functions)
         for i in range(0, len(tasks), MAX_TASKS_PER_MESSAGE):
             chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
-            link.socket.send(m.encode(m.Submit(chunk, functions if i == 0 else {})))
+            Channel._send(link, m.encode(m.Submit(chunk, functions if i == 0 else {})))
 
     def _receive(self, link: AgentLink) -> None:
         link.last_heard = time.monotonic()
@@ -216,7 +243,7 @@ class Channel:
                 continue
             if link.hello is not None and now - link.last_sent >= HEARTBEAT_INTERVAL:
                 link.last_sent = now
-                link.socket.send(m.encode(m.Heartbeat(time.time())))
+                self._send(link, m.encode(m.Heartbeat(time.time())))
 
     def _lose(self, link: AgentLink, reason: str) -> None:
         self._close_link(link)

@@ -384,3 +384,17 @@ def test_a_hung_agent_is_declared_lost_by_heartbeat(session: pf.Session) -> None
     assert time.monotonic() - started < 10
     assert process_gone(pilot.process.pid, 5)  # the client killed it
     assert process_gone(task_pid, 5)  # and the task it had started
+
+
+def test_tasks_submitted_as_the_pilot_ends_all_end(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2, runtime=1))
+    batches = []
+    while True:  # submit until the pilot's runtime is over and submit refuses
+        try:
+            batches.append(session.submit([TD(executable="/bin/true") for _ in range(2000)]))
+        except RuntimeError as exc:
+            assert "no active pilot" in str(exc)
+            break
+    assert session.wait(timeout=30)
+    failed = [t for batch in batches for t in batch if t.state is TaskState.FAILED]
+    assert failed and all("runtime" in t.error for t in failed)

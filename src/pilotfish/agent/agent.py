@@ -89,6 +89,7 @@ class Agent:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.client = self._ctx.socket(zmq.DEALER)
         self.client.setsockopt(zmq.LINGER, 2000)
+        self.client.setsockopt(zmq.SNDHWM, 0)  # never block on a slow client: queue
         self.client.connect(cfg.client_address)
         self.functions: dict[str, bytes] = {}
         self.scheduler = Scheduler(cfg.nodes, cfg.cores_per_node, cfg.gpus_per_node,

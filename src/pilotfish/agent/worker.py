@@ -47,6 +47,7 @@ class FunctionWorker:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, ident.encode())
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.connect(address)
         self.functions: dict[str, Any] = {}
         self.blobs: dict[str, bytes] = {}
