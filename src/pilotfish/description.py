@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import pickle
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +47,10 @@ _FUNCTION_CACHE_SIZE = 256
 
 def pickle_function(function: Callable[..., Any]) -> tuple[str, bytes]:
     """Return (content key, pickled bytes) for a function; raise TypeError if it cannot be."""
-    try:
-        hit = _FUNCTION_CACHE.get(function)
-    except TypeError:  # unhashable callable object
-        hit = None
+    # Only plain functions are cached: a callable object or a closure may change state.
+    cacheable = (isinstance(function, types.BuiltinFunctionType)
+                 or (isinstance(function, types.FunctionType) and function.__closure__ is None))
+    hit = _FUNCTION_CACHE.get(function) if cacheable else None
     if hit is not None:
         return hit
     try:
@@ -59,10 +60,9 @@ def pickle_function(function: Callable[..., Any]) -> tuple[str, bytes]:
             f"TaskDescription.function: {function!r} cannot be serialised: {exc}"
         ) from exc
     entry = (hashlib.blake2b(blob, digest_size=12).hexdigest(), blob)
-    try:
-        _FUNCTION_CACHE[function] = entry
-    except TypeError:
+    if not cacheable:
         return entry
+    _FUNCTION_CACHE[function] = entry
     if len(_FUNCTION_CACHE) > _FUNCTION_CACHE_SIZE:
         _FUNCTION_CACHE.popitem(last=False)
     return entry
@@ -159,8 +159,8 @@ class TaskDescription:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         )):
             raise TypeError(f"{owner}.environment must be a mapping of str to str")
-        if self.sandbox is not None:
-            set_(self, "sandbox", os.fspath(self.sandbox))
+        if self.sandbox is not None:  # relative to where the user is, not the agent
+            set_(self, "sandbox", os.path.abspath(os.fspath(self.sandbox)))
         if type(self.ranks) is not int or self.ranks != 1:
             _check_int(owner, "ranks", self.ranks, 1)
         if type(self.cores_per_rank) is not int or self.cores_per_rank != 1:
@@ -239,6 +239,9 @@ class PilotDescription:
         _check_int(owner, "gpus_per_node", self.gpus_per_node, 0)
         if self.function_workers is not None:
             _check_int(owner, "function_workers", self.function_workers, 1)
+        if isinstance(self.heartbeat_timeout, int | float) and self.heartbeat_timeout < 2:
+            raise InvalidDescription(owner, "heartbeat_timeout", f"must be >= 2 s (heartbeats "
+                                     f"go every second), got {self.heartbeat_timeout}")
         for name in ("runtime", "heartbeat_timeout"):
             value = getattr(self, name)
             if value is None and name == "runtime":

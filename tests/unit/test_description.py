@@ -46,7 +46,8 @@ def test_an_executable_task() -> None:
     assert td.kind == "executable"
     assert td.arguments == ("hi", "3", "2.5")  # numbers become str
     assert (td.cores, td.gpus) == (6, 1.0)
-    assert td.sandbox == "." and td.function_blob is None and td.args_blob is None
+    assert td.sandbox == os.getcwd()  # made absolute where the user is
+    assert td.function_blob is None and td.args_blob is None
 
 
 def test_a_function_task_is_pickled_at_construction() -> None:

@@ -40,7 +40,7 @@ from .reactor import Reactor, readable
 PROGRESS_INTERVAL = 0.05  # seconds
 HEARTBEAT_INTERVAL = 1.0
 MAX_UPDATES_PER_MESSAGE = 10_000
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
 SUBMITTED, SCHEDULED, RUNNING = TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
 
@@ -152,6 +152,11 @@ class Agent:
 
     def _shutdown(self) -> None:
         reason = self._stop_reason or "stopped"
+        for event in self._inbox:  # outcomes that arrived with the stop still count
+            task = self.tasks.get(event.uid)
+            if type(event) is TaskFinished and task is not None and not task.state.final:
+                self._finish(task, event)
+        self._inbox.clear()
         self.backend.stop(STOP_TIMEOUT)
         state = TaskState.CANCELED if reason == "shutdown requested" else TaskState.FAILED
         now = time.time()

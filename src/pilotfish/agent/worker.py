@@ -183,10 +183,12 @@ def _format(exc: BaseException) -> str:
 
 
 def _pickle_exception(exc: BaseException) -> bytes | None:
-    try:
-        return pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return None
+    for dumps in (pickle.dumps, cloudpickle.dumps):  # cloudpickle: classes in __main__
+        try:
+            return dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+    return None
 
 
 def _die_with_parent() -> None:

@@ -153,6 +153,7 @@ class FunctionPool:
 
     def _on_exit(self, worker: _Worker) -> None:
         assert self._reactor is not None
+        self._on_message()  # results it sent before it died count
         self._reactor.remove_reader(worker.pidfd)
         os.close(worker.pidfd)
         _, status = os.waitpid(worker.proc.pid, 0)
@@ -195,6 +196,8 @@ class FunctionPool:
                 worker.outstanding.pop(uid, None)
                 worker.unsent = [item for item in worker.unsent if item[0] != uid]
                 del self._task_worker[uid]
+                if worker.one_off and not worker.outstanding:
+                    signal_group(worker.proc.pid, signal.SIGKILL)
                 now = time.time()
                 self._emit(TaskFinished(uid, TaskState.CANCELED, None, now, error="canceled"))
         return others

@@ -127,7 +127,7 @@ class ProcessRunner:
                 if rank == 0:
                     pgid = pid
                 pids[pid] = os.pidfd_open(pid)
-        except OSError as exc:
+        except Exception as exc:  # a bad argument or environment too: this task fails
             if pgid:
                 signal_group(pgid, signal.SIGKILL)
             for pid, pidfd in pids.items():
@@ -161,19 +161,30 @@ class ProcessRunner:
         if task.exit_code is None or (task.exit_code == 0 and code != 0):
             task.exit_code = code
         if task.pids:
+            if code != 0 and task.killed is None:  # one rank failed: stop the others
+                task.killed = "rank failed"
+                signal_group(task.pgid, signal.SIGKILL)
             return
         exec_stop = time.time()
         signal_group(task.pgid, signal.SIGKILL)  # leftovers the task left behind
         for timer in task.timers:
             self._reactor.cancel_timer(timer)
         del self._running[task.spec.uid]
-        finish = self._outputs.finish
-        stdout, stderr = finish(task.out, TAIL_BYTES), finish(task.err, TAIL_BYTES)
         spec, code = task.spec, task.exit_code
+        try:
+            finish = self._outputs.finish
+            stdout, stderr = finish(task.out, TAIL_BYTES), finish(task.err, TAIL_BYTES)
+        except OSError as exc:  # e.g. the task removed its own sandbox
+            stdout, stderr = None, f"(pilotfish could not keep this task's output: {exc})"
+            task.out.close()
+            task.err.close()
         if task.killed == "canceled":
             state, error = TaskState.CANCELED, "canceled"
         elif task.killed == "timeout":
             state, error = TaskState.FAILED, f"timed out after {spec.timeout} s (killed)"
+        elif task.killed == "rank failed":
+            state = TaskState.FAILED
+            error = f"a rank failed with exit code {code}; the other ranks were killed"
         elif code == 0:
             state, error = TaskState.DONE, None
         else:
@@ -186,8 +197,11 @@ class ProcessRunner:
     @staticmethod
     def _publish(task: _Running) -> None:
         """A task that runs a while gets named output files, to follow as it runs."""
-        task.out.publish()
-        task.err.publish()
+        try:
+            task.out.publish()
+            task.err.publish()
+        except OSError:
+            pass  # its sandbox is gone: the files stay unnamed, the task goes on
 
     def _kill(self, task: _Running, why: str) -> None:
         assert self._reactor is not None
@@ -218,11 +232,16 @@ class ProcessRunner:
             for pid, pidfd in task.pids.items():
                 if not wait_fd(pidfd, deadline - time.monotonic()):
                     signal_group(task.pgid, signal.SIGKILL)
+                    if not wait_fd(pidfd, KILL_GRACE):  # it left its process group
+                        os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 os.close(pidfd)
             signal_group(task.pgid, signal.SIGKILL)
-            self._outputs.finish(task.out, 0)  # keep what it wrote
-            self._outputs.finish(task.err, 0)
+            for output in (task.out, task.err):
+                try:
+                    self._outputs.finish(output, 0)  # keep what it wrote
+                except OSError:
+                    output.close()
         self._running.clear()
         self._outputs.close()
 
