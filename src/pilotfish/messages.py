@@ -105,7 +105,7 @@ decode_to_client = msgspec.msgpack.Decoder(ToClient).decode  # type: ignore[arg-
 # Agent <-> function worker. Kept as plain tuples: the hot path of function tasks.
 #   to worker:   ("run", [(uid, function_key, args_blob, timeout), ...], {key: blob})
 #                ("cancel", [uid, ...])   ("stop",)
-#   from worker: ("ready", pid)    ("started", uid, ts)  (only after idling or a long task)
+#   from worker: ("ready", pid)    ("started", uid, ts)  (a task running for 10 ms)
 #                ("done", [(uid, ok, result_blob, error_text, exec_start, exec_stop), ...])
 def encode_plain(message: Any) -> bytes:
     return _encoder.encode(message)

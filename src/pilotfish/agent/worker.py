@@ -4,13 +4,17 @@ Started once per pilot by the built-in backend (`python -m pilotfish.agent.worke
 IDENT`), it receives batches of tasks over ZeroMQ and sends results back in batches,
 flushing at least every few milliseconds so results do not wait behind long tasks.
 
-Timeouts use SIGALRM; cancelling the running task uses SIGUSR1 after a cancel message.
+A timer (SIGALRM) fires `ANNOUNCE_AFTER` into every task: if the task still runs, the
+worker sends the results it holds and says the task is RUNNING; the same timer enforces
+the task's timeout. Cancelling the running task uses SIGUSR1 after a cancel message.
 Both raise inside the task's own code (between bytecodes, or when a blocking call such as
-`time.sleep` is interrupted); code stuck in C without checking signals is not interrupted.
+`time.sleep` is interrupted); code stuck in C without checking signals is not
+interrupted. (So a task should not use SIGALRM or `setitimer` itself.)
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import signal
@@ -28,7 +32,7 @@ from .reactor import readable
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
 CANCEL_MESSAGE_WAIT_MS = 1000
-ANNOUNCE_AFTER = 0.01  # a task that ran longer makes the worker announce the next start
+ANNOUNCE_AFTER = 0.01  # a task still running after this is announced as RUNNING
 
 # Outcomes reported per task.
 OK, ERROR, CANCELED, TIMEOUT = 0, 1, 2, 3
@@ -42,7 +46,7 @@ class _Interrupt(BaseException):
 
 
 class FunctionWorker:
-    def __init__(self, address: str, ident: str) -> None:
+    def __init__(self, address: str, ident: str, counter_path: str | None = None) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, ident.encode())
@@ -54,8 +58,18 @@ class FunctionWorker:
         self.queue: deque[tuple[str, str, bytes | None, float | None]] = deque()
         self.canceled: set[str] = set()
         self.current: str | None = None
+        self.current_start = 0.0
+        self.deadline: float | None = None  # of the current task's timeout
+        self.announced = False
+        self.results: list[tuple[Any, ...]] = []  # finished, not yet sent
         self.in_task = False
         self.stopping = False
+        # Tasks started so far, in a file the agent reads if this worker dies.
+        self.started = 0
+        self.counter: mmap.mmap | None = None
+        if counter_path:
+            with open(counter_path, "r+b") as f:
+                self.counter = mmap.mmap(f.fileno(), 8)
 
     # ---- messages ---------------------------------------------------------------------
 
@@ -74,12 +88,27 @@ class FunctionWorker:
         while readable(self.sock):
             self._handle(self.sock.recv())
 
+    def _send_results(self) -> None:
+        if self.results:
+            self.sock.send(encode_plain(("done", self.results)))
+            self.results = []
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self.in_task:
             return  # the loop is between tasks (maybe inside zmq): it checks by itself
+        # Safe to use the socket: the main thread is in user code, not in a zmq call.
         if signum == signal.SIGALRM:
-            raise _Interrupt(TIMEOUT)
-        # Safe: the main thread is in user code, not in a zmq call. The agent sends the
+            now = time.time()
+            if self.deadline is not None and now >= self.deadline - 0.001:
+                raise _Interrupt(TIMEOUT)
+            if not self.announced:
+                self.announced = True
+                self._send_results()
+                self.sock.send(encode_plain(("started", self.current, self.current_start)))
+            if self.deadline is not None:
+                signal.setitimer(signal.ITIMER_REAL, max(0.001, self.deadline - now))
+            return
+        # The agent sends the
         # cancel message before the signal, but the signal may overtake it: wait for it.
         if self.sock.poll(CANCEL_MESSAGE_WAIT_MS):
             self._drain()
@@ -96,6 +125,9 @@ class FunctionWorker:
 
     def _run_one(self, uid: str, key: str, args_blob: bytes | None,
                  timeout: float | None) -> tuple[Any, ...]:
+        self.started += 1  # counts every task taken, in dispatch order
+        if self.counter is not None:
+            self.counter[:8] = self.started.to_bytes(8, "little")
         start = time.time()
         if uid in self.canceled:
             self.canceled.discard(uid)
@@ -106,11 +138,12 @@ class FunctionWorker:
         except Exception as exc:
             return (uid, ERROR, _pickle_exception(exc), _format(exc), start, time.time())
         self.current = uid
-        if timeout:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+        self.announced = False
+        start = self.current_start = time.time()
+        self.deadline = start + timeout if timeout else None
+        signal.setitimer(signal.ITIMER_REAL, min(ANNOUNCE_AFTER, timeout or ANNOUNCE_AFTER))
         try:
             self.in_task = True
-            start = time.time()
             value = fn(*args, **kwargs)
             self.in_task = False
             stop = time.time()
@@ -125,8 +158,7 @@ class FunctionWorker:
             return (uid, ERROR, _pickle_exception(exc), _format(exc), start, stop)
         finally:
             self.in_task = False
-            if timeout:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_REAL, 0)
             self.current = None
             self.canceled.discard(uid)
         try:
@@ -145,37 +177,25 @@ class FunctionWorker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.sock.send(encode_plain(("ready", os.getpid())))
         parent = os.getppid()
-        results: list[tuple[Any, ...]] = []
         first_result = 0.0
         while not self.stopping:
-            announce = False
             if not self.queue:
-                if results:
-                    self.sock.send(encode_plain(("done", results)))
-                    results = []
+                self._send_results()
                 if not self.sock.poll(1000):
                     if os.getppid() != parent:
                         return  # the agent is gone
                     continue
-                announce = True
             self._drain()
             while self.queue and not self.stopping:
-                uid, key, args_blob, timeout = self.queue.popleft()
-                if announce:
-                    # After idling or a long task, the next may be long too: say it runs.
-                    self.sock.send(encode_plain(("started", uid, time.time())))
-                results.append(self._run_one(uid, key, args_blob, timeout))
-                now = results[-1][5]
-                announce = now - results[-1][4] > ANNOUNCE_AFTER
-                if len(results) == 1:
-                    first_result = now
-                if announce or now - first_result > FLUSH_INTERVAL:
-                    self.sock.send(encode_plain(("done", results)))
-                    results = []
+                result = self._run_one(*self.queue.popleft())
+                self.results.append(result)
+                if len(self.results) == 1:
+                    first_result = result[5]
+                elif result[5] - first_result > FLUSH_INTERVAL:
+                    self._send_results()
                 if readable(self.sock):
                     self._drain()
-        if results:
-            self.sock.send(encode_plain(("done", results)))
+        self._send_results()
 
 
 def _format(exc: BaseException) -> str:
@@ -208,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent()
     if os.getppid() != parent:
         return  # the agent died before we asked to follow it
-    worker = FunctionWorker(args[0], args[1])
+    worker = FunctionWorker(args[0], args[1], args[2] if len(args) > 2 else None)
     try:
         worker.run()
     finally:

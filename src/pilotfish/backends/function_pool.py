@@ -5,6 +5,11 @@ for the pilot's life. A function task that needs its own resources (several core
 GPU) gets a one-off worker started with that slot's environment. If a worker dies, the
 task it was running fails with the reason and the tasks queued behind it are requeued;
 a worker that dies before it ever became ready fails all its tasks (it would again).
+
+Each worker counts the tasks it has started in a small shared file (`worker.<id>.started`,
+8 bytes, mapped in memory): when it dies, that count names the task that was running,
+which fails; the others it held go back to the queue, including any that finished in
+the last milliseconds without their result reaching the agent (they run again).
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     pidfd: int
     log: str
+    counter: str  # file where the worker counts the tasks it started
     one_off: bool = False
     ready: bool = False
-    outstanding: dict[str, None] = field(default_factory=dict)  # uids, in dispatch order
+    outstanding: dict[str, int] = field(default_factory=dict)  # uid -> dispatch index
+    dispatched: int = 0
     unsent: list[tuple[Any, ...]] = field(default_factory=list)
     known_functions: set[str] = field(default_factory=set)
 
@@ -87,7 +94,8 @@ class FunctionPool:
             if worker is None:
                 worker = self._spawn(ident, env, one_off=env is not None)
             for item in items:
-                worker.outstanding[item[0]] = None
+                worker.outstanding[item[0]] = worker.dispatched
+                worker.dispatched += 1
                 self._task_worker[item[0]] = worker
             if worker.ready:
                 self._send_run(worker, items)
@@ -98,14 +106,17 @@ class FunctionPool:
         assert self._reactor is not None
         os.makedirs(self.sandbox, exist_ok=True)
         log = os.path.join(self.sandbox, f"worker.{ident}.log")
+        counter = os.path.join(self.sandbox, f"worker.{ident}.started")
+        with open(counter, "wb") as f:
+            f.write(bytes(8))
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pilotfish.agent.worker", self.address, ident],
+                [sys.executable, "-m", "pilotfish.agent.worker", self.address, ident, counter],
                 cwd=self.sandbox, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env={**self._env, **(env or {})}, process_group=0,
             )
         proc.returncode = 0  # reaped through its pidfd, not by Popen
-        worker = _Worker(ident, proc, os.pidfd_open(proc.pid), log, one_off=one_off)
+        worker = _Worker(ident, proc, os.pidfd_open(proc.pid), log, counter, one_off=one_off)
         self._workers[ident] = worker
         self._reactor.add_reader(worker.pidfd, lambda: self._on_exit(worker))
         return worker
@@ -159,6 +170,7 @@ class FunctionPool:
         _, status = os.waitpid(worker.proc.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         del self._workers[worker.ident]
+        started = _read_started(worker.counter)
         if not worker.outstanding:
             return
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
@@ -171,10 +183,13 @@ class FunctionPool:
             for uid in uids:
                 self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=reason))
             return
-        self._emit(TaskFinished(uids[0], TaskState.FAILED, None, now,
-                                error=f"function worker died ({how}) while running this task"))
-        for uid in uids[1:]:
-            self._emit(TaskRequeued(uid))
+        running = started - 1
+        for uid in uids:
+            if worker.outstanding[uid] == running:
+                self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=f"function "
+                                        f"worker died ({how}) while running this task"))
+            else:
+                self._emit(TaskRequeued(uid))
 
     # ---- control ----------------------------------------------------------------------
 
@@ -213,3 +228,14 @@ class FunctionPool:
             os.close(worker.pidfd)
         self._workers.clear()
         self._sock.close(linger=0)
+
+
+def _read_started(path: str) -> int:
+    """How many tasks a dead worker had started (see the module docstring); removes the file."""
+    try:
+        with open(path, "rb") as f:
+            count = int.from_bytes(f.read(8), "little")
+        os.unlink(path)
+    except OSError:
+        return 0
+    return count
