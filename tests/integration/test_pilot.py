@@ -400,3 +400,31 @@ def test_tasks_submitted_as_the_pilot_ends_all_end(session: pf.Session) -> None:
     assert session.wait(timeout=30)
     failed = [t for batch in batches for t in batch if t.state is TaskState.FAILED]
     assert failed and all("runtime" in t.error for t in failed)
+
+
+def test_function_results_do_not_wait_behind_a_long_task(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    quick, slow = session.submit([TD(function=pow, args=(2, 5)), TD(function=sleep_for,
+                                                                    args=(30,))])
+    assert quick.result(timeout=10) == 32  # long before the slow one ends
+    while slow.state is not TaskState.RUNNING:  # announced 10 ms into the task
+        assert session.wait([slow], timeout=0.1) is False
+    slow.cancel()
+    assert session.wait([slow], timeout=10) and slow.state is TaskState.CANCELED
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_concurrent_submits_of_one_function(session: pf.Session, pilot: pf.Pilot) -> None:
+    """Whichever submit reaches the agent first carries the function."""
+    big: list[pf.Task] = []
+    worker = threading.Thread(target=lambda: big.extend(
+        session.submit([TD(function=square, args=(i,)) for i in range(20_000)])))
+    worker.start()
+    small = session.submit(TD(function=square, args=(7,)))
+    worker.join(60)
+    assert small.result(timeout=60) == 49
+    assert session.wait(big, timeout=120)
+    assert all(t.state is TaskState.DONE for t in big)
