@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import functools
+import gc
 import os
 import queue
 import secrets
@@ -38,6 +40,24 @@ __version__ = "0.1.0"
 _STATES = {s.value: s for s in TaskState}
 _LIFECYCLE = frozenset(LIFECYCLE)
 _json_encode = msgspec.json.Encoder().encode
+
+
+def _without_gc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a bulk method with the cyclic GC paused: it creates (or frees) many objects
+    and no cycles, and the collector's passes over a heap of 100,000 tasks cost a fifth
+    of the client's time in a large submit. The GC is resumed (if it was on) after."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return wrapper
 
 
 class Pilot:
@@ -164,6 +184,7 @@ class Session:
                 return p
         raise RuntimeError("no active pilot: call session.start_pilot() first")
 
+    @_without_gc
     def _submit(self, descs: list[TaskDescription], pilot: Pilot) -> list[Task]:
         now = time.time()
         specs: list[m.TaskSpec] = []
@@ -355,6 +376,7 @@ class Session:
                 task.state = TaskState.SUBMITTED
                 task.events.append(event)  # journaled with the others when it ends
 
+    @_without_gc
     def _apply_updates(self, updates: list[m.TaskUpdate]) -> None:
         now = time.time()
         event_rows: list[tuple[int, str, float]] = []
