@@ -268,13 +268,14 @@ def test_ten_thousand_tasks_journaled(session: pf.Session, pilot: pf.Pilot) -> N
     assert list((pilot.sandbox / "tasks").iterdir()) == []
 
 
-def test_output_files_are_named_when_written_or_running_long(session: pf.Session,
+def test_output_files_are_named_once_written(session: pf.Session,
                                                              pilot: pf.Pilot) -> None:
     sandbox = pilot.sandbox / "tasks"
     loud = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo out; echo err >&2"]))
     quiet = session.submit(TD(executable="/bin/true"))
-    # a long task finds its own (still empty) output file by name while it runs
-    check = 'sleep 1.5; test -e "$PILOTFISH_TASK_ID.out" && test -e "$PILOTFISH_TASK_ID.err"'
+    # a long task finds its output file by name while it runs, once it wrote to it
+    check = ('echo started; sleep 1.5; test -e "$PILOTFISH_TASK_ID.out" '
+             '&& test ! -e "$PILOTFISH_TASK_ID.err"')
     long = session.submit(TD(executable="/bin/sh", arguments=["-c", check]))
     assert session.wait(timeout=30)
     assert long.state is TaskState.DONE, long.error

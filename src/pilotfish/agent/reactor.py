@@ -22,6 +22,7 @@ class Reactor:
         self._poller = zmq.Poller()
         self._callbacks: dict[Handle, Callable[[], None]] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._pending: set[int] = set()
         self._cancelled: set[int] = set()
         self._counter = itertools.count()
 
@@ -37,20 +38,24 @@ class Reactor:
         """Run `callback` at monotonic time `when`; returns an id for `cancel_timer`."""
         timer_id = next(self._counter)
         heapq.heappush(self._timers, (when, timer_id, callback))
+        self._pending.add(timer_id)
         return timer_id
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> int:
         return self.call_at(time.monotonic() + delay, callback)
 
     def cancel_timer(self, timer_id: int) -> None:
-        self._cancelled.add(timer_id)
+        if timer_id in self._pending:  # a timer that already ran needs nothing
+            self._cancelled.add(timer_id)
 
     def run_once(self, max_wait: float) -> None:
         """Wait up to `max_wait` seconds (less if a timer is due), then run what is ready."""
         now = time.monotonic()
         wait = max_wait
         while self._timers and self._timers[0][1] in self._cancelled:
-            self._cancelled.discard(heapq.heappop(self._timers)[1])
+            timer_id = heapq.heappop(self._timers)[1]
+            self._cancelled.discard(timer_id)
+            self._pending.discard(timer_id)
         if self._timers:
             wait = min(wait, max(0.0, self._timers[0][0] - now))
         for handle, _ in self._poller.poll(int(wait * 1000) if wait > 0 else 0):
@@ -60,6 +65,7 @@ class Reactor:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, timer_id, callback = heapq.heappop(self._timers)
+            self._pending.discard(timer_id)
             if timer_id in self._cancelled:
                 self._cancelled.discard(timer_id)
             else:

@@ -2,12 +2,12 @@
 
 Creating two named files per task is the dearest part of launching a short executable on
 a disk file system (and a metadata storm on a parallel one). So the file is opened with
-`O_TMPFILE` in the sandbox, handed to the task, and linked to `<sandbox>/<uid>.out` only
-when the task ended having written something, or has been running `PUBLISH_AFTER`
-seconds (so `tail -f` works on long tasks). A silent short task leaves no file at all,
-and its still-empty unnamed file is reused for a later task: after warm-up, launching
-silent tasks costs no file-system operation. Where `O_TMPFILE` is not supported, files
-are named from the start.
+`O_TMPFILE` in the sandbox, handed to the task, and linked to `<sandbox>/<uid>.out` once
+it has content: checked when the task ends and every `PUBLISH_AFTER` seconds while it
+runs (so `tail -f` works on long tasks). A silent task leaves no file at all, and its
+still-empty unnamed file is reused for a later task: after warm-up, launching silent
+tasks costs no file-system operation. Where `O_TMPFILE` is not supported, files are
+named from the start.
 
 (A detached daemon that a task left behind, outside its process group, and that writes
 to its inherited stdout later, could write into a recycled file: kill your daemons.)
@@ -28,6 +28,12 @@ class OutputFile:
 
     def __init__(self, directory: str, path: str, fd: int, named: bool) -> None:
         self.directory, self.path, self.fd, self.named = directory, path, fd, named
+
+    def publish_if_written(self) -> bool:
+        """Name the file if it has content; True once it is named."""
+        if not self.named and self.fd >= 0 and os.fstat(self.fd).st_size:
+            self.publish()
+        return self.named
 
     def publish(self) -> None:
         """Give the file its name (replacing an older file of that name)."""

@@ -194,14 +194,16 @@ class ProcessRunner:
         self._emit(TaskFinished(spec.uid, state, task.exec_start, exec_stop, exit_code=code,
                                 error=error, stdout=stdout, stderr=stderr))
 
-    @staticmethod
-    def _publish(task: _Running) -> None:
-        """A task that runs a while gets named output files, to follow as it runs."""
+    def _publish(self, task: _Running) -> None:
+        """A running task's output files get their names once written, to follow them."""
+        assert self._reactor is not None
         try:
-            task.out.publish()
-            task.err.publish()
+            named = [output.publish_if_written() for output in (task.out, task.err)]
         except OSError:
-            pass  # its sandbox is gone: the files stay unnamed, the task goes on
+            return  # its sandbox is gone: the files stay unnamed, the task goes on
+        if not all(named) and task.spec.uid in self._running:
+            task.timers.append(self._reactor.call_later(
+                PUBLISH_AFTER, functools.partial(self._publish, task)))
 
     def _kill(self, task: _Running, why: str) -> None:
         assert self._reactor is not None
