@@ -97,7 +97,8 @@ class Agent:
         self.task_sandbox = os.path.join(cfg.sandbox, "tasks")
         self.backend: Backend = BuiltinBackend(self.task_sandbox, cfg.gpus_per_node,
                                                self.functions, log_dir=cfg.sandbox,
-                                               python_path=cfg.python_path)
+                                               python_path=cfg.python_path,
+                                               cores=cfg.nodes * cfg.cores_per_node)
         self.tasks: dict[str, _Task] = {}
         self._final: dict[str, None] = {}  # uids with a final update to send
         # uid -> when its unsent progress began (monotonic), oldest first

@@ -18,8 +18,8 @@ class BuiltinBackend:
     capabilities = Capabilities(executables=True, functions=True, mpi=False, gpus=True)
 
     def __init__(self, sandbox: str, gpus_per_node: int, functions: dict[str, bytes],
-                 log_dir: str, python_path: list[str] | None = None) -> None:
-        self.processes = ProcessRunner(sandbox, node_has_gpus=gpus_per_node > 0)
+                 log_dir: str, python_path: list[str] | None = None, cores: int = 0) -> None:
+        self.processes = ProcessRunner(sandbox, node_has_gpus=gpus_per_node > 0, slots=cores)
         self.pool = FunctionPool(log_dir, functions, python_path or [])
         self._has_gpus = gpus_per_node > 0
 

@@ -69,6 +69,17 @@ class OutputFiles:
                 pass  # not supported on this file system: name it from the start
         return OutputFile(directory, path, os.open(path, _NAMED_FLAGS, 0o644), named=True)
 
+    def prefill(self, directory: str, count: int) -> None:
+        """Make `count` unnamed files ahead, so that a first wave of tasks starts fast."""
+        if not hasattr(os, "O_TMPFILE"):
+            return
+        free = self._free.setdefault(directory, [])
+        try:
+            while len(free) < min(count, POOL_LIMIT):
+                free.append(os.open(directory, _TMP_FLAGS, 0o644))
+        except OSError:
+            pass  # not supported here: files are made (named) per task instead
+
     def finish(self, output: OutputFile, tail_bytes: int) -> str:
         """Name the file if it has content, return its last `tail_bytes`, and let it go."""
         size = os.fstat(output.fd).st_size

@@ -83,10 +83,11 @@ class _Running:
 class ProcessRunner:
     """Spawns placed executables and reports when they start and end."""
 
-    def __init__(self, sandbox: str, node_has_gpus: bool,
+    def __init__(self, sandbox: str, node_has_gpus: bool, slots: int = 0,
                  spawn: Callable[..., int] | None = None) -> None:
         self.sandbox = sandbox
         self.node_has_gpus = node_has_gpus
+        self._slots = slots  # how many tasks may run at once: output files made ahead
         self._spawn = spawn or spawn_process  # the one seam for process creation
         self._base_env = dict(os.environ)
         self._made_dirs: set[str] = set()
@@ -99,6 +100,9 @@ class ProcessRunner:
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self._reactor, self._emit = reactor, emit
         self._cwd = os.getcwd()
+        os.makedirs(self.sandbox, exist_ok=True)
+        self._made_dirs.add(self.sandbox)
+        self._outputs.prefill(self.sandbox, 2 * min(self._slots, 256))
 
     def launch(self, tasks: Sequence[PlacedTask]) -> None:
         for placed in tasks:
