@@ -72,6 +72,9 @@ class Pilot:
         self.process: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
         self.stopped = threading.Event()
+        self.outstanding = 0  # tasks submitted to it and not final yet
+        assert description.cores_per_node is not None
+        self.cores = description.nodes * description.cores_per_node
 
     def __repr__(self) -> str:
         return f"<Pilot {self.uid} {self.state}>"
@@ -146,6 +149,7 @@ class Session:
             raise TimeoutError(f"{uid}: agent not ready within {timeout} s; see "
                                f"{pilot.sandbox / 'agent.log'}")
         if not pilot.active:
+            self._kill_agent(pilot)
             raise RuntimeError(f"{uid}: agent failed to start: {pilot.reason}; see "
                                f"{pilot.sandbox / 'agent.log'}")
         return pilot
@@ -179,10 +183,11 @@ class Session:
             if pilot.uid not in self.pilots or not pilot.active:
                 raise RuntimeError(f"{pilot.uid} is not an active pilot of this session")
             return pilot
-        for p in self.pilots.values():
-            if p.active:
-                return p
-        raise RuntimeError("no active pilot: call session.start_pilot() first")
+        active = [p for p in self.pilots.values() if p.active]
+        if not active:
+            raise RuntimeError("no active pilot: call session.start_pilot() first")
+        # The least loaded: fewest unfinished tasks per core.
+        return min(active, key=lambda p: p.outstanding / p.cores)
 
     @_without_gc
     def _submit(self, descs: list[TaskDescription], pilot: Pilot) -> list[Task]:
@@ -224,6 +229,7 @@ class Session:
         with self._done:
             for task in tasks:
                 self._live[task.uid] = task
+            pilot.outstanding += len(tasks)
         self._channel.send(pilot.uid, m.Submit(specs, functions))
         return tasks
 
@@ -401,6 +407,7 @@ class Session:
                 task.events.append((state.value, now))
                 finish_rows.append(_journal_row(task, now, event_rows))
                 del live[u.uid]
+                self.pilots[task.pilot].outstanding -= 1
                 finished += 1
                 if has_callbacks:
                     callbacks.append(task)

@@ -429,3 +429,14 @@ def test_concurrent_submits_of_one_function(session: pf.Session, pilot: pf.Pilot
     assert small.result(timeout=60) == 49
     assert session.wait(big, timeout=120)
     assert all(t.state is TaskState.DONE for t in big)
+
+
+def test_tasks_go_to_the_least_loaded_pilot(session: pf.Session) -> None:
+    small = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+    large = session.start_pilot(pf.PilotDescription(nodes=2, cores_per_node=4))
+    tasks = [session.submit(TD(executable="/bin/sleep", arguments=["1"])) for _ in range(30)]
+    assert session.wait(tasks, timeout=60)
+    on = {p.uid: sum(t.pilot == p.uid for t in tasks) for p in (small, large)}
+    assert on[small.uid] == 6 and on[large.uid] == 24  # in proportion to their cores
+    by_pilot = session.metrics(by="pilot")
+    assert by_pilot.groups[large.uid].n_done == 24
