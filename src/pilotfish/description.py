@@ -13,10 +13,11 @@ import pickle
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
+import msgspec
 
 PLATFORMS = ("local",)
 # GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
@@ -82,8 +83,7 @@ def pickle_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes 
         raise TypeError(f"TaskDescription.args/kwargs cannot be serialised: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskDescription:
+class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defaults=True):
     """One task: an executable (with arguments) or a Python function (with args).
 
     Resources: `ranks` processes (all on one node for now), each with `cores_per_rank`
@@ -91,31 +91,38 @@ class TaskDescription:
     is in seconds: the task is killed and FAILED with the reason when it runs longer.
     `sandbox` is the working directory (default: the pilot's shared task directory);
     stdout and stderr go to `<sandbox>/<uid>.out` and `.err`.
+
+    (A frozen `msgspec.Struct`, not a dataclass: built in C, it costs a tenth of the
+    time, which counts when a workflow makes a million of them.)
     """
 
     executable: str | None = None
     arguments: Sequence[Any] = ()
-    environment: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = {}
     sandbox: str | os.PathLike[str] | None = None
     function: Callable[..., Any] | None = None
     args: Sequence[Any] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = {}
     ranks: int = 1
     cores_per_rank: int = 1
     gpus_per_rank: float = 0.0
     priority: int = 0
     timeout: float | None = None
     name: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
-    # Derived at construction: the pickled function and arguments, so that an
+    tags: Mapping[str, str] = {}
+    # Derived at construction, not given: the pickled function and arguments, so that an
     # unserialisable function is refused here and submit does no pickling.
-    function_key: str | None = field(default=None, init=False, repr=False, compare=False)
-    function_blob: bytes | None = field(default=None, init=False, repr=False, compare=False)
-    args_blob: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    function_key: str | None = None
+    function_blob: bytes | None = None
+    args_blob: bytes | None = None
 
     def __post_init__(self) -> None:
         owner = "TaskDescription"
-        set_ = object.__setattr__
+        set_ = msgspec.structs.force_setattr
+        if self.function_key is not None or self.function_blob is not None or (
+                self.args_blob is not None):
+            raise TypeError(f"{owner}: function_key, function_blob and args_blob are "
+                            "derived from function and args; do not give them")
         if self.function is None:
             if self.executable is None:
                 raise InvalidDescription(owner, "executable", "give an executable or a function")

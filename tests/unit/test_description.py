@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import pickle
 import threading
@@ -73,8 +72,10 @@ def test_valid_gpu_amounts(gpus: float) -> None:
 
 def test_descriptions_are_frozen() -> None:
     td = TaskDescription(executable="x")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         td.ranks = 2  # type: ignore[misc]
+    with pytest.raises(TypeError, match="derived"):
+        TaskDescription(function=pow, function_key="forged")
 
 
 # ---- what is refused ----------------------------------------------------------------------
