@@ -22,6 +22,7 @@ import zmq
 
 from . import messages as m
 from .agent.reactor import readable
+from .gcpause import without_gc
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class Channel:
             chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
             Channel._send(link, m.encode(m.Submit(chunk, functions if i == 0 else {})))
 
+    @without_gc
     def _receive(self, link: AgentLink) -> None:
         link.last_heard = time.monotonic()
         sock = link.socket

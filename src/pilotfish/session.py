@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
-import functools
-import gc
 import os
 import queue
 import secrets
@@ -30,6 +28,7 @@ from . import messages as m
 from .agent.agent import AgentConfig
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
+from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal
 from .pilots.local import kill_session, start_local_agent
 from .states import TaskState, is_stale
@@ -40,24 +39,6 @@ __version__ = "0.1.0"
 _STATES = {s.value: s for s in TaskState}
 _LIFECYCLE = frozenset(LIFECYCLE)
 _json_encode = msgspec.json.Encoder().encode
-
-
-def _without_gc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a bulk method with the cyclic GC paused: it creates (or frees) many objects
-    and no cycles, and the collector's passes over a heap of 100,000 tasks cost a fifth
-    of the client's time in a large submit. The GC is resumed (if it was on) after."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            if was_enabled:
-                gc.enable()
-
-    return wrapper
 
 
 class Pilot:
@@ -189,7 +170,7 @@ class Session:
         # The least loaded: fewest unfinished tasks per core.
         return min(active, key=lambda p: p.outstanding / p.cores)
 
-    @_without_gc
+    @without_gc
     def _submit(self, descs: list[TaskDescription], pilot: Pilot) -> list[Task]:
         now = time.time()
         specs: list[m.TaskSpec] = []
@@ -382,7 +363,7 @@ class Session:
                 task.state = TaskState.SUBMITTED
                 task.events.append(event)  # journaled with the others when it ends
 
-    @_without_gc
+    @without_gc
     def _apply_updates(self, updates: list[m.TaskUpdate]) -> None:
         now = time.time()
         event_rows: list[tuple[int, str, float]] = []

@@ -32,6 +32,7 @@ from ..backends.base import (
     TaskStarted,
 )
 from ..backends.builtin import BuiltinBackend
+from ..gcpause import without_gc
 from ..resources import Shape
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
 from ..states import TaskState, check_transition
@@ -187,6 +188,7 @@ class Agent:
 
     # ---- from the client --------------------------------------------------------------
 
+    @without_gc
     def _on_client(self) -> None:
         self._last_heard = time.monotonic()
         while readable(self.client):
@@ -261,6 +263,7 @@ class Agent:
         if launches:
             self.backend.launch(launches)
 
+    @without_gc
     def _on_backend_events(self) -> None:
         while self._inbox:
             batch = self._inbox[:]
@@ -299,6 +302,7 @@ class Agent:
         task.outcome = outcome
         self._final[outcome.uid] = None
 
+    @without_gc
     def _flush(self, force: bool = False) -> None:
         updates: list[m.TaskUpdate] = []
         tasks = self.tasks
