@@ -440,7 +440,8 @@ class CallbackThread:
         """Let queued callbacks run (up to `timeout` s), then stop."""
         if self._thread is not None:
             self._queue.put(None)
-            self._thread.join(timeout)
+            if self._thread is not threading.current_thread():  # closed from a callback
+                self._thread.join(timeout)
 
 
 class PilotExecutor(concurrent.futures.Executor):
