@@ -440,3 +440,21 @@ def test_tasks_go_to_the_least_loaded_pilot(session: pf.Session) -> None:
     assert on[small.uid] == 6 and on[large.uid] == 24  # in proportion to their cores
     by_pilot = session.metrics(by="pilot")
     assert by_pilot.groups[large.uid].n_done == 24
+
+
+def deaf_sleep(seconds: float) -> str:
+    """Like code stuck in C: the worker's timeout and cancel signals never reach it."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGUSR1})
+    time.sleep(seconds)
+    return "woke"
+
+
+def test_a_function_deaf_to_signals_still_times_out(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    stuck = session.submit(TD(function=deaf_sleep, args=(60,), timeout=0.5))
+    queued = session.submit(TD(function=pow, args=(2, 3)))
+    with pytest.raises(pf.TaskFailed, match=r"did not stop.*worker was killed"):
+        stuck.result(timeout=30)
+    assert queued.result(timeout=30) == 8  # on a new worker

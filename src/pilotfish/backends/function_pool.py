@@ -10,6 +10,10 @@ Each worker counts the tasks it has started in a small shared file (`worker.<id>
 8 bytes, mapped in memory): when it dies, that count names the task that was running,
 which fails; the others it held go back to the queue, including any that finished in
 the last milliseconds without their result reaching the agent (they run again).
+
+A task that outlives its timeout, or a cancel, by `FORCE_GRACE` seconds (code stuck in C
+never sees the worker's signals) has its worker killed: it fails (or ends CANCELED) with
+that reason, and the worker is replaced.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from ..states import TaskState
 from .base import BackendEvent, TaskFinished, TaskRequeued, TaskStarted
 from .processes import signal_group, wait_fd
 
+FORCE_GRACE = 5.0  # seconds past a timeout or cancel before a worker is killed
+WATCH_INTERVAL = 1.0
+
 _OUTCOME = {
     worker_module.OK: TaskState.DONE,
     worker_module.ERROR: TaskState.FAILED,
@@ -47,6 +54,9 @@ class _Worker:
     pidfd: int
     log: str
     counter: str  # file where the worker counts the tasks it started
+    forced: dict[str, tuple[TaskState, str]] = field(default_factory=dict)  # why killed
+    watched: int = -1  # index of the task seen running at the last watch, and since when
+    watched_since: float = 0.0
     one_off: bool = False
     ready: bool = False
     outstanding: dict[str, int] = field(default_factory=dict)  # uid -> dispatch index
@@ -73,6 +83,9 @@ class FunctionPool:
         self.address = f"tcp://127.0.0.1:{port}"
         self._workers: dict[str, _Worker] = {}
         self._task_worker: dict[str, _Worker] = {}
+        self._timeouts: dict[str, float] = {}  # of outstanding tasks that have one
+        self._canceling: dict[str, float] = {}  # cancel sent (monotonic time), not ended
+        self._watching = False
         self._reactor: Reactor | None = None
         self._emit: Callable[[BackendEvent], None] = lambda e: None
 
@@ -97,6 +110,9 @@ class FunctionPool:
                 worker.outstanding[item[0]] = worker.dispatched
                 worker.dispatched += 1
                 self._task_worker[item[0]] = worker
+                if item[3]:
+                    self._timeouts[item[0]] = item[3]
+                    self._watch_soon()
             if worker.ready:
                 self._send_run(worker, items)
             else:
@@ -157,6 +173,8 @@ class FunctionPool:
         for uid, outcome, blob, error, exec_start, exec_stop in results:
             worker.outstanding.pop(uid, None)
             self._task_worker.pop(uid, None)
+            self._timeouts.pop(uid, None)
+            self._canceling.pop(uid, None)
             emit(TaskFinished(uid, _OUTCOME[outcome], exec_start, exec_stop,
                               error=error, result=blob))
         if worker.one_off and not worker.outstanding:
@@ -178,6 +196,8 @@ class FunctionPool:
         uids = list(worker.outstanding)
         for uid in uids:
             self._task_worker.pop(uid, None)
+            self._timeouts.pop(uid, None)
+            self._canceling.pop(uid, None)
         if not worker.ready:
             reason = f"function worker could not start ({how}); see {worker.log}"
             for uid in uids:
@@ -185,13 +205,52 @@ class FunctionPool:
             return
         running = started - 1
         for uid in uids:
-            if worker.outstanding[uid] == running:
+            if uid in worker.forced:
+                state, why = worker.forced[uid]
+                self._emit(TaskFinished(uid, state, None, now, error=f"{why}: its function "
+                                        "worker was killed"))
+            elif worker.outstanding[uid] == running:
                 self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=f"function "
                                         f"worker died ({how}) while running this task"))
             else:
                 self._emit(TaskRequeued(uid))
 
     # ---- control ----------------------------------------------------------------------
+
+    def _watch_soon(self) -> None:
+        if not self._watching and self._reactor is not None:
+            self._watching = True
+            self._reactor.call_later(WATCH_INTERVAL, self._watch)
+
+    def _watch(self) -> None:
+        """Once a second, while tasks have timeouts or cancels: kill the worker of a task
+        still running `FORCE_GRACE` seconds after it should have stopped. (The worker
+        cannot tell: code deaf to its signals does not let it run.)"""
+        self._watching = False
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if not worker.outstanding or not worker.ready:
+                continue
+            running = _peek_started(worker.counter) - 1
+            if running != worker.watched:
+                worker.watched, worker.watched_since = running, now
+                continue
+            uid = next((u for u, i in worker.outstanding.items() if i == running), None)
+            if uid is None or uid in worker.forced:
+                continue
+            timeout = self._timeouts.get(uid)
+            if timeout and now - worker.watched_since > timeout + FORCE_GRACE:
+                self._force(worker, uid, TaskState.FAILED, f"timed out after {timeout} s "
+                            "and did not stop")
+            elif uid in self._canceling and now - self._canceling[uid] > FORCE_GRACE:
+                self._force(worker, uid, TaskState.CANCELED, "canceled and did not stop")
+        if self._timeouts or self._canceling:
+            self._watch_soon()
+
+    @staticmethod
+    def _force(worker: _Worker, uid: str, state: TaskState, why: str) -> None:
+        worker.forced[uid] = (state, why)
+        signal_group(worker.proc.pid, signal.SIGKILL)
 
     def cancel(self, uids: Sequence[str]) -> list[str]:
         """Ask workers to cancel these tasks; return the uids that are not ours."""
@@ -207,10 +266,13 @@ class FunctionPool:
                     os.kill(worker.proc.pid, signal.SIGUSR1)
                 except ProcessLookupError:
                     pass
+                self._canceling[uid] = time.monotonic()
+                self._watch_soon()
             else:  # not started yet: it never runs
                 worker.outstanding.pop(uid, None)
                 worker.unsent = [item for item in worker.unsent if item[0] != uid]
                 del self._task_worker[uid]
+                self._timeouts.pop(uid, None)
                 if worker.one_off and not worker.outstanding:
                     signal_group(worker.proc.pid, signal.SIGKILL)
                 now = time.time()
@@ -230,12 +292,20 @@ class FunctionPool:
         self._sock.close(linger=0)
 
 
-def _read_started(path: str) -> int:
-    """How many tasks a dead worker had started (see the module docstring); removes the file."""
+def _peek_started(path: str) -> int:
+    """How many tasks a worker has started (see the module docstring)."""
     try:
         with open(path, "rb") as f:
-            count = int.from_bytes(f.read(8), "little")
-        os.unlink(path)
+            return int.from_bytes(f.read(8), "little")
     except OSError:
         return 0
+
+
+def _read_started(path: str) -> int:
+    """`_peek_started` of a worker that exited, removing its file."""
+    count = _peek_started(path)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
     return count
