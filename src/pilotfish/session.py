@@ -329,8 +329,7 @@ class Session:
         """Tasks queued for a pilot that ended before they could be sent: they fail."""
         pilot = self.pilots[pilot_uid]
         reason = f"{pilot_uid} ended before the task reached it ({pilot.reason})"
-        self._apply_updates([m.TaskUpdate(spec.uid, TaskState.FAILED.value, error=reason)
-                             for spec in submit.tasks])
+        self._end_tasks([spec.uid for spec in submit.tasks], TaskState.FAILED, reason)
 
     def _on_lost(self, pilot_uid: str, reason: str) -> None:
         pilot = self.pilots[pilot_uid]
@@ -349,10 +348,14 @@ class Session:
         pilot.stopped.set()
 
     def _fail_live(self, pilot_uid: str | None, state: TaskState, reason: str) -> None:
-        updates = [m.TaskUpdate(t.uid, state.value, error=reason)
-                   for t in list(self._live.values()) if pilot_uid in (None, t.pilot)]
-        if updates:
-            self._apply_updates(updates)
+        """End every unfinished task (of one pilot, or all) with `state` and `reason`."""
+        self._end_tasks([t.uid for t in list(self._live.values())
+                         if pilot_uid in (None, t.pilot)], state, reason)
+
+    def _end_tasks(self, uids: list[str], state: TaskState, reason: str) -> None:
+        """End tasks from the client's side, as the agent's final updates would."""
+        if uids:
+            self._apply_updates([m.TaskUpdate(uid, state.value, error=reason) for uid in uids])
 
     def _accept(self, uids: list[str], ts: float) -> None:
         live = self._live

@@ -172,9 +172,7 @@ class FunctionPool:
         emit = self._emit
         for uid, outcome, blob, error, exec_start, exec_stop in results:
             worker.outstanding.pop(uid, None)
-            self._task_worker.pop(uid, None)
-            self._timeouts.pop(uid, None)
-            self._canceling.pop(uid, None)
+            self._forget(uid)
             emit(TaskFinished(uid, _OUTCOME[outcome], exec_start, exec_stop,
                               error=error, result=blob))
         if worker.one_off and not worker.outstanding:
@@ -195,9 +193,7 @@ class FunctionPool:
         now = time.time()
         uids = list(worker.outstanding)
         for uid in uids:
-            self._task_worker.pop(uid, None)
-            self._timeouts.pop(uid, None)
-            self._canceling.pop(uid, None)
+            self._forget(uid)
         if not worker.ready:
             reason = f"function worker could not start ({how}); see {worker.log}"
             for uid in uids:
@@ -216,6 +212,12 @@ class FunctionPool:
                 self._emit(TaskRequeued(uid))
 
     # ---- control ----------------------------------------------------------------------
+
+    def _forget(self, uid: str) -> None:
+        """A task has left its worker (ended, canceled before it ran, or lost with it)."""
+        self._task_worker.pop(uid, None)
+        self._timeouts.pop(uid, None)
+        self._canceling.pop(uid, None)
 
     def _watch_soon(self) -> None:
         if not self._watching and self._reactor is not None:
@@ -271,8 +273,7 @@ class FunctionPool:
             else:  # not started yet: it never runs
                 worker.outstanding.pop(uid, None)
                 worker.unsent = [item for item in worker.unsent if item[0] != uid]
-                del self._task_worker[uid]
-                self._timeouts.pop(uid, None)
+                self._forget(uid)
                 if worker.one_off and not worker.outstanding:
                     signal_group(worker.proc.pid, signal.SIGKILL)
                 now = time.time()
