@@ -14,7 +14,7 @@ from .session import Session
 from .states import TaskState
 
 
-def _progress(session: Session, total: int, started: float, stream: TextIO) -> None:
+def wait_with_progress(session: Session, total: int, started: float, stream: TextIO) -> None:
     """Redraw a one-line progress bar until every task is final (waits, never sleeps).
 
     On a terminal the line is redrawn five times a second; otherwise (a log file) a new
@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"pilot {pilot.uid}: {desc.nodes} node(s) x {desc.cores_per_node} cores, "
               f"{desc.gpus_per_node} GPUs per node; ready in {time.monotonic() - t0:.2f} s")
         tasks = session.submit(demo_tasks(args.tasks, desc.gpus_per_node))
-        _progress(session, len(tasks), time.monotonic(), sys.stderr)
+        wait_with_progress(session, len(tasks), time.monotonic(), sys.stderr)
         counts = {s.value: 0 for s in TaskState if s.final}
         for t in tasks:
             counts[t.state.value] += 1
@@ -76,6 +76,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import run_simulation
+
+    print(f"simulating {args.tasks:,} {args.workload} tasks on {args.nodes:,} {args.platform} "
+          "node(s)", flush=True)
+    result = run_simulation(args.platform, args.nodes, args.workload, args.tasks,
+                            duration=args.duration, seed=args.seed, sessions=args.sessions)
+    print("\n".join(result.lines()))
+    return 0 if result.metrics.n_done == args.tasks else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sessions", default="pilotfish-sessions",
                      help="where session directories go")
     run.set_defaults(func=cmd_run)
+    sim = sub.add_parser("simulate", help="run a workload on a simulated pilot (no tasks run)")
+    sim.add_argument("--platform", default="frontier", help="platform profile (default frontier)")
+    sim.add_argument("--nodes", type=int, default=9408, help="nodes (default 9408)")
+    sim.add_argument("--workload", default="hybrid", choices=["null", "sleep", "hybrid"],
+                     help="null: 1-core 0 s tasks; sleep: 1-core tasks of --duration s; "
+                          "hybrid: an IMPECCABLE-like mix (default)")
+    sim.add_argument("--tasks", type=int, default=100_000, help="number of tasks")
+    sim.add_argument("--duration", type=float, default=10.0, help="sleep workload: seconds")
+    sim.add_argument("--seed", type=int, default=0, help="hybrid workload: random seed")
+    sim.add_argument("--sessions", default="pilotfish-sessions",
+                     help="where session directories go")
+    sim.set_defaults(func=cmd_simulate)
     report = sub.add_parser("report", help="metrics and charts of a finished session")
     report.add_argument("session_dir")
     report.add_argument("--json", action="store_true", help="metrics as JSON")

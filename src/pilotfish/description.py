@@ -20,6 +20,8 @@ import cloudpickle
 import msgspec
 
 PLATFORMS = ("local",)
+PLACEMENT_TAGS = ("colocate", "exclusive")
+BACKENDS = ("builtin", "simulated")
 # GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
 MAX_GPU_SHARING = 1024
 
@@ -86,9 +88,17 @@ def pickle_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes 
 class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defaults=True):
     """One task: an executable (with arguments) or a Python function (with args).
 
-    Resources: `ranks` processes (all on one node for now), each with `cores_per_rank`
-    cores and `gpus_per_rank` GPUs; a fraction (0.5, 0.25, ...) shares one GPU. `timeout`
-    is in seconds: the task is killed and FAILED with the reason when it runs longer.
+    Resources: `ranks` processes, each with `cores_per_rank` cores, `gpus_per_rank` GPUs
+    (a fraction 0.5, 0.25, ... shares one GPU) and `mem_per_rank` MiB of memory. Ranks may
+    span nodes: `ranks_per_node` puts exactly that many on each node (the last takes the
+    rest); unset, the scheduler uses as few nodes as are free. A single-rank task stays on
+    one node. `timeout` is in seconds: the task is killed and FAILED with the reason when
+    it runs longer. `duration` is how long the task "runs" on a simulated pilot (default:
+    N for `sleep N`, else 0); real backends ignore it.
+
+    Tags place tasks: `tags={"colocate": "g"}` puts every task of group g on the node(s)
+    its first task got; `tags={"exclusive": "x"}` keeps a node holding an x task for x
+    tasks only.
     `sandbox` is the working directory (default: the pilot's shared task directory);
     stdout and stderr go to `<sandbox>/<uid>.out` and `.err`.
 
@@ -106,8 +116,11 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     ranks: int = 1
     cores_per_rank: int = 1
     gpus_per_rank: float = 0.0
+    ranks_per_node: int | None = None
+    mem_per_rank: int = 0
     priority: int = 0
     timeout: float | None = None
+    duration: float | None = None
     name: str | None = None
     tags: Mapping[str, str] = {}
     # Derived at construction, not given: the pickled function and arguments, so that an
@@ -174,6 +187,10 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             _check_int(owner, "cores_per_rank", self.cores_per_rank, 1)
         if self.gpus_per_rank:
             check_gpus(owner, "gpus_per_rank", self.gpus_per_rank)
+        if self.ranks_per_node is not None:
+            _check_int(owner, "ranks_per_node", self.ranks_per_node, 1)
+        if type(self.mem_per_rank) is not int or self.mem_per_rank:
+            _check_int(owner, "mem_per_rank", self.mem_per_rank, 0)
         if type(self.priority) is not int or self.priority:
             _check_int(owner, "priority", self.priority, -(2**31))
         if self.timeout is not None:
@@ -181,10 +198,23 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
                 raise TypeError(f"{owner}.timeout must be a number of seconds")
             if not self.timeout > 0 or math.isinf(self.timeout):
                 raise InvalidDescription(owner, "timeout", f"must be > 0 s, got {self.timeout}")
+        if self.duration is not None:
+            if isinstance(self.duration, bool) or not isinstance(self.duration, int | float):
+                raise TypeError(f"{owner}.duration must be a number of seconds")
+            if not self.duration >= 0 or math.isinf(self.duration):
+                raise InvalidDescription(owner, "duration", f"must be >= 0 s, got "
+                                         f"{self.duration}")
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"{owner}.name must be a str")
-        if type(self.tags) is not dict and not isinstance(self.tags, Mapping):
+        tags = self.tags
+        if (type(tags) is not dict and not isinstance(tags, Mapping)) or (tags and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+        )):
             raise TypeError(f"{owner}.tags must be a mapping of str to str")
+        if tags:
+            for key in PLACEMENT_TAGS:
+                if key in tags and not tags[key]:
+                    raise InvalidDescription(owner, "tags", f"{key!r} needs a group name")
 
     @property
     def kind(self) -> str:
@@ -224,6 +254,9 @@ class PilotDescription:
     on one small machine. `runtime` is the pilot's lifetime in seconds (None: until the
     session closes). `function_workers` is the number of persistent Python worker
     processes per node (default: the node's cores, capped at the machine's real cores).
+    `backend="simulated"` runs nothing: tasks take their `duration` on a virtual clock
+    (see backends/simulated.py). `reserve_after` is how long (seconds) a task passed over
+    by smaller ones waits before nodes are drained for it (see scheduler.py).
     """
 
     platform: str = "local"
@@ -233,9 +266,18 @@ class PilotDescription:
     runtime: float | None = None
     function_workers: int | None = None
     heartbeat_timeout: float = 5.0
+    backend: str = "builtin"
+    reserve_after: float = 30.0
 
     def __post_init__(self) -> None:
         owner = "PilotDescription"
+        if self.backend not in BACKENDS:
+            raise InvalidDescription(owner, "backend", f"unknown backend {self.backend!r}; "
+                                     f"known: {', '.join(BACKENDS)}")
+        if isinstance(self.reserve_after, bool) or not isinstance(
+                self.reserve_after, int | float) or not self.reserve_after >= 0:
+            raise InvalidDescription(owner, "reserve_after", f"must be a number of seconds "
+                                     f">= 0, got {self.reserve_after!r}")
         if self.platform not in PLATFORMS:
             raise InvalidDescription(owner, "platform", f"unknown platform {self.platform!r}; "
                                      f"known: {', '.join(PLATFORMS)}")

@@ -32,6 +32,9 @@ class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
     timeout: float | None = None
     name: str | None = None
     tags: dict[str, str] = {}
+    ranks_per_node: int | None = None
+    mem_per_rank: int = 0
+    duration: float | None = None
 
 
 class Submit(msgspec.Struct, array_like=True, tag=True):
@@ -85,12 +88,14 @@ class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
 
 class Updates(msgspec.Struct, array_like=True, tag=True):
     updates: list[TaskUpdate]
+    clock_offset: float = 0.0  # the agent's clock minus the wall clock (simulated pilots)
 
 
 class Bye(msgspec.Struct, array_like=True, tag=True):
-    """The agent is exiting; `reason` says why."""
+    """The agent is exiting; `reason` says why; `stats` is what its work cost."""
 
     reason: str
+    stats: dict[str, float] = {}
 
 
 ToAgent = Submit | Cancel | Heartbeat | Shutdown

@@ -122,6 +122,9 @@ class Metrics:
     gpu_utilization: float | None
     core_utilization_lifetime: float | None
     gpu_utilization_lifetime: float | None
+    backlog_window_end: float | None  # the last task start
+    core_utilization_backlog: float | None  # first to last start: while tasks waited
+    gpu_utilization_backlog: float | None
     makespan_s: float | None
     submit_to_start: LatencyStats | None
     end_to_final: LatencyStats | None
@@ -164,6 +167,9 @@ class Metrics:
                                 f"({self.offered_gpus} GPUs offered)"),
             ("core util. (pilot life)", _pct(self.core_utilization_lifetime)),
             ("gpu util. (pilot life)", _pct(self.gpu_utilization_lifetime)),
+            ("core util. (backlog)", f"{_pct(self.core_utilization_backlog)}  (first to last "
+                                     "start: while tasks were waiting)"),
+            ("gpu util. (backlog)", _pct(self.gpu_utilization_backlog)),
             ("makespan", f"{_num(self.makespan_s, 3)} s  (first submit to last final state)"),
             ("submit->start", _latency(self.submit_to_start)),
             ("end->final", _latency(self.end_to_final)),
@@ -326,6 +332,12 @@ def compute_metrics(tasks: Sequence[TaskRecord], pilots: Sequence[PilotRecord],
         gpu_life = ratio(gpu_s if inside else busy_seconds(gpu_iv, lo, hi),
                          sum(p.gpus * (b - a) for p, (a, b) in lives))
 
+    last_start = max(starts, default=None)
+    core_b = gpu_b = None
+    if w0 is not None and last_start is not None and last_start > w0:
+        core_b = ratio(busy_seconds(core_iv, w0, last_start), offered_cores * (last_start - w0))
+        gpu_b = ratio(busy_seconds(gpu_iv, w0, last_start), offered_gpus * (last_start - w0))
+
     makespan = max(finals) - min(submits) if finals and submits else None
     return Metrics(
         n_tasks=len(tasks), n_done=states.count("DONE"), n_failed=states.count("FAILED"),
@@ -338,6 +350,8 @@ def compute_metrics(tasks: Sequence[TaskRecord], pilots: Sequence[PilotRecord],
         offered_cores=offered_cores, offered_gpus=offered_gpus,
         core_utilization=core_u, gpu_utilization=gpu_u,
         core_utilization_lifetime=core_life, gpu_utilization_lifetime=gpu_life,
+        backlog_window_end=last_start, core_utilization_backlog=core_b,
+        gpu_utilization_backlog=gpu_b,
         makespan_s=makespan,
         submit_to_start=latency_stats(
             t.start - t.submit for t in tasks if t.start is not None and t.submit is not None),

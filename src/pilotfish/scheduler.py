@@ -1,76 +1,89 @@
-"""Placement policy: which queued task runs where, next (pure: no I/O, no clock).
+"""Placement policy: which queued task runs where, next (pure: no I/O; time is an input).
 
 Two kinds of placement:
 
 * A task with its own processes (an executable, or a function that needs more than one
-  core or any GPU) gets an exact `Slot` on one node and is launched there.
-* A plain function task (one rank, one core, no GPU) goes to a persistent function
-  worker. A worker *leases* one core from its node while it has work and gives it back
-  when its queue drains, so executables and functions share the cores exactly: a core is
-  held by one task or one worker, never two, and a worker runs one function at a time.
-  Workers are fed several tasks ahead (prefetch) so that the round trip to the agent is
-  amortised; the depth adapts to the observed run time (about 10 ms of work ahead).
+  core, a GPU, memory or a placement tag) gets an exact `Slot` (per rank: node, cores,
+  GPU shares, memory) from the `Allocator` and is launched there.
+* A plain function task (one rank, one core, nothing else) goes to a persistent function
+  worker. A worker *leases* one core of its node while it has work and gives it back
+  when its queue drains, so executables and functions share the cores exactly. Workers
+  are fed several tasks ahead (prefetch); the depth adapts to the observed run time.
 
-Policy: higher `priority` first, first come first served within a priority. A task that
-does not fit now does not block smaller tasks behind it (greedy backfill); tasks of the
-same shape and priority are never reordered. A task that can never fit on a node of the
-pilot fails at once with the reason.
+Policy:
+
+* Higher `priority` first; first come, first served within a priority. Tasks of the same
+  shape, priority and tags are never reordered.
+* Backfill: a task that does not fit now does not block the tasks behind it; they are
+  placed wherever they fit.
+* No starvation: a task that has been passed over (something queued behind it was placed
+  while it did not fit) for `reserve_after` seconds gets a reservation: the nodes it will
+  use (those with the most free room) are drained, nothing else is placed on them, and it
+  starts there as soon as their tasks end. One reservation at a time, oldest first, so
+  the delay of a big task is bounded by the run time of the tasks already on its nodes.
+* A task that can never fit on the pilot fails at once, naming the resource, how much it
+  asked for and how much exists.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
-from .resources import NodeResources, Shape, Slot
+from .allocator import Allocator
+from .resources import Shape, Slot
 
 # Prefetch: keep about this much work queued at each worker, within these bounds.
 TARGET_QUEUED_SECONDS = 0.01
 MIN_PREFETCH, MAX_PREFETCH = 2, 512
+RESERVE_AFTER = 30.0  # seconds a passed-over task waits before nodes are drained for it
+_ONE_CORE = Shape()
+_NO_BOUND = 1 << 62
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A task as the scheduler sees it. `seq` orders tasks of equal priority."""
 
     uid: str
     seq: int
-    shape: Shape = field(default_factory=Shape)
+    shape: Shape = _ONE_CORE
     priority: int = 0
     pooled: bool = False  # a plain function task, for a function worker
+    colocate: str | None = None
+    exclusive: str | None = None
 
 
-# Actions: what the agent must do. The scheduler never does it itself.
-@dataclass(frozen=True, slots=True)
-class Launch:
+# Actions: what the agent must do. The scheduler never does it itself. (Named tuples:
+# one is made per task per decision, and they are the cheapest to make.)
+class Launch(NamedTuple):
     uid: str
     slot: Slot
 
 
-@dataclass(frozen=True, slots=True)
-class Dispatch:
+class Dispatch(NamedTuple):
     uid: str
     worker: int
     node: int
     core: int
 
 
-@dataclass(frozen=True, slots=True)
-class Fail:
+class Fail(NamedTuple):
     uid: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Dequeued:
+class Dequeued(NamedTuple):
     """A queued task was canceled before it was placed."""
 
     uid: str
 
 
 Action = Launch | Dispatch | Fail | Dequeued
+GroupKey = tuple[bool, Shape, str | None, str | None]
 
 
 @dataclass(slots=True)
@@ -82,10 +95,9 @@ class Worker:
 
 
 @dataclass(slots=True)
-class _Queue:
-    """Queued requests of one priority, grouped by shape (FIFO within a group)."""
-
-    groups: dict[tuple[bool, Shape], deque[Request]] = field(default_factory=dict)
+class _Reservation:
+    request: Request
+    nodes: list[int]
 
 
 class SchedulerError(RuntimeError):
@@ -93,107 +105,165 @@ class SchedulerError(RuntimeError):
 
 
 class Scheduler:
-    def __init__(
-        self, nodes: int, cores_per_node: int, gpus_per_node: int = 0, workers_per_node: int = 1
-    ) -> None:
-        self.nodes = [NodeResources(i, cores_per_node, gpus_per_node) for i in range(nodes)]
+    def __init__(self, nodes: int, cores_per_node: int, gpus_per_node: int = 0,
+                 workers_per_node: int = 1, mem_per_node: int = 0,
+                 reserve_after: float = RESERVE_AFTER) -> None:
+        self.alloc = Allocator(nodes, cores_per_node, gpus_per_node, mem_per_node)
+        self.reserve_after = reserve_after
         per_node = workers_per_node
         self.workers = [Worker(n * per_node + i, n) for n in range(nodes) for i in range(per_node)]
-        self._queues: dict[int, _Queue] = {}
+        self._idle: dict[int, list[Worker]] = {}  # node -> its workers without a lease
+        for w in reversed(self.workers):
+            self._idle.setdefault(w.node, []).append(w)
+        self._leased: dict[int, Worker] = {}
+        self._queues: dict[int, dict[GroupKey, deque[Request]]] = {}
         self._priorities: list[int] = []  # ascending; scanned from the end
         self._queued: dict[str, Request] = {}
-        self._slots: dict[str, Slot] = {}  # placed tasks with their own slot
+        self._slots: dict[str, tuple[Slot, Request]] = {}  # placed tasks with their own slot
         self._pooled: dict[str, Worker] = {}  # placed function tasks -> worker
+        self._passed_over: dict[str, float] = {}  # uid -> when first passed over
+        self._reservation: _Reservation | None = None
         self._mean_runtime = 0.001  # seconds, an EWMA over completed pooled tasks
 
     # ---- inputs -----------------------------------------------------------------------
 
-    def submit(self, requests: Iterable[Request]) -> list[Action]:
+    def submit(self, requests: Iterable[Request], now: float = 0.0) -> list[Action]:
         """Queue tasks; those that can never fit fail at once. Then place what fits."""
         actions: list[Action] = []
+        never_fits = self.alloc.never_fits
+        checked: dict[tuple[Shape, str | None], str | None] = {}
         for req in requests:
-            reason = self.nodes[0].can_ever_fit(req.shape) if self.nodes else "no nodes"
+            key = (req.shape, req.colocate)
+            if key not in checked:
+                checked[key] = never_fits(req.shape, req.colocate)
+            reason = checked[key]
             if reason is not None:
                 actions.append(Fail(req.uid, f"can never fit on this pilot: {reason}"))
                 continue
             self._enqueue(req)
-        actions.extend(self.schedule())
+        actions.extend(self.schedule(now))
         return actions
 
-    def completed(self, done: Iterable[tuple[str, float]]) -> list[Action]:
+    def completed(self, done: Iterable[tuple[str, float]], now: float = 0.0) -> list[Action]:
         """Tasks that ended (uid, seconds run): free their slots, place what now fits."""
         for uid, runtime in done:
             self._release(uid, runtime)
-        return self.schedule()
+        return self.schedule(now)
 
-    def cancel(self, uids: Iterable[str]) -> list[Action]:
+    def cancel(self, uids: Iterable[str], now: float = 0.0) -> list[Action]:
         """Drop queued tasks (each gives a `Dequeued`); placed ones are the agent's to stop."""
         actions: list[Action] = []
         for uid in uids:
             if self._queued.pop(uid, None) is not None:  # its queue entry is dropped lazily
+                self._passed_over.pop(uid, None)
                 actions.append(Dequeued(uid))
+        if self._reservation and self._reservation.request.uid not in self._queued:
+            actions.extend(self.schedule(now))  # its drained nodes are free for others
         return actions
 
-    def requeue(self, requests: Iterable[Request]) -> list[Action]:
+    def requeue(self, requests: Iterable[Request], now: float = 0.0) -> list[Action]:
         """Put placed-but-unstarted tasks back in the queue (e.g. their worker was lost)."""
         for req in sorted(requests, key=lambda r: r.seq, reverse=True):
             self._release(req.uid, None)
             self._enqueue(req, front=True)
-        return self.schedule()
+        return self.schedule(now)
 
     # ---- placement --------------------------------------------------------------------
 
-    def schedule(self) -> list[Action]:
+    def schedule(self, now: float = 0.0) -> list[Action]:
         actions: list[Action] = []
+        if self._reservation is not None:
+            self._serve_reservation(actions)
+        queued = self._queued
+        place = self._place
+        append = actions.append
+        blocked: list[Request] = []  # heads that did not fit, in the order they were tried
+        passed = 0  # blocked[:passed] saw a later task placed: they were passed over
         for priority in reversed(self._priorities):
-            groups = self._queues[priority].groups
-            blocked: set[tuple[bool, Shape]] = set()
-            while True:
-                key = self._next_group(groups, blocked)
-                if key is None:
-                    break
+            groups = self._queues[priority]
+            heads: list[tuple[int, GroupKey]] = []
+            for key, queue in groups.items():
+                while queue and queued.get(queue[0].uid) is not queue[0]:
+                    queue.popleft()  # canceled or placed while queued
+                if queue:
+                    heads.append((queue[0].seq, key))
+            heapq.heapify(heads)
+            while heads:
+                key = heads[0][1]
+                # Place from this group while its head is the oldest of all heads.
+                bound = min(heads[1][0], heads[2][0]) if len(heads) > 2 else (
+                    heads[1][0] if len(heads) > 1 else _NO_BOUND)
                 queue = groups[key]
-                place = self._dispatch if key[0] else self._launch
+                stuck = False
                 while queue:
-                    if self._queued.get(queue[0].uid) is not queue[0]:
-                        queue.popleft()  # canceled while queued
+                    req = queue[0]
+                    if queued.get(req.uid) is not req:
+                        queue.popleft()  # canceled or placed while queued
                         continue
-                    action = place(queue[0])
-                    if action is None:
-                        blocked.add(key)
+                    if req.seq > bound:
                         break
-                    del self._queued[queue.popleft().uid]
-                    actions.append(action)
-                    if len(groups) > 1:
-                        break  # re-pick the group with the oldest head
+                    action = place(req)
+                    if action is None:
+                        blocked.append(req)
+                        stuck = True
+                        break
+                    queue.popleft()
+                    del queued[req.uid]
+                    append(action)
+                    passed = len(blocked)
+                if stuck or not queue:
+                    heapq.heappop(heads)
+                else:
+                    heapq.heapreplace(heads, (queue[0].seq, key))
+        if passed:
+            self._note_passed_over(blocked[:passed], now)
         return actions
 
-    def _next_group(
-        self, groups: dict[tuple[bool, Shape], deque[Request]], blocked: set[tuple[bool, Shape]]
-    ) -> tuple[bool, Shape] | None:
-        best, best_seq = None, None
-        for key, queue in groups.items():
-            if key in blocked:
-                continue
-            while queue and self._queued.get(queue[0].uid) is not queue[0]:
-                queue.popleft()  # canceled while queued
-            if queue and (best_seq is None or queue[0].seq < best_seq):
-                best, best_seq = key, queue[0].seq
-        return best
+    def _place(self, req: Request) -> Action | None:
+        if req.pooled:
+            return self._dispatch(req)
+        slot = self.alloc.place(req.shape, req.colocate, req.exclusive)
+        if slot is None:
+            if req.colocate is not None:  # its group may be too small for it
+                reason = self.alloc.never_fits(req.shape, req.colocate)
+                if reason is not None:
+                    return Fail(req.uid, f"can never fit: {reason}")
+            return None
+        self._slots[req.uid] = (slot, req)
+        if self._passed_over:
+            self._passed_over.pop(req.uid, None)
+        return Launch(req.uid, slot)
 
-    def _launch(self, req: Request) -> Launch | None:
-        for node in self.nodes:
-            slot = node.allocate(req.shape)
-            if slot is not None:
-                self._slots[req.uid] = slot
-                return Launch(req.uid, slot)
-        return None
+    def _note_passed_over(self, requests: list[Request], now: float) -> None:
+        passed_over = self._passed_over
+        for req in requests:
+            since = passed_over.setdefault(req.uid, now)
+            if (self._reservation is None and not req.pooled
+                    and now - since >= self.reserve_after):
+                nodes = self.alloc.drain(req.shape, req.colocate, req.exclusive)
+                if nodes:
+                    self._reservation = _Reservation(req, nodes)
+
+    def _serve_reservation(self, actions: list[Action]) -> None:
+        res = self._reservation
+        assert res is not None
+        req = res.request
+        if self._queued.get(req.uid) is req:
+            slot = self.alloc.place_drained(res.nodes, req.shape, req.colocate, req.exclusive)
+            if slot is None:
+                return
+            del self._queued[req.uid]  # its queue entry is dropped lazily
+            self._passed_over.pop(req.uid, None)
+            self._slots[req.uid] = (slot, req)
+            actions.append(Launch(req.uid, slot))
+        self.alloc.undrain(res.nodes)
+        self._reservation = None
 
     def _dispatch(self, req: Request) -> Dispatch | None:
         depth = self.prefetch_depth
         best: Worker | None = None
-        for w in self.workers:
-            if w.core is not None and w.queued < depth and (best is None or w.queued < best.queued):
+        for w in self._leased.values():
+            if w.queued < depth and (best is None or w.queued < best.queued):
                 best = w
         if best is None or best.queued > 0:
             leased = self._lease_worker()
@@ -207,12 +277,15 @@ class Scheduler:
         return Dispatch(req.uid, best.index, best.node, best.core)
 
     def _lease_worker(self) -> Worker | None:
-        for w in self.workers:
-            if w.core is None:
-                core = self.nodes[w.node].take_core()
-                if core is not None:
-                    w.core = core
-                    return w
+        for node, idle in self._idle.items():
+            core = self.alloc.lease_core(node)
+            if core is not None:
+                w = idle.pop()
+                if not idle:
+                    del self._idle[node]
+                w.core = core
+                self._leased[w.index] = w
+                return w
         return None
 
     @property
@@ -223,21 +296,28 @@ class Scheduler:
     # ---- bookkeeping ------------------------------------------------------------------
 
     def _enqueue(self, req: Request, front: bool = False) -> None:
-        queue = self._queues.get(req.priority)
-        if queue is None:
-            queue = self._queues[req.priority] = _Queue()
+        groups = self._queues.get(req.priority)
+        if groups is None:
+            groups = self._queues[req.priority] = {}
             bisect.insort(self._priorities, req.priority)
-        group = queue.groups.setdefault((req.pooled, req.shape), deque())
+        key = (req.pooled, req.shape, req.colocate, req.exclusive)
+        queue = groups.get(key)
+        if queue is None:
+            queue = groups[key] = deque()
         if front:
-            group.appendleft(req)
+            queue.appendleft(req)
         else:
-            group.append(req)
+            queue.append(req)
         self._queued[req.uid] = req
 
     def _release(self, uid: str, runtime: float | None) -> None:
-        slot = self._slots.pop(uid, None)
-        if slot is not None:
-            self.nodes[slot.node].release(slot)
+        placed = self._slots.pop(uid, None)
+        if placed is not None:
+            slot = placed[0]
+            if len(slot.nodes) == 1:
+                self.alloc.release_single(slot)
+            else:
+                self.alloc.release(slot)
             return
         worker = self._pooled.pop(uid, None)
         if worker is None:
@@ -246,8 +326,10 @@ class Scheduler:
             self._mean_runtime += 0.2 * (runtime - self._mean_runtime)
         worker.queued -= 1
         if worker.queued == 0 and worker.core is not None:
-            self.nodes[worker.node].give_core(worker.core)
+            self.alloc.return_core(worker.node, worker.core)
             worker.core = None
+            del self._leased[worker.index]
+            self._idle.setdefault(worker.node, []).append(worker)
 
     # ---- introspection ----------------------------------------------------------------
 
@@ -259,26 +341,14 @@ class Scheduler:
     def placed(self) -> int:
         return len(self._slots) + len(self._pooled)
 
+    @property
+    def reserved(self) -> tuple[str, list[int]] | None:
+        """The task holding a reservation and its drained nodes, if any."""
+        res = self._reservation
+        return (res.request.uid, list(res.nodes)) if res else None
+
     def validate(self) -> None:
-        """Check the invariants: every core is free, in one slot, or leased by one worker."""
-        for node in self.nodes:
-            held: list[int] = list(node.free_cores)
-            for slot in self._slots.values():
-                if slot.node == node.index:
-                    held.extend(slot.all_cores)
-            held.extend(w.core for w in self.workers if w.node == node.index and w.core is not None)
-            if sorted(held) != list(range(node.cores)):
-                raise SchedulerError(f"node {node.index}: cores double-booked or lost: {held}")
-            for g, free in enumerate(node.gpu_free):
-                used = sum(share for s in self._slots.values() if s.node == node.index
-                           for rank in s.gpus for gi, share in rank if gi == g)
-                if free < 0 or free + used != 1:
-                    raise SchedulerError(f"node {node.index} GPU {g}: free {free}, used {used}")
-        for w in self.workers:
-            if (w.core is None) != (w.queued == 0):
-                raise SchedulerError(f"worker {w.index}: core {w.core} with {w.queued} queued")
-        counted = {w.index: 0 for w in self.workers}
-        for w in self._pooled.values():
-            counted[w.index] += 1
-        if any(counted[w.index] != w.queued for w in self.workers):
-            raise SchedulerError("worker queue counts disagree with dispatched tasks")
+        """Check every invariant; raise SchedulerError naming the first one broken."""
+        from .invariants import check_scheduler
+
+        check_scheduler(self)

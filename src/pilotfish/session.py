@@ -54,6 +54,7 @@ class Pilot:
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self.outstanding = 0  # tasks submitted to it and not final yet
+        self.stats: dict[str, float] = {}  # what its agent's work cost (when it ended)
         assert description.cores_per_node is not None
         self.cores = description.nodes * description.cores_per_node
 
@@ -119,6 +120,9 @@ class Session:
             client_address=address, pilot_uid=uid, sandbox=str(pilot.sandbox.resolve()),
             nodes=desc.nodes, cores_per_node=desc.cores_per_node,
             gpus_per_node=desc.gpus_per_node, workers_per_node=desc.workers_per_node,
+            mem_per_node=getattr(desc, "mem_per_node", 0), core_ids=list(getattr(desc, "core_ids", range(desc.cores_per_node))),  # TEMP
+            gpu_env="CUDA_VISIBLE_DEVICES", backend=desc.backend,
+            reserve_after=desc.reserve_after,
             heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
             parent_pid=os.getpid(),
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
@@ -190,14 +194,16 @@ class Session:
                     functions[d.function_key] = d.function_blob
                 spec = m.TaskSpec(uid, kind, None, [], {}, None, d.function_key, d.args_blob,
                                   d.ranks, d.cores_per_rank, d.gpus_per_rank, d.priority,
-                                  d.timeout, d.name, dict(d.tags))
+                                  d.timeout, d.name, dict(d.tags), None, d.mem_per_rank,
+                                  d.duration)
             else:
                 kind = "executable"
                 sandbox = cast("str | None", d.sandbox)  # made a str at construction
                 spec = m.TaskSpec(uid, kind, d.executable, list(d.arguments),
                                   dict(d.environment), sandbox, None, None, d.ranks,
                                   d.cores_per_rank, d.gpus_per_rank, d.priority, d.timeout,
-                                  d.name, dict(d.tags))
+                                  d.name, dict(d.tags), d.ranks_per_node, d.mem_per_rank,
+                                  d.duration)
             task = Task(uid, seq, d, pid, self)
             task.events.append(("NEW", now))
             specs.append(spec)
@@ -312,7 +318,7 @@ class Session:
     def _on_message(self, pilot_uid: str, msg: Any) -> None:
         pilot = self.pilots[pilot_uid]
         if isinstance(msg, m.Updates):
-            self._apply_updates(msg.updates)
+            self._apply_updates(msg.updates, msg.clock_offset)
         elif isinstance(msg, m.Accepted):
             self._accept(msg.uids, msg.ts)
         elif isinstance(msg, m.Hello):
@@ -323,6 +329,7 @@ class Session:
             self.journal.update_pilot(pilot_uid, ready=time.time(), state=pilot.state)
             pilot.ready.set()
         elif isinstance(msg, m.Bye):
+            pilot.stats = msg.stats
             self._end_pilot(pilot, "DONE", msg.reason)
 
     def _on_dropped(self, pilot_uid: str, submit: m.Submit) -> None:
@@ -342,7 +349,9 @@ class Session:
 
     def _end_pilot(self, pilot: Pilot, state: str, reason: str) -> None:
         pilot.state, pilot.reason = state, reason
-        self.journal.update_pilot(pilot.uid, stopped=time.time(), state=state, error=reason)
+        # A simulated pilot's clock ran ahead of the wall clock: its end is on that clock.
+        stopped = time.time() + pilot.stats.get("clock_offset", 0.0)
+        self.journal.update_pilot(pilot.uid, stopped=stopped, state=state, error=reason)
         self._fail_live(pilot.uid, TaskState.FAILED, reason)
         pilot.ready.set()
         pilot.stopped.set()
@@ -367,8 +376,8 @@ class Session:
                 task.events.append(event)  # journaled with the others when it ends
 
     @without_gc
-    def _apply_updates(self, updates: list[m.TaskUpdate]) -> None:
-        now = time.time()
+    def _apply_updates(self, updates: list[m.TaskUpdate], clock_offset: float = 0.0) -> None:
+        now = time.time() + clock_offset  # final states are stamped on the pilot's clock
         event_rows: list[tuple[int, str, float]] = []
         finish_rows: list[tuple[Any, ...]] = []
         live = self._live

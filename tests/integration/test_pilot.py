@@ -158,9 +158,11 @@ def test_worker_death_fails_its_task_only(session: pf.Session) -> None:
 
 
 def test_task_that_can_never_fit_fails_at_once(session: pf.Session, pilot: pf.Pilot) -> None:
-    big = session.submit(TD(executable="/bin/true", ranks=3, cores_per_rank=4))
+    big = session.submit(TD(executable="/bin/true", ranks=3, cores_per_rank=4,
+                            ranks_per_node=3))
     gpu = session.submit(TD(executable="/bin/true", gpus_per_rank=8))
-    with pytest.raises(pf.TaskFailed, match=r"12 cores.*a node has 8"):
+    with pytest.raises(pf.TaskFailed, match=r"3 ranks per node, a node holds at most 2 "
+                                            r"\(8 cores / 4 per rank\)"):
         big.result(timeout=10)
     with pytest.raises(pf.TaskFailed, match="GPU"):
         gpu.result(timeout=10)

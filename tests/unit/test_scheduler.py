@@ -42,7 +42,7 @@ def fn(uid: str, priority: int = 0) -> Request:
 
 def on(node: int, *ranks: tuple[int, ...], gpus: tuple[tuple[tuple[int, Fraction], ...], ...] = ()
        ) -> Slot:
-    return Slot(node, tuple(ranks), gpus)
+    return Slot((node,) * len(ranks), tuple(ranks), gpus)
 
 
 def launched(actions: list) -> list[str]:
@@ -70,7 +70,9 @@ def test_validate_catches_a_double_booked_core() -> None:
     sched = Scheduler(1, 4)
     sched.submit([task("a", cores=2)])
     sched.validate()
-    sched.nodes[0].free_cores.append(0)  # core 0 is also in a's slot
+    node = sched.alloc.nodes[0]
+    node.free |= 1  # core 0 is also in a's slot
+    node.n_free += 1
     with pytest.raises(SchedulerError, match="double-booked"):
         sched.validate()
 
@@ -79,7 +81,7 @@ def test_validate_catches_an_overcommitted_gpu() -> None:
     sched = Scheduler(1, 4, 1)
     sched.submit([task("a", gpus=0.5)])
     sched.validate()
-    sched.nodes[0].gpu_free[0] += HALF
+    sched.alloc.nodes[0].partial[0] += HALF
     with pytest.raises(SchedulerError, match="GPU 0"):
         sched.validate()
 
@@ -117,7 +119,7 @@ def test_tasks_go_to_the_first_node_with_room(make) -> None:
     ]
 
 
-def test_a_multi_rank_task_is_never_split_across_nodes(make) -> None:
+def test_a_multi_rank_task_goes_whole_on_one_node_when_one_has_room(make) -> None:
     sched = make(nodes=2, cores=4)
     assert launched(sched.submit([task("a", cores=2), task("b", cores=2, ranks=1)])) == ["a", "b"]
     # a and b are both on node 0; node 1 is empty and takes the 2 x 2 task whole.
@@ -199,10 +201,12 @@ def test_a_blocked_high_priority_task_does_not_block_lower_priorities(make) -> N
 
 def test_too_many_cores_fails_at_once_naming_the_numbers(make) -> None:
     sched = make(nodes=2, cores=4)
-    (fail,) = sched.submit([task("wide", ranks=5)])
+    (fail,) = sched.submit([task("wide", ranks=9)])
     assert isinstance(fail, Fail) and fail.uid == "wide"
-    assert "5 cores" in fail.reason and "5 ranks x 1" in fail.reason
-    assert "a node has 4" in fail.reason
+    assert "9 ranks" in fail.reason and "2 node(s)" in fail.reason
+    assert "at most 4 each (4 cores / 1 per rank)" in fail.reason
+    (fat,) = sched.submit([task("fat", cores=5)])
+    assert "5 cores per rank, a node has 4" in fat.reason
     assert (sched.queued, sched.placed) == (0, 0)
 
 
@@ -216,11 +220,12 @@ def test_gpus_on_a_gpu_less_pilot_fail_at_once(make) -> None:
 def test_too_many_gpus_fail_at_once_naming_the_numbers(make) -> None:
     sched = make(cores=8, gpus=2)
     (whole,) = sched.submit([task("w", ranks=3, gpus=1)])
-    assert "3 GPUs" in whole.reason and "a node has 2" in whole.reason
+    assert "3 ranks" in whole.reason and "(2 GPUs / 1 per rank)" in whole.reason
+    (fat,) = sched.submit([task("f", gpus=3)])
+    assert "3 GPUs per rank, a node has 2" in fat.reason
     sched1 = make(cores=8, gpus=1)
     (frac,) = sched1.submit([task("f", ranks=3, gpus=0.5)])
-    assert "1.5 GPUs" in frac.reason and "3 ranks x 0.5" in frac.reason
-    assert "a node has 1" in frac.reason
+    assert "at most 2 each (1 GPUs / 0.5 per rank)" in frac.reason
 
 
 def test_shapes_that_just_fit_are_not_failed(make) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import resource
 import time
 import traceback
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +35,8 @@ from ..backends.base import (
     TaskStarted,
 )
 from ..backends.builtin import BuiltinBackend
+from ..backends.processes import NodeLayout
+from ..backends.simulated import SimulatedBackend
 from ..gcpause import without_gc
 from ..resources import Shape
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
@@ -41,6 +46,7 @@ from .reactor import Reactor, readable
 PROGRESS_INTERVAL = 0.05  # seconds
 HEARTBEAT_INTERVAL = 1.0
 MAX_UPDATES_PER_MESSAGE = 10_000
+SIM_FLUSH_INTERVAL, SIM_FLUSH_BATCH = 0.01, 10_000  # simulated pilots: seconds, updates
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
 SUBMITTED, SCHEDULED, RUNNING = TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
@@ -55,6 +61,11 @@ class AgentConfig:
     cores_per_node: int
     gpus_per_node: int
     workers_per_node: int
+    mem_per_node: int = 0  # MiB
+    core_ids: list[int] | None = None  # physical id of each usable core (None: 0, 1, ...)
+    gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # how a rank is told its GPUs
+    backend: str = "builtin"  # or "simulated"
+    reserve_after: float = 30.0  # seconds a passed-over task waits for a reservation
     heartbeat_timeout: float = 5.0
     runtime: float | None = None
     parent_pid: int | None = None  # exit at once if this process ends (local pilots)
@@ -63,6 +74,75 @@ class AgentConfig:
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:
         return cls(**json.loads(text))
+
+
+@dataclass(slots=True)
+class AgentStats:
+    """What the agent's work cost it: decisions, and the wall-clock time it was busy.
+
+    Busy time runs from the first submit to the last task end the agent reported, less
+    the time it sat waiting for input: what a faster client could not have shortened.
+    """
+
+    decisions: int = 0
+    first_submit: float | None = None  # monotonic
+    last_final: float = 0.0
+    waited_at_submit: float = 0.0
+    waited_at_final: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        active = self.last_final - self.first_submit if self.first_submit else 0.0
+        busy = max(active - (self.waited_at_final - self.waited_at_submit), 1e-9)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"decisions": self.decisions, "active_s": active, "busy_s": busy,
+                "decisions_per_s": self.decisions / busy, "max_rss_bytes": rss}
+
+
+class _Lingering:
+    """Tasks with progress not yet sent, and since when (monotonic), oldest first.
+
+    A dict gives membership; a deque keeps the order (times only grow), pruned lazily,
+    so that finding what is due never walks over tasks that left long ago.
+    """
+
+    __slots__ = ("order", "since")
+
+    def __init__(self) -> None:
+        self.since: dict[str, float] = {}
+        self.order: deque[tuple[float, str]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.since)
+
+    def add(self, uid: str, since: float) -> None:
+        if uid not in self.since:
+            self.since[uid] = since
+            self.order.append((since, uid))
+
+    def discard(self, uid: str) -> None:
+        self.since.pop(uid, None)
+
+    def oldest(self) -> float | None:
+        order, since = self.order, self.since
+        while order and since.get(order[0][1]) != order[0][0]:
+            order.popleft()
+        return order[0][0] if order else None
+
+    def pop_due(self, cutoff: float) -> list[str]:
+        """The tasks lingering since `cutoff` or before (all of them if cutoff is inf)."""
+        order, since = self.order, self.since
+        due = []
+        while order:
+            t, uid = order[0]
+            if since.get(uid) != t:
+                order.popleft()
+                continue
+            if t > cutoff:
+                break
+            order.popleft()
+            del since[uid]
+            due.append(uid)
+        return due
 
 
 class _Task:
@@ -94,19 +174,30 @@ class Agent:
         self.client.connect(cfg.client_address)
         self.functions: dict[str, bytes] = {}
         self.scheduler = Scheduler(cfg.nodes, cfg.cores_per_node, cfg.gpus_per_node,
-                                   cfg.workers_per_node)
+                                   cfg.workers_per_node, cfg.mem_per_node, cfg.reserve_after)
         self.task_sandbox = os.path.join(cfg.sandbox, "tasks")
-        self.backend: Backend = BuiltinBackend(self.task_sandbox, cfg.gpus_per_node,
-                                               self.functions, log_dir=cfg.sandbox,
-                                               python_path=cfg.python_path,
-                                               cores=cfg.nodes * cfg.cores_per_node)
+        self.backend: Backend
+        self.clock: Callable[[], float] = time.time  # the backend's clock: stamps events
+        self._simulated: SimulatedBackend | None = None
+        if cfg.backend == "simulated":
+            self.backend = self._simulated = SimulatedBackend()
+            self.clock = self._simulated.now
+        else:
+            layout = NodeLayout(tuple(cfg.core_ids or range(cfg.cores_per_node)),
+                                cfg.gpus_per_node, cfg.gpu_env)
+            self.backend = BuiltinBackend(self.task_sandbox, layout, self.functions,
+                                          log_dir=cfg.sandbox, python_path=cfg.python_path,
+                                          cores=cfg.nodes * cfg.cores_per_node)
+        self._pool_functions = getattr(self.backend, "function_workers", True)
+        self.stats = AgentStats()
         self.tasks: dict[str, _Task] = {}
         self._final: dict[str, None] = {}  # uids with a final update to send
         # uid -> when its unsent progress began (monotonic), oldest first
-        self._progress: dict[str, float] = {}
+        self._progress = _Lingering()
+        self._flushed = 0.0  # monotonic time of the last flush
         self._inbox: list[BackendEvent] = []
         self._seq = 0
-        self._shapes: dict[tuple[int, int, float], Shape] = {}
+        self._shapes: dict[tuple[int, int, float, int, int], Shape] = {}
         self._last_heard = time.monotonic()
         self._stop_reason: str | None = None
         self._tell_client = True
@@ -133,14 +224,14 @@ class Agent:
                            cfg.cores_per_node, cfg.gpus_per_node))
         try:
             while self._stop_reason is None:
-                wait = HEARTBEAT_INTERVAL
-                if self._progress:
-                    due = next(iter(self._progress.values())) + PROGRESS_INTERVAL
-                    wait = max(0.0, min(wait, due - time.monotonic()))
+                wait = 0.0 if self._inbox else HEARTBEAT_INTERVAL
+                flush_at = self._next_flush()
+                if flush_at is not None:
+                    wait = max(0.0, min(wait, flush_at - time.monotonic()))
                 self.reactor.run_once(wait)
                 if self._inbox:
                     self._on_backend_events()
-                if self._final or self._progress:
+                if (self._final or self._progress) and self._flush_due():
                     self._flush()
         except Exception as exc:  # a bug: say so, stop everything, fail the tasks
             traceback.print_exc()
@@ -161,14 +252,23 @@ class Agent:
         self._inbox.clear()
         self.backend.stop(STOP_TIMEOUT)
         state = TaskState.CANCELED if reason == "shutdown requested" else TaskState.FAILED
-        now = time.time()
+        now = self.clock()
         for uid, task in list(self.tasks.items()):
             if not task.state.final:
                 self._finish(task, TaskFinished(uid, state, None, now, error=f"pilot stopped: "
                                                 f"{reason}"))
+        stats = self.stats.to_dict()
+        if self._simulated is not None:
+            stats["clock_offset"] = self._simulated.offset
+            stats["clock_jumps"] = self._simulated.jumped
+        try:
+            with open(os.path.join(self.cfg.sandbox, "agent-stats.json"), "w") as f:
+                json.dump(stats, f)
+        except OSError:
+            pass
         if self._tell_client:
             self._flush(force=True)
-            self._send(m.Bye(reason))
+            self._send(m.Bye(reason, stats))
         self.client.close(linger=2000 if self._tell_client else 0)
 
     def _heartbeat(self) -> None:
@@ -201,29 +301,44 @@ class Agent:
                 self.stop("shutdown requested")
 
     def _on_submit(self, msg: m.Submit) -> None:
+        if self.stats.first_submit is None:
+            self.stats.first_submit = time.monotonic()
+            self.stats.waited_at_submit = self.reactor.waited
+        if self._simulated is not None:
+            self._simulated.hold()
         self.functions.update(msg.functions)
         requests = []
         shapes = self._shapes
+        tasks = self.tasks
+        pool_functions = self._pool_functions
+        seq = self._seq
         for spec in msg.tasks:
-            if spec.uid in self.tasks:
+            if spec.uid in tasks:
                 continue  # a resent submit: already known
-            key = (spec.ranks, spec.cores_per_rank, spec.gpus_per_rank)
+            key = (spec.ranks, spec.cores_per_rank, spec.gpus_per_rank,
+                   spec.ranks_per_node or 0, spec.mem_per_rank)
             shape = shapes.get(key)
             if shape is None:
                 shape = shapes[key] = Shape(*key)
-            pooled = spec.kind == "function" and key == (1, 1, 0.0)
-            self._seq += 1
-            request = Request(spec.uid, self._seq, shape, spec.priority, pooled)
-            self.tasks[spec.uid] = _Task(spec, request)
+            seq += 1
+            tags = spec.tags
+            if tags:
+                colocate, exclusive = tags.get("colocate"), tags.get("exclusive")
+                request = Request(spec.uid, seq, shape, spec.priority, False, colocate,
+                                  exclusive)
+            else:
+                pooled = (pool_functions and spec.kind == "function" and shape.simple
+                          and shape.cores_per_rank == 1 and not shape.gpus_per_rank)
+                request = Request(spec.uid, seq, shape, spec.priority, pooled)
+            tasks[spec.uid] = _Task(spec, request)
             requests.append(request)
-        self._send(m.Accepted([r.uid for r in requests], time.time()))
-        self._apply(self.scheduler.submit(requests))
-        if self._inbox:
-            self._on_backend_events()
+        self._seq = seq
+        self._send(m.Accepted([r.uid for r in requests], self.clock()))
+        self._apply(self.scheduler.submit(requests, self.clock()))
 
     def _on_cancel(self, uids: Sequence[str]) -> None:
         live = [u for u in uids if u in self.tasks and not self.tasks[u].state.final]
-        actions = self.scheduler.cancel(live)
+        actions = self.scheduler.cancel(live, self.clock())
         self._apply(actions)
         dequeued = {a.uid for a in actions}
         placed = [u for u in live if u not in dequeued]
@@ -233,7 +348,8 @@ class Agent:
     # ---- decisions and outcomes -------------------------------------------------------
 
     def _apply(self, actions: Sequence[Action]) -> None:
-        now = time.time()
+        now = self.clock()
+        self.stats.decisions += len(actions)
         since = time.monotonic()
         progress = self._progress
         launches: list[PlacedTask] = []
@@ -244,13 +360,13 @@ class Agent:
             if type(action) is Dispatch:
                 _move(task, SCHEDULED)
                 task.events.append(("SCHEDULED", now))
-                progress.setdefault(action.uid, since)
+                progress.add(action.uid, since)
                 dispatches.append(DispatchedTask(task.spec, action.worker, action.node,
                                                  action.core))
             elif type(action) is Launch:
                 _move(task, SCHEDULED)
                 task.events.append(("SCHEDULED", now))
-                progress.setdefault(action.uid, since)
+                progress.add(action.uid, since)
                 launches.append(PlacedTask(task.spec, action.slot))
             elif type(action) is Fail:
                 self._finish(task, TaskFinished(action.uid, TaskState.FAILED, None, now,
@@ -265,7 +381,13 @@ class Agent:
 
     @without_gc
     def _on_backend_events(self) -> None:
-        while self._inbox:
+        """One round: what the backend reported, and what it lets the scheduler place.
+
+        Events those placements cause wait for the next round, after the main loop has
+        looked at its sockets and timers again: a chain of instant tasks (a simulation)
+        never keeps the agent from its heartbeats.
+        """
+        if self._inbox:
             batch = self._inbox[:]
             self._inbox.clear()
             completed: list[tuple[str, float]] = []
@@ -284,13 +406,14 @@ class Agent:
                     if event.launch_ts is not None:
                         task.events.append(("launch", event.launch_ts))
                     task.events.append(("RUNNING", event.ts))
-                    self._progress.setdefault(event.uid, time.monotonic())
+                    self._progress.add(event.uid, time.monotonic())
                 elif type(event) is TaskRequeued:
                     _move(task, SUBMITTED)
                     requeue.append(task.request)
-            actions = self.scheduler.completed(completed)
+            now = self.clock()
+            actions = self.scheduler.completed(completed, now)
             if requeue:
-                actions.extend(self.scheduler.requeue(requeue))
+                actions.extend(self.scheduler.requeue(requeue, now))
             self._apply(actions)
 
     def _finish(self, task: _Task, outcome: TaskFinished) -> None:
@@ -302,28 +425,43 @@ class Agent:
         task.outcome = outcome
         self._final[outcome.uid] = None
 
+    def _next_flush(self) -> float | None:
+        """When (monotonic) updates held back must go out, if any are."""
+        due = None
+        oldest = self._progress.oldest()
+        if oldest is not None:
+            due = oldest + PROGRESS_INTERVAL
+        if self._simulated is not None and (self._final or due is not None):
+            due = max(due or 0.0, self._flushed + SIM_FLUSH_INTERVAL)
+        return due
+
+    def _flush_due(self) -> bool:
+        """Always, but on a simulated pilot: there the clock jumps from one task end to the
+        next, and an update message per jump would cost more than the jump itself."""
+        return (self._simulated is None or len(self._final) >= SIM_FLUSH_BATCH
+                or time.monotonic() - self._flushed >= SIM_FLUSH_INTERVAL)
+
     @without_gc
     def _flush(self, force: bool = False) -> None:
+        self._flushed = time.monotonic()
         updates: list[m.TaskUpdate] = []
         tasks = self.tasks
+        if self._final:
+            self.stats.last_final = time.monotonic()
+            self.stats.waited_at_final = self.reactor.waited
         for uid in self._final:
             task = tasks.pop(uid)
             o = task.outcome
             assert o is not None
             updates.append(m.TaskUpdate(uid, task.state.value, task.events, o.exit_code,
                                         o.error, o.result, o.stdout, o.stderr, task.pid))
-            self._progress.pop(uid, None)
+            self._progress.discard(uid)
         self._final.clear()
-        cutoff = time.monotonic() - PROGRESS_INTERVAL
-        due = []
-        for uid, since in self._progress.items():
-            if since > cutoff and not force:
-                break
-            due.append(uid)
-        for uid in due:
-            del self._progress[uid]
+        cutoff = math.inf if force else time.monotonic() - PROGRESS_INTERVAL
+        for uid in self._progress.pop_due(cutoff):
             task = tasks[uid]
             updates.append(m.TaskUpdate(uid, task.state.value, task.events, pid=task.pid))
             task.events = []
+        offset = self._simulated.offset if self._simulated is not None else 0.0
         for i in range(0, len(updates), MAX_UPDATES_PER_MESSAGE):
-            self._send(m.Updates(updates[i:i + MAX_UPDATES_PER_MESSAGE]))
+            self._send(m.Updates(updates[i:i + MAX_UPDATES_PER_MESSAGE], offset))

@@ -25,6 +25,10 @@ class Reactor:
         self._pending: set[int] = set()
         self._cancelled: set[int] = set()
         self._counter = itertools.count()
+        # Called when nothing is ready: each returns 0 if it did work, else the seconds
+        # until it wants to be called again (None: no wish). A simulated clock jumps here.
+        self._idle: list[Callable[[], float | None]] = []
+        self.waited = 0.0  # seconds spent blocked waiting, for the agent's busy time
 
     def add_reader(self, handle: Handle, callback: Callable[[], None]) -> None:
         self._callbacks[handle] = callback
@@ -33,6 +37,9 @@ class Reactor:
     def remove_reader(self, handle: Handle) -> None:
         if self._callbacks.pop(handle, None) is not None:
             self._poller.unregister(handle)
+
+    def add_idle(self, callback: Callable[[], float | None]) -> None:
+        self._idle.append(callback)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> int:
         """Run `callback` at monotonic time `when`; returns an id for `cancel_timer`."""
@@ -58,7 +65,20 @@ class Reactor:
             self._pending.discard(timer_id)
         if self._timers:
             wait = min(wait, max(0.0, self._timers[0][0] - now))
-        for handle, _ in self._poller.poll(int(wait * 1000) if wait > 0 else 0):
+        ready = self._poller.poll(0) if self._idle and wait > 0 else None
+        if not ready and wait > 0:
+            for idle in self._idle:
+                hint = idle()
+                if hint is not None:
+                    wait = min(wait, hint)
+            if wait > 0:
+                ready = self._poller.poll(max(1, int(wait * 1000)))
+                self.waited += time.monotonic() - now
+            else:
+                ready = []  # an idle callback did work: the caller deals with it first
+        elif ready is None:
+            ready = self._poller.poll(0)
+        for handle, _ in ready:
             callback = self._callbacks.get(handle)
             if callback is not None:
                 callback()

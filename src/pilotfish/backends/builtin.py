@@ -11,17 +11,17 @@ from collections.abc import Callable, Sequence
 from ..agent.reactor import Reactor
 from .base import BackendEvent, Capabilities, DispatchedTask, PlacedTask
 from .function_pool import FunctionPool
-from .processes import ProcessRunner, task_environment
+from .processes import NodeLayout, ProcessRunner, task_environment
 
 
 class BuiltinBackend:
     capabilities = Capabilities(executables=True, functions=True, mpi=False, gpus=True)
 
-    def __init__(self, sandbox: str, gpus_per_node: int, functions: dict[str, bytes],
+    def __init__(self, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, python_path: list[str] | None = None, cores: int = 0) -> None:
-        self.processes = ProcessRunner(sandbox, node_has_gpus=gpus_per_node > 0, slots=cores)
+        self.processes = ProcessRunner(sandbox, layout, slots=cores)
         self.pool = FunctionPool(log_dir, functions, python_path or [])
-        self._has_gpus = gpus_per_node > 0
+        self.layout = layout
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self.processes.start(reactor, emit)
@@ -33,7 +33,7 @@ class BuiltinBackend:
             self.processes.launch(executables)
         for t in tasks:
             if t.spec.kind == "function":  # needs its own cores/GPUs: a one-off worker
-                env = task_environment({}, t.spec, t.slot, 0, self._has_gpus)
+                env = task_environment({}, t.spec, t.slot, 0, self.layout)
                 self.pool.dispatch([(t.spec, f"task-{t.spec.uid}")], env=env)
 
     def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:

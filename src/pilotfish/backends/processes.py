@@ -27,20 +27,32 @@ TAIL_BYTES = 4096
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLayout:
+    """What a node looks like to the processes on it (from the platform profile)."""
+
+    core_ids: tuple[int, ...]  # the physical id of each usable core, by core index
+    gpus: int = 0
+    gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # ROCR_VISIBLE_DEVICES on ROCm, ...
+
+
 def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: int,
-                     node_has_gpus: bool) -> dict[str, str]:
+                     layout: NodeLayout) -> dict[str, str]:
     """The environment of one rank: the user's, plus where and who it is."""
     env = dict(base)
     env.update(spec.environment)
     env["PILOTFISH_TASK_ID"] = spec.uid
     env["PILOTFISH_RANK"] = str(rank)
     env["PILOTFISH_RANKS"] = str(spec.ranks)
-    env["PILOTFISH_NODE"] = str(slot.node)
-    env["PILOTFISH_CORES"] = ",".join(map(str, slot.cores[rank]))
-    if slot.gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slot.rank_gpu_ids(rank)))
-    elif node_has_gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ""  # asked for no GPU: see none
+    env["PILOTFISH_NODE"] = str(slot.nodes[rank])
+    env["PILOTFISH_NODES"] = ",".join(map(str, slot.node_set))
+    ids = layout.core_ids
+    env["PILOTFISH_CORES"] = ",".join([str(ids[c]) for c in slot.cores[rank]])
+    if layout.gpu_env:
+        if slot.gpus:
+            env[layout.gpu_env] = ",".join(map(str, slot.rank_gpu_ids(rank)))
+        elif layout.gpus:
+            env[layout.gpu_env] = ""  # asked for no GPU: see none
     return env
 
 
@@ -83,10 +95,10 @@ class _Running:
 class ProcessRunner:
     """Spawns placed executables and reports when they start and end."""
 
-    def __init__(self, sandbox: str, node_has_gpus: bool, slots: int = 0,
+    def __init__(self, sandbox: str, layout: NodeLayout, slots: int = 0,
                  spawn: Callable[..., int] | None = None) -> None:
         self.sandbox = sandbox
-        self.node_has_gpus = node_has_gpus
+        self.layout = layout
         self._slots = slots  # how many tasks may run at once: output files made ahead
         self._spawn = spawn or spawn_process  # the one seam for process creation
         self._base_env = dict(os.environ)
@@ -126,7 +138,7 @@ class ProcessRunner:
             argv = [spec.executable, *spec.arguments]
             cwd = None if sandbox == self._cwd else sandbox
             for rank in range(spec.ranks):
-                env = task_environment(self._base_env, spec, slot, rank, self.node_has_gpus)
+                env = task_environment(self._base_env, spec, slot, rank, self.layout)
                 pid = self._spawn(argv, env, cwd, out.fd, err.fd, pgid)
                 if rank == 0:
                     pgid = pid
