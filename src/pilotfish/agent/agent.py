@@ -46,6 +46,7 @@ from .reactor import Reactor, readable
 PROGRESS_INTERVAL = 0.05  # seconds
 HEARTBEAT_INTERVAL = 1.0
 MAX_UPDATES_PER_MESSAGE = 10_000
+MESSAGES_PER_TURN = 4  # client messages (of up to 5,000 tasks) taken per loop turn
 SIM_FLUSH_INTERVAL, SIM_FLUSH_BATCH = 0.01, 10_000  # simulated pilots: seconds, updates
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
@@ -290,8 +291,12 @@ class Agent:
 
     @without_gc
     def _on_client(self) -> None:
+        """Take a few messages, then let the loop see to the backend's events: a burst of
+        submits must not hold back the ends of the tasks already running."""
         self._last_heard = time.monotonic()
-        while readable(self.client):
+        for _ in range(MESSAGES_PER_TURN):
+            if not readable(self.client):
+                break
             msg = m.decode_to_agent(self.client.recv(copy=False).buffer)
             if isinstance(msg, m.Submit):
                 self._on_submit(msg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..agent.reactor import Reactor
 from ..messages import TaskSpec
@@ -27,17 +27,16 @@ class Capabilities:
     places_itself: bool = False  # True: the runtime places tasks (Flux); False: binds to slots
 
 
-# Events: past-tense facts, with the time they were observed.
-@dataclass(frozen=True, slots=True)
-class TaskStarted:
+# Events: past-tense facts, with the time they were observed. (Named tuples, as are the
+# hand-offs below: one or two are made per task, and they are the cheapest to make.)
+class TaskStarted(NamedTuple):
     uid: str
     ts: float
     pid: int | None = None
     launch_ts: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TaskFinished:
+class TaskFinished(NamedTuple):
     uid: str
     state: TaskState  # DONE, FAILED or CANCELED
     exec_start: float | None
@@ -49,8 +48,7 @@ class TaskFinished:
     stderr: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRequeued:
+class TaskRequeued(NamedTuple):
     """Placed on a worker that was lost before the task started: place it again."""
 
     uid: str
@@ -59,14 +57,12 @@ class TaskRequeued:
 BackendEvent = TaskStarted | TaskFinished | TaskRequeued
 
 
-@dataclass(frozen=True, slots=True)
-class PlacedTask:
+class PlacedTask(NamedTuple):
     spec: TaskSpec
     slot: Slot
 
 
-@dataclass(frozen=True, slots=True)
-class DispatchedTask:
+class DispatchedTask(NamedTuple):
     spec: TaskSpec
     worker: int
     node: int
