@@ -35,6 +35,10 @@ class Allocator:
         self.exclusive: dict[str, NodeIndex] = {}
         self.groups: dict[str, tuple[int, ...]] = {}  # colocate tag -> its nodes
         self.drained: set[int] = set()
+        # Bucket keys that nodes moved into by gaining room, since the scheduler last
+        # looked: a task blocked on buckets none of these is in stays blocked.
+        self.gained = 0
+        self.drained_gained = False  # a drained node gained room since last looked at
         self._full_key = cores * (gpus + 1) + gpus  # the bucket of empty nodes
 
     # ---- what can never fit -----------------------------------------------------------
@@ -121,6 +125,18 @@ class Allocator:
             self.groups[colocate] = tuple(slot.node_set)
         return slot
 
+    def retry_mask(self, shape: Shape, colocate: str | None = None,
+                   exclusive: str | None = None) -> int | None:
+        """The buckets a node must enter (`gained`) before a task that did not fit might;
+        None when the index does not tell (memory, shared GPUs, tags)."""
+        if colocate is not None or exclusive is not None or not (
+                shape.share == 0 and not shape.mem_per_rank):
+            return None
+        ranks, rpn = shape.ranks, shape.ranks_per_node
+        per_node = ranks if ranks == 1 or rpn >= ranks else (rpn or 1)
+        return self.general.eligible(per_node * shape.cores_per_rank,
+                                     per_node * shape.whole_gpus)
+
     def _simple_mask(self, shape: Shape) -> int:
         shape.mask = self.general.eligible(shape.cores_per_rank, shape.whole_gpus)
         return shape.mask
@@ -162,20 +178,29 @@ class Allocator:
         """Hold out of every pool the nodes a waiting task will get, those with most room."""
         group = self.groups.get(colocate) if colocate is not None else None
         count = self.nodes_needed(shape)
+        # Busy nodes are candidates too (draining is for waiting until they empty), but
+        # not those of another exclusive tag.
         if group is not None:
             candidates = [self.nodes[i] for i in group if self.nodes[i].pool is not None]
         else:
-            candidates = list(self._nodes_by_room(self.general))
-            pool = self.exclusive.get(exclusive) if exclusive is not None else None
-            if pool is not None:
-                candidates = list(self._nodes_by_room(pool)) + candidates
-        candidates = [n for n in candidates if self._allowed(n, exclusive)]
+            pools = [self.general]
+            if exclusive is not None and exclusive in self.exclusive:
+                pools.insert(0, self.exclusive[exclusive])
+            candidates = []
+            for pool in pools:  # at most `count` from each, most room first
+                for key in pool.keys(pool.eligible(0, 0), descending=True):
+                    candidates.extend(islice(pool.buckets[key].values(),
+                                             count - len(candidates)))
+                    if len(candidates) >= count:
+                        break
+        candidates = [n for n in candidates if n.owner in (None, exclusive)]
         candidates.sort(key=lambda n: -n.n_free)
         chosen = candidates[:count]
         for node in chosen:
             assert node.pool is not None
             node.pool.remove(node)
             self.drained.add(node.index)
+        self.drained_gained = True  # they may have room already: look at once
         return [n.index for n in chosen]
 
     def place_drained(self, indexes: list[int], shape: Shape, colocate: str | None = None,
@@ -193,6 +218,7 @@ class Allocator:
                 if node.owner is not None and node.empty:
                     node.owner = None
                 self._pool_of(node).add(node)
+                self.gained |= 1 << node.key
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -208,6 +234,7 @@ class Allocator:
         """Re-index a node after a release (drained nodes stay out of the pools)."""
         pool = node.pool
         if pool is None:
+            self.drained_gained = True
             return
         if node.owner is not None and node.empty:
             pool.remove(node)
@@ -215,6 +242,7 @@ class Allocator:
             self.general.add(node)
         else:
             pool.update(node)
+        self.gained |= 1 << node.key
 
     def _allowed(self, node: Node, exclusive: str | None) -> bool:
         if exclusive is None:

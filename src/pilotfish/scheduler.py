@@ -94,6 +94,16 @@ class Worker:
     queued: int = 0  # tasks dispatched and not yet completed
 
 
+class _Group:
+    """Queued requests of one priority, shape and tags, first come first served."""
+
+    __slots__ = ("queue", "retry")
+
+    def __init__(self) -> None:
+        self.queue: deque[Request] = deque()
+        self.retry: int | None = None  # stuck: the buckets that must gain room first
+
+
 @dataclass(slots=True)
 class _Reservation:
     request: Request
@@ -116,7 +126,7 @@ class Scheduler:
         for w in reversed(self.workers):
             self._idle.setdefault(w.node, []).append(w)
         self._leased: dict[int, Worker] = {}
-        self._queues: dict[int, dict[GroupKey, deque[Request]]] = {}
+        self._queues: dict[int, dict[GroupKey, _Group]] = {}
         self._priorities: list[int] = []  # ascending; scanned from the end
         self._queued: dict[str, Request] = {}
         self._slots: dict[str, tuple[Slot, Request]] = {}  # placed tasks with their own slot
@@ -174,26 +184,35 @@ class Scheduler:
         actions: list[Action] = []
         if self._reservation is not None:
             self._serve_reservation(actions)
+        # A group that did not fit last time stays stuck unless a node gained room in a
+        # bucket it could use: most passes then try only what can have changed.
+        gained, self.alloc.gained = self.alloc.gained, 0
         queued = self._queued
         place = self._place
         append = actions.append
         blocked: list[Request] = []  # heads that did not fit, in the order they were tried
         passed = 0  # blocked[:passed] saw a later task placed: they were passed over
         for priority in reversed(self._priorities):
-            groups = self._queues[priority]
-            heads: list[tuple[int, GroupKey]] = []
-            for key, queue in groups.items():
+            heads: list[tuple[int, int, _Group]] = []
+            for i, group in enumerate(self._queues[priority].values()):
+                queue = group.queue
                 while queue and queued.get(queue[0].uid) is not queue[0]:
                     queue.popleft()  # canceled or placed while queued
-                if queue:
-                    heads.append((queue[0].seq, key))
-            heapq.heapify(heads)
+                if not queue:
+                    group.retry = None  # not looked at while empty: forget it
+                elif group.retry is not None and not gained & group.retry:
+                    blocked.append(queue[0])  # still stuck
+                else:
+                    heads.append((queue[0].seq, i, group))
+            if len(heads) > 1:
+                heapq.heapify(heads)
             while heads:
-                key = heads[0][1]
+                _, i, group = heads[0]
                 # Place from this group while its head is the oldest of all heads.
                 bound = min(heads[1][0], heads[2][0]) if len(heads) > 2 else (
                     heads[1][0] if len(heads) > 1 else _NO_BOUND)
-                queue = groups[key]
+                queue = group.queue
+                group.retry = None
                 stuck = False
                 while queue:
                     req = queue[0]
@@ -205,6 +224,9 @@ class Scheduler:
                     action = place(req)
                     if action is None:
                         blocked.append(req)
+                        if not req.pooled:
+                            group.retry = self.alloc.retry_mask(req.shape, req.colocate,
+                                                                req.exclusive)
                         stuck = True
                         break
                     queue.popleft()
@@ -214,7 +236,7 @@ class Scheduler:
                 if stuck or not queue:
                     heapq.heappop(heads)
                 else:
-                    heapq.heapreplace(heads, (queue[0].seq, key))
+                    heapq.heapreplace(heads, (queue[0].seq, i, group))
         if passed:
             self._note_passed_over(blocked[:passed], now)
         return actions
@@ -249,6 +271,9 @@ class Scheduler:
         assert res is not None
         req = res.request
         if self._queued.get(req.uid) is req:
+            if not self.alloc.drained_gained:
+                return  # nothing left its nodes since it last did not fit
+            self.alloc.drained_gained = False
             slot = self.alloc.place_drained(res.nodes, req.shape, req.colocate, req.exclusive)
             if slot is None:
                 return
@@ -301,9 +326,10 @@ class Scheduler:
             groups = self._queues[req.priority] = {}
             bisect.insort(self._priorities, req.priority)
         key = (req.pooled, req.shape, req.colocate, req.exclusive)
-        queue = groups.get(key)
-        if queue is None:
-            queue = groups[key] = deque()
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group()
+        queue = group.queue
         if front:
             queue.appendleft(req)
         else:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import TextIO
 
@@ -24,8 +23,6 @@ from .description import PilotDescription
 from .metrics import Metrics, session_metrics
 from .session import Session
 from .workloads.simulated import workload
-
-SUBMIT_CHUNK = 20_000  # tasks per submit: the agent works while the client builds more
 
 
 @dataclass
@@ -75,8 +72,9 @@ def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
     with Session(path=sessions) as session:
         pilot = session.start_pilot(desc)
         t0 = time.monotonic()
-        while batch := list(islice(work, SUBMIT_CHUNK)):
-            session.submit(batch, pilot=pilot)
+        # One submit: the channel sends it in back-to-back messages, so the simulated
+        # clock cannot start (see backends/simulated.py) before the whole bag is in.
+        session.submit(list(work), pilot=pilot)
         if progress is not None:
             from .cli import wait_with_progress
 

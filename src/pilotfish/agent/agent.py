@@ -46,6 +46,7 @@ from .reactor import Reactor, readable
 PROGRESS_INTERVAL = 0.05  # seconds
 HEARTBEAT_INTERVAL = 1.0
 MAX_UPDATES_PER_MESSAGE = 10_000
+POLL_INTERVAL = 0.001  # seconds: while events keep coming, look at sockets this often
 MESSAGES_PER_TURN = 4  # client messages (of up to 5,000 tasks) taken per loop turn
 SIM_FLUSH_INTERVAL, SIM_FLUSH_BATCH = 0.01, 10_000  # simulated pilots: seconds, updates
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
@@ -223,13 +224,19 @@ class Agent:
                 cfg.runtime, lambda: self.stop(f"pilot runtime of {cfg.runtime:g} s exceeded"))
         self._send(m.Hello(m.WIRE_VERSION, os.getpid(), time.time(), cfg.nodes,
                            cfg.cores_per_node, cfg.gpus_per_node))
+        polled = 0.0
         try:
             while self._stop_reason is None:
+                now = time.monotonic()
+                if self._inbox and now - polled < POLL_INTERVAL:
+                    self._on_backend_events()  # more to do: sockets and timers can wait
+                    continue
                 wait = 0.0 if self._inbox else HEARTBEAT_INTERVAL
                 flush_at = self._next_flush()
                 if flush_at is not None:
-                    wait = max(0.0, min(wait, flush_at - time.monotonic()))
+                    wait = max(0.0, min(wait, flush_at - now))
                 self.reactor.run_once(wait)
+                polled = now
                 if self._inbox:
                     self._on_backend_events()
                 if (self._final or self._progress) and self._flush_due():

@@ -8,7 +8,8 @@ scheduler, events, journal) is the real thing, so a simulation measures the real
 
 While the client is still submitting (a submit arrived in the last `HOLD` seconds) the
 clock does not jump: a workload handed over in many messages starts as one bag, as it
-would on a real machine, instead of trickling into a clock that raced ahead.
+would on a real machine, instead of trickling into a clock that raced ahead. (So submit
+a bag in one `Session.submit` call: the channel sends its messages back to back.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..messages import TaskSpec
 from ..states import TaskState
 from .base import BackendEvent, Capabilities, DispatchedTask, PlacedTask, TaskFinished, TaskStarted
 
-HOLD = 0.2  # seconds of client silence before the clock may jump
+HOLD = 0.5  # seconds of client silence before the clock may jump
 DONE, FAILED, CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 
 
