@@ -31,11 +31,11 @@ def check_scheduler(s: Scheduler) -> None:
         if len(slot.nodes) != req.shape.ranks or len(slot.cores) != req.shape.ranks:
             raise SchedulerError(f"{uid}: slot has {len(slot.nodes)} ranks, asked "
                                  f"{req.shape.ranks}")
-        for node in set(slot.nodes):
-            parts[node] += 1
-            owner = alloc.nodes[node].owner
+        for index in set(slot.nodes):
+            parts[index] += 1
+            owner = alloc.nodes[index].owner
             if owner != req.exclusive:
-                raise SchedulerError(f"{uid} (exclusive {req.exclusive!r}) on node {node} "
+                raise SchedulerError(f"{uid} (exclusive {req.exclusive!r}) on node {index} "
                                      f"owned by {owner!r}")
         if req.colocate is not None and not set(slot.nodes) <= set(alloc.groups[req.colocate]):
             raise SchedulerError(f"{uid}: off its colocate group's nodes")
@@ -45,17 +45,17 @@ def check_scheduler(s: Scheduler) -> None:
             if sorted(per_node.values())[-1] > rpn or sum(
                     1 for c in per_node.values() if c != rpn) > 1:
                 raise SchedulerError(f"{uid}: ranks per node {dict(per_node)}, asked {rpn}")
-        for rank, node in enumerate(slot.nodes):
+        for rank, index in enumerate(slot.nodes):
             if len(slot.cores[rank]) != req.shape.cores_per_rank:
                 raise SchedulerError(f"{uid} rank {rank}: {slot.cores[rank]} cores")
-            held[node].extend(slot.cores[rank])
-            mem_used[node] += slot.mem
+            held[index].extend(slot.cores[rank])
+            mem_used[index] += slot.mem
             if slot.gpus:
                 if sum(share for _, share in slot.gpus[rank]) != Fraction(
                         req.shape.gpus_per_rank).limit_denominator(1024):
                     raise SchedulerError(f"{uid} rank {rank}: GPUs {slot.gpus[rank]}")
                 for g, share in slot.gpus[rank]:
-                    gpu_used[node][g] += share  # type: ignore[assignment]
+                    gpu_used[index][g] += share  # type: ignore[assignment]
             elif req.shape.gpus_per_rank:
                 raise SchedulerError(f"{uid}: asked GPUs, got none")
     for w in s.workers:

@@ -92,12 +92,18 @@ class AgentStats:
     waited_at_submit: float = 0.0
     waited_at_final: float = 0.0
 
-    def to_dict(self) -> dict[str, float]:
-        active = self.last_final - self.first_submit if self.first_submit else 0.0
-        busy = max(active - (self.waited_at_final - self.waited_at_submit), 1e-9)
+    def to_dict(self, waited_now: float) -> dict[str, float]:
+        if self.first_submit is None:
+            active = busy = 0.0
+        else:
+            if not self.last_final:  # nothing ended yet: count until now
+                self.last_final, self.waited_at_final = time.monotonic(), waited_now
+            active = self.last_final - self.first_submit
+            busy = max(active - (self.waited_at_final - self.waited_at_submit), 1e-9)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return {"decisions": self.decisions, "active_s": active, "busy_s": busy,
-                "decisions_per_s": self.decisions / busy, "max_rss_bytes": rss}
+                "decisions_per_s": self.decisions / busy if busy else 0.0,
+                "max_rss_bytes": rss}
 
 
 class _Lingering:
@@ -265,7 +271,7 @@ class Agent:
             if not task.state.final:
                 self._finish(task, TaskFinished(uid, state, None, now, error=f"pilot stopped: "
                                                 f"{reason}"))
-        stats = self.stats.to_dict()
+        stats = self.stats.to_dict(self.reactor.waited)
         if self._simulated is not None:
             stats["clock_offset"] = self._simulated.offset
             stats["clock_jumps"] = self._simulated.jumped

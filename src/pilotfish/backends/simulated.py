@@ -95,9 +95,16 @@ class SimulatedBackend:
         self._ends.clear()
         self._running.clear()
 
+    def _stale(self, entry: tuple[float, int, str]) -> bool:
+        """An end of a task no longer running (canceled), or of an earlier run of it."""
+        run = self._running.get(entry[2])
+        return run is None or run[1] != entry[0]
+
     def _on_idle(self) -> float | None:
         """End the tasks that are due; if none is and the client is quiet, jump to the next."""
-        ends = self._ends
+        ends, running = self._ends, self._running
+        while ends and self._stale(ends[0]):
+            heapq.heappop(ends)  # canceled: never jump to its end
         if not ends:
             return None
         now = self.now()
@@ -108,12 +115,13 @@ class SimulatedBackend:
             self.offset += ends[0][0] - now
             self.jumped += 1
             now = ends[0][0]
-        running, emit = self._running, self._emit
+        emit = self._emit
         while ends and ends[0][0] <= now:
+            if self._stale(ends[0]):
+                heapq.heappop(ends)
+                continue
             end, _, uid = heapq.heappop(ends)
-            run = running.pop(uid, None)
-            if run is None:
-                continue  # canceled
+            run = running.pop(uid)
             start, _, timed_out = run
             if timed_out:
                 emit(TaskFinished(uid, FAILED, start, end, error=f"timed out after "

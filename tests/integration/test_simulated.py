@@ -1,0 +1,123 @@
+"""Simulated pilots: the real client, agent and scheduler, tasks on a jumping virtual clock."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pilotfish as pf
+from pilotfish.agent.reactor import Reactor
+from pilotfish.backends.base import BackendEvent, PlacedTask, TaskFinished, TaskStarted
+from pilotfish.backends.simulated import SimulatedBackend, simulated_duration
+from pilotfish.cli import main
+from pilotfish.messages import TaskSpec
+from pilotfish.metrics import session_metrics
+from pilotfish.resources import Slot
+
+TD = pf.TaskDescription
+
+
+def sim_pilot(session: pf.Session, **shape: object) -> pf.Pilot:
+    desc = pf.PilotDescription(backend="simulated", **shape)  # type: ignore[arg-type]
+    return session.start_pilot(desc)
+
+
+def times(task: pf.Task) -> tuple[float, float]:
+    events = dict(task.events)
+    return events["RUNNING"], events["exec_stop"]
+
+
+def test_durations_come_from_the_description_or_sleep_arguments() -> None:
+    assert simulated_duration(TaskSpec("a", "executable", "sleep", ["2.5"])) == 2.5
+    assert simulated_duration(TaskSpec("a", "executable", "/bin/sleep", ["7"])) == 7.0
+    assert simulated_duration(TaskSpec("a", "executable", "sleep", ["7"], duration=1.0)) == 1.0
+    assert simulated_duration(TaskSpec("a", "executable", "sleep", ["1m"])) == 0.0
+    assert simulated_duration(TaskSpec("a", "executable", "/bin/true")) == 0.0
+    assert simulated_duration(TaskSpec("a", "function")) == 0.0
+
+
+def test_an_hour_of_tasks_takes_a_moment_and_keeps_exact_virtual_times(
+        session: pf.Session) -> None:
+    sim_pilot(session, nodes=1, cores_per_node=2)
+    started = time.monotonic()
+    tasks = session.submit([TD(executable="sleep", arguments=["600"]) for _ in range(12)])
+    assert session.wait(timeout=60)
+    assert time.monotonic() - started < 30  # 3,600 simulated seconds
+    assert all(t.state is pf.TaskState.DONE for t in tasks)
+    spans = sorted(times(t) for t in tasks)
+    assert all(end - start == pytest.approx(600, abs=1e-6) for start, end in spans)
+    # Two cores: six waves of two, each starting when the one before ends.
+    first = spans[0][0]
+    waves = sorted({round(start - first) for start, _ in spans})
+    assert waves == [0, 600, 1200, 1800, 2400, 3000]
+    m = session_metrics(session.path)
+    assert m.core_utilization == pytest.approx(1.0, abs=1e-3)
+    assert m.makespan_s == pytest.approx(3600, rel=0.01)
+
+
+def test_multi_node_gpu_tasks_and_tags_are_placed_as_for_real(session: pf.Session) -> None:
+    sim_pilot(session, nodes=4, cores_per_node=8, gpus_per_node=4)
+    mpi = session.submit(TD(executable="sleep", arguments=["100"], ranks=8, cores_per_rank=2,
+                            gpus_per_rank=1, ranks_per_node=4))
+    fits_later = session.submit(TD(executable="sleep", arguments=["10"], ranks=4,
+                                   cores_per_rank=8))
+    assert session.wait(timeout=60)
+    assert mpi.state is pf.TaskState.DONE and fits_later.state is pf.TaskState.DONE
+    # The 8-rank task held two whole nodes' GPUs; the 4-node task had to wait for it.
+    assert times(fits_later)[0] == pytest.approx(times(mpi)[1], abs=1.0)
+
+
+def test_a_task_longer_than_its_timeout_fails_at_the_timeout(session: pf.Session) -> None:
+    sim_pilot(session, nodes=1, cores_per_node=1)
+    task = session.submit(TD(executable="sleep", arguments=["100"], timeout=30))
+    with pytest.raises(pf.TaskFailed, match="timed out"):
+        task.result(timeout=30)
+    start, end = times(task)
+    assert end - start == pytest.approx(30, abs=1e-6)
+
+
+def test_cancel_ends_a_running_simulated_task_and_frees_its_core() -> None:
+    backend = SimulatedBackend()
+    events: list[BackendEvent] = []
+    backend.start(Reactor(), events.append)
+    slot = Slot((0,), ((0,),))
+    backend.launch([PlacedTask(TaskSpec("long", "executable", "sleep", ["1e6"]), slot),
+                    PlacedTask(TaskSpec("short", "executable", "sleep", ["5"]), slot)])
+    assert [type(e) for e in events] == [TaskStarted, TaskStarted]
+    backend.cancel(["long", "unknown"])
+    (canceled,) = events[2:]
+    assert isinstance(canceled, TaskFinished) and canceled.state is pf.TaskState.CANCELED
+    assert backend._on_idle() == 0.0  # nothing due: the clock jumps to the short task's end
+    (done,) = events[3:]
+    assert isinstance(done, TaskFinished) and done.uid == "short"
+    assert done.exec_stop - done.exec_start == pytest.approx(5)
+    assert backend._on_idle() is None  # nothing left: no jump to the canceled one's end
+    assert backend.jumped == 1
+
+
+def test_functions_run_as_slotted_tasks_of_zero_length(session: pf.Session) -> None:
+    sim_pilot(session, nodes=1, cores_per_node=4)
+    tasks = session.submit([TD(function=pow, args=(2, 3)) for _ in range(50)])
+    assert session.wait(timeout=30)
+    assert all(t.state is pf.TaskState.DONE for t in tasks)
+
+
+def test_pilotfish_simulate_prints_throughput_makespan_and_utilization(
+        tmp_path, capsys) -> None:
+    code = main(["simulate", "--platform", "local", "--nodes", "3", "--workload", "sleep",
+                 "--tasks", "300", "--duration", "5", "--sessions", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "decisions/s" in out and "simulated makespan" in out
+    assert "CPU utilization" in out and "GPU utilization" in out
+    session_dir = next(tmp_path.iterdir())
+    assert session_metrics(session_dir).n_done == 300
+    assert main(["report", str(session_dir)]) == 0
+    assert "core utilization" in capsys.readouterr().out
+
+
+def test_the_hybrid_workload_needs_gpus(tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs GPUs"):
+        main(["simulate", "--platform", "local", "--nodes", "1", "--workload", "hybrid",
+              "--tasks", "10", "--sessions", str(tmp_path)])
