@@ -25,8 +25,8 @@ class Shape:
     on every decision are computed once here.
     """
 
-    __slots__ = ("_hash", "_key", "cores_per_rank", "gpus_per_rank", "mask", "mem_per_rank", "ranks",
-                 "ranks_per_node", "share", "simple", "whole_gpus")
+    __slots__ = ("_hash", "_key", "cores_per_rank", "gpus_per_rank", "mask", "mem_per_rank",
+                 "ranks", "ranks_per_node", "share", "simple", "whole_gpus")
 
     def __init__(self, ranks: int = 1, cores_per_rank: int = 1, gpus_per_rank: float = 0.0,
                  ranks_per_node: int = 0, mem_per_rank: int = 0) -> None:
@@ -89,8 +89,22 @@ class Slot(NamedTuple):
 class Node:
     """The free cores, GPUs and memory of one node, and who may use it."""
 
-    __slots__ = ("cores", "gpus", "index", "key", "load", "mem", "mem_free", "n_free",
-                 "n_whole", "owner", "partial", "pool", "free", "whole")
+    __slots__ = (
+        "cores",
+        "free",
+        "gpus",
+        "index",
+        "key",
+        "load",
+        "mem",
+        "mem_free",
+        "n_free",
+        "n_whole",
+        "owner",
+        "partial",
+        "pool",
+        "whole",
+    )
 
     def __init__(self, index: int, cores: int, gpus: int, mem: int) -> None:
         self.index = index

@@ -207,6 +207,43 @@ def test_priority_must_be_an_int() -> None:
 # ---- pilots -------------------------------------------------------------------------------
 
 
+def test_placement_fields() -> None:
+    td = TaskDescription(executable="lmp", ranks=64, cores_per_rank=7, gpus_per_rank=1,
+                         ranks_per_node=8, mem_per_rank=4096, duration=1800,
+                         tags={"colocate": "md", "exclusive": "md"})
+    assert (td.ranks_per_node, td.mem_per_rank, td.duration) == (8, 4096, 1800)
+    assert TaskDescription(executable="x").ranks_per_node is None
+
+
+@pytest.mark.parametrize(("field", "value"), [("ranks_per_node", 0), ("mem_per_rank", -1)])
+def test_placement_numbers_are_checked(field: str, value: int) -> None:
+    with invalid(field, match=f"{field}: must be >= "):
+        TaskDescription(executable="x", **{field: value})
+
+
+@pytest.mark.parametrize("duration", [-1.0, float("inf"), float("nan")])
+def test_a_simulated_duration_is_a_finite_non_negative_number(duration: float) -> None:
+    with invalid("duration"):
+        TaskDescription(executable="x", duration=duration)
+    with pytest.raises(TypeError, match="duration"):
+        TaskDescription(executable="x", duration="10")  # type: ignore[arg-type]
+
+
+def test_placement_tags_need_a_group_name_and_tags_map_str_to_str() -> None:
+    with invalid("tags", match="'colocate' needs a group name"):
+        TaskDescription(executable="x", tags={"colocate": ""})
+    with pytest.raises(TypeError, match="tags"):
+        TaskDescription(executable="x", tags={"exclusive": 1})  # type: ignore[dict-item]
+
+
+def test_a_pilot_backend_and_reservation_delay_are_checked() -> None:
+    assert PilotDescription(backend="simulated", reserve_after=0).backend == "simulated"
+    with invalid("backend", match="known: builtin, simulated"):
+        PilotDescription(backend="flux")
+    with invalid("reserve_after"):
+        PilotDescription(reserve_after=-1)
+
+
 def test_a_pilot_defaults_to_the_machine() -> None:
     pd = PilotDescription()
     assert pd.platform == "local" and pd.nodes == 1 and pd.gpus_per_node == 0

@@ -131,6 +131,10 @@ def test_scenario_hand_computed() -> None:
     assert m.core_utilization == pytest.approx(0.9)
     assert m.core_utilization_lifetime == pytest.approx(0.45)
     assert m.gpu_utilization is None and m.gpu_utilization_lifetime is None  # none offered
+    # While tasks waited (first start 10 to last start 14): 4 + 2 + 2 + 0 of 2 x 4 s.
+    assert m.backlog_window_end == 14.0
+    assert m.core_utilization_backlog == pytest.approx(1.0)
+    assert m.gpu_utilization_backlog is None
     assert m.makespan_s == pytest.approx(12.0)  # NEW at 9 to the last final at 21
     assert m.submit_to_start is not None and m.end_to_final is not None
     assert (m.submit_to_start.count, m.submit_to_start.p50, m.submit_to_start.max) == (4, 2, 5)
