@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pilot = session.start_pilot(desc)
         print(f"pilot {pilot.uid}: {desc.nodes} node(s) x {desc.cores_per_node} cores, "
               f"{desc.gpus_per_node} GPUs per node; ready in {time.monotonic() - t0:.2f} s")
-        tasks = session.submit(demo_tasks(args.tasks, desc.gpus_per_node))
+        tasks = session.submit(demo_tasks(args.tasks, desc.gpus_per_node or 0))
         wait_with_progress(session, len(tasks), time.monotonic(), sys.stderr)
         counts = {s.value: 0 for s in TaskState if s.final}
         for t in tasks:
@@ -87,6 +87,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if result.metrics.n_done == args.tasks else 1
 
 
+def cmd_platforms(args: argparse.Namespace) -> int:
+    from .platforms import available_platforms, platform_to_toml
+
+    known = available_platforms()
+    if args.action == "show" and not args.name:
+        print("pilotfish platforms show: which one? known: " + ", ".join(sorted(known)),
+              file=sys.stderr)
+        return 2
+    if args.action == "show":
+        if args.name not in known:
+            print(f"pilotfish platforms: unknown platform {args.name!r}; known: "
+                  f"{', '.join(sorted(known))}", file=sys.stderr)
+            return 2
+        print(platform_to_toml(known[args.name]), end="")
+        return 0
+    rows = [("name", "cores per node", "GPUs", "memory", "launcher", "batch", "profile")]
+    for p in sorted(known.values(), key=lambda p: p.name):
+        cores = f"{len(p.usable_cores)}"
+        if p.blocked_cores:
+            cores += f" ({p.cores_per_node}, {len(p.blocked_cores)} blocked)"
+        cores += f" x SMT{p.threads_per_core}"
+        gpus = f"{p.gpus_per_node} {p.gpu_kind}" if p.gpus_per_node else "-"
+        rows.append((p.name, cores, gpus, f"{p.mem_per_node / 1024:,.0f} GiB", p.launcher,
+                     p.batch_system, p.source))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sessions", default="pilotfish-sessions",
                      help="where session directories go")
     sim.set_defaults(func=cmd_simulate)
+    platforms = sub.add_parser("platforms", help="list the platform profiles, or show one")
+    platforms.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    platforms.add_argument("name", nargs="?", help="the profile to show")
+    platforms.set_defaults(func=cmd_platforms)
     report = sub.add_parser("report", help="metrics and charts of a finished session")
     report.add_argument("session_dir")
     report.add_argument("--json", action="store_true", help="metrics as JSON")

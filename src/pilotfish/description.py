@@ -7,6 +7,7 @@ A bad description raises at construction (`InvalidDescription`, a `ValueError`, 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import pickle
@@ -19,7 +20,8 @@ from typing import Any
 import cloudpickle
 import msgspec
 
-PLATFORMS = ("local",)
+from .platforms import InvalidPlatform, Platform, load_platform
+
 PLACEMENT_TAGS = ("colocate", "exclusive")
 BACKENDS = ("builtin", "simulated")
 # GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
@@ -250,10 +252,13 @@ def check_gpus(owner: str, name: str, value: object) -> float:
 class PilotDescription:
     """Where and how big a pilot is.
 
-    On the `local` platform nodes, cores and GPUs are virtual: any shape can be exercised
-    on one small machine. `runtime` is the pilot's lifetime in seconds (None: until the
-    session closes). `function_workers` is the number of persistent Python worker
-    processes per node (default: the node's cores, capped at the machine's real cores).
+    `platform` names a profile (`pilotfish platforms`) or a `.toml` file: it gives the
+    node shape (usable cores, GPUs, memory in MiB), which `cores_per_node`,
+    `gpus_per_node` and `mem_per_node` override. On the `local` platform nodes, cores and
+    GPUs are virtual: any shape can be exercised on one small machine. `runtime` is the
+    pilot's lifetime in seconds (None: until the session closes). `function_workers` is
+    the number of persistent Python worker processes per node (default: the node's cores,
+    capped at the machine's real cores).
     `backend="simulated"` runs nothing: tasks take their `duration` on a virtual clock
     (see backends/simulated.py). `reserve_after` is how long (seconds) a task passed over
     by smaller ones waits before nodes are drained for it (see scheduler.py).
@@ -262,7 +267,8 @@ class PilotDescription:
     platform: str = "local"
     nodes: int = 1
     cores_per_node: int | None = None
-    gpus_per_node: int = 0
+    gpus_per_node: int | None = None
+    mem_per_node: int | None = None
     runtime: float | None = None
     function_workers: int | None = None
     heartbeat_timeout: float = 5.0
@@ -278,14 +284,23 @@ class PilotDescription:
                 self.reserve_after, int | float) or not self.reserve_after >= 0:
             raise InvalidDescription(owner, "reserve_after", f"must be a number of seconds "
                                      f">= 0, got {self.reserve_after!r}")
-        if self.platform not in PLATFORMS:
-            raise InvalidDescription(owner, "platform", f"unknown platform {self.platform!r}; "
-                                     f"known: {', '.join(PLATFORMS)}")
+        if not isinstance(self.platform, str):
+            raise TypeError(f"{owner}.platform must be a str, got {self.platform!r}")
+        try:
+            profile = load_platform(self.platform)
+        except KeyError as exc:
+            raise InvalidDescription(owner, "platform", exc.args[0]) from None
+        except InvalidPlatform as exc:
+            raise InvalidDescription(owner, "platform", str(exc)) from None
         _check_int(owner, "nodes", self.nodes, 1)
-        if self.cores_per_node is None:
-            object.__setattr__(self, "cores_per_node", os.cpu_count() or 1)
+        for name, default in (("cores_per_node", len(profile.usable_cores)),
+                              ("gpus_per_node", profile.gpus_per_node),
+                              ("mem_per_node", profile.mem_per_node)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         _check_int(owner, "cores_per_node", self.cores_per_node, 1)
         _check_int(owner, "gpus_per_node", self.gpus_per_node, 0)
+        _check_int(owner, "mem_per_node", self.mem_per_node, 0)
         if self.function_workers is not None:
             _check_int(owner, "function_workers", self.function_workers, 1)
         if isinstance(self.heartbeat_timeout, int | float) and self.heartbeat_timeout < 2:
@@ -298,6 +313,22 @@ class PilotDescription:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise InvalidDescription(owner, name, f"must be a number of seconds > 0, "
                                          f"got {value!r}")
+
+    @property
+    def profile(self) -> Platform:
+        return load_platform(self.platform)
+
+    @property
+    def core_ids(self) -> tuple[int, ...]:
+        """The physical ids of a node's usable cores: the profile's, or, when
+        `cores_per_node` says otherwise, the first that many ids not blocked."""
+        profile = self.profile
+        usable = profile.usable_cores
+        if self.cores_per_node == len(usable):
+            return usable
+        blocked = set(profile.blocked_cores)
+        ids = (c for c in itertools.count() if c not in blocked)
+        return tuple(itertools.islice(ids, self.cores_per_node))
 
     @property
     def workers_per_node(self) -> int:

@@ -111,7 +111,7 @@ class Session:
             raise TypeError(f"start_pilot takes a PilotDescription, got {type(desc).__name__}")
         uid = f"pilot.{len(self.pilots):04d}"
         pilot = Pilot(uid, desc, self.path / uid)
-        assert desc.cores_per_node is not None
+        assert desc.cores_per_node is not None and desc.gpus_per_node is not None
         self.journal.add_pilot(uid, _json_encode(asdict(desc)).decode(), desc.nodes,
                                desc.cores_per_node, desc.gpus_per_node, time.time())
         self.pilots[uid] = pilot
@@ -120,8 +120,8 @@ class Session:
             client_address=address, pilot_uid=uid, sandbox=str(pilot.sandbox.resolve()),
             nodes=desc.nodes, cores_per_node=desc.cores_per_node,
             gpus_per_node=desc.gpus_per_node, workers_per_node=desc.workers_per_node,
-            mem_per_node=getattr(desc, "mem_per_node", 0), core_ids=list(getattr(desc, "core_ids", range(desc.cores_per_node))),  # TEMP
-            gpu_env="CUDA_VISIBLE_DEVICES", backend=desc.backend,
+            mem_per_node=desc.mem_per_node or 0, core_ids=list(desc.core_ids),
+            gpu_env=desc.profile.gpu_env or "CUDA_VISIBLE_DEVICES", backend=desc.backend,
             reserve_after=desc.reserve_after,
             heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
             parent_pid=os.getpid(),

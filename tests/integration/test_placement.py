@@ -51,3 +51,15 @@ def test_colocated_tasks_share_the_first_ones_node(session: pf.Session) -> None:
                                 tags={"colocate": "stage"}))  # 2 nodes; the group has 1
     assert too_big.exception(timeout=30) is not None
     assert "colocate group 'stage'" in (too_big.error or "")
+
+
+def test_blocked_cores_are_never_used_and_gpus_use_the_platforms_variable(
+        session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(platform="frontier", nodes=1, cores_per_node=8,
+                                            gpus_per_node=2))
+    show = 'echo "$PILOTFISH_CORES|$ROCR_VISIBLE_DEVICES|${CUDA_VISIBLE_DEVICES-unset}"'
+    whole = session.submit(TD(executable="/bin/sh", arguments=["-c", show], cores_per_rank=8,
+                              gpus_per_rank=2))
+    assert whole.result(timeout=30) == 0
+    assert whole.stdout is not None
+    assert whole.stdout.strip() == "1,2,3,4,5,6,7,9|0,1|unset"  # cores 0 and 8 are blocked

@@ -265,7 +265,7 @@ def test_a_pilot_needs_a_node(nodes: int) -> None:
 
 
 def test_an_unknown_platform_is_refused_with_the_known_ones() -> None:
-    with invalid("platform", "'summit'.*known: local"):
+    with invalid("platform", "'summit'.*known: aurora, frontier, local"):
         PilotDescription(platform="summit")
 
 

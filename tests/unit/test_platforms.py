@@ -1,0 +1,137 @@
+"""Platform profiles: shipped ones are right, user ones are found, bad ones are named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pilotfish.cli import main
+from pilotfish.description import InvalidDescription, PilotDescription
+from pilotfish.platforms import (
+    InvalidPlatform,
+    available_platforms,
+    load_platform,
+    platform_to_toml,
+    read_platform,
+)
+
+GOOD = """
+name = "mycluster"
+description = "a test cluster"
+cores_per_node = 16
+blocked_cores = [0]
+threads_per_core = 2
+gpus_per_node = 2
+gpu_kind = "cuda"
+mem_per_node_gib = 64
+launcher = "srun"
+batch_system = "slurm"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "mycluster.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_profiles() -> None:
+    known = available_platforms()
+    assert {"local", "frontier", "perlmutter-gpu", "polaris", "aurora"} <= set(known)
+    frontier = known["frontier"]
+    assert frontier.cores_per_node == 64 and len(frontier.usable_cores) == 56
+    assert frontier.blocked_cores == (0, 8, 16, 24, 32, 40, 48, 56)
+    assert frontier.usable_cores[:8] == (1, 2, 3, 4, 5, 6, 7, 9)
+    assert (frontier.gpus_per_node, frontier.gpu_env) == (8, "ROCR_VISIBLE_DEVICES")
+    assert (frontier.mem_per_node, frontier.threads_per_core) == (512 * 1024, 2)
+    assert (frontier.launcher, frontier.batch_system) == ("srun", "slurm")
+    assert known["perlmutter-gpu"].gpu_env == "CUDA_VISIBLE_DEVICES"
+    assert known["aurora"].gpu_env == "ZE_AFFINITY_MASK"
+    assert len(known["aurora"].usable_cores) == 102
+    local = known["local"]
+    assert local.cores_per_node == os.cpu_count() and local.gpu_env is None
+
+
+def test_a_profile_round_trips_through_toml(tmp_path: Path) -> None:
+    for platform in available_platforms().values():
+        again = read_platform(write(tmp_path, platform_to_toml(platform), "again.toml"))
+        assert again.usable_cores == platform.usable_cores
+        assert (again.gpus_per_node, again.gpu_kind, again.mem_per_node) == (
+            platform.gpus_per_node, platform.gpu_kind, platform.mem_per_node)
+
+
+def test_user_profiles_are_found_and_override_shipped_ones(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    write(tmp_path, GOOD)
+    write(tmp_path, GOOD.replace('"mycluster"', '"frontier"').replace("= 16", "= 8"),
+          "mine.toml")
+    monkeypatch.setenv("PILOTFISH_PLATFORMS", str(tmp_path))
+    known = available_platforms()
+    assert known["mycluster"].usable_cores == tuple(range(1, 16))
+    assert known["frontier"].cores_per_node == 8  # the user's wins
+    assert load_platform("mycluster").source == str(tmp_path / "mycluster.toml")
+
+
+def test_a_toml_path_is_a_platform(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    desc = PilotDescription(platform=str(path), nodes=2)
+    assert (desc.cores_per_node, desc.gpus_per_node, desc.mem_per_node) == (15, 2, 64 * 1024)
+    assert desc.core_ids == tuple(range(1, 16))
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (("launcher", "lanucher"), "lanucher"),  # a typo is not ignored
+    (("cores_per_node = 16", 'cores_per_node = "16"'), "cores_per_node"),
+    (("blocked_cores = [0]", "blocked_cores = [16]"), "blocked_cores"),
+    (("blocked_cores = [0]", "blocked_cores = [0, 0]"), "blocked_cores"),
+    (("cores_per_node = 16", "cores_per_node = 1"), "blocked_cores"),  # none left
+    (('gpu_kind = "cuda"', 'gpu_kind = "none"'), "gpu_kind"),
+    (('gpu_kind = "cuda"', 'gpu_kind = "nvidia"'), "gpu_kind"),
+    (("mem_per_node_gib = 64", "mem_per_node_gib = 0"), "mem_per_node_gib"),
+    (('batch_system = "slurm"', 'batch_system = "sge"'), "batch_system"),
+    (('name = "mycluster"', 'name = "My Cluster"'), "name"),
+    (('description = "a test cluster"\n', ""), "description"),
+])
+def test_a_bad_profile_names_the_file_and_key(tmp_path: Path, edit: tuple[str, str],
+                                              key: str) -> None:
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(InvalidPlatform, match=f"^mycluster.toml: {key}: "):
+        read_platform(path)
+
+
+def test_a_syntax_error_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidPlatform, match=r"^mycluster\.toml: not valid TOML"):
+        read_platform(write(tmp_path, GOOD + "gpus = [\n"))
+
+
+def test_a_bad_user_profile_is_refused_when_the_pilot_is_described(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    write(tmp_path, GOOD.replace("threads_per_core = 2", "threads_per_core = 0"))
+    monkeypatch.setenv("PILOTFISH_PLATFORMS", str(tmp_path))
+    with pytest.raises(InvalidDescription, match="threads_per_core: must be >= 1"):
+        PilotDescription(platform="frontier")
+
+
+def test_a_pilot_takes_the_profile_and_overrides_it() -> None:
+    desc = PilotDescription(platform="frontier", nodes=2)
+    assert (desc.cores_per_node, desc.gpus_per_node, desc.mem_per_node) == (56, 8, 512 * 1024)
+    assert 0 not in desc.core_ids and 8 not in desc.core_ids and len(desc.core_ids) == 56
+    small = PilotDescription(platform="frontier", cores_per_node=8, gpus_per_node=2,
+                             mem_per_node=1024)
+    assert small.core_ids == (1, 2, 3, 4, 5, 6, 7, 9)  # blocked ids are still skipped
+    assert (small.gpus_per_node, small.mem_per_node) == (2, 1024)
+    assert small.profile.gpu_env == "ROCR_VISIBLE_DEVICES"
+
+
+def test_the_platforms_command(capsys) -> None:
+    assert main(["platforms"]) == 0
+    out = capsys.readouterr().out
+    assert "frontier" in out and "56 (64, 8 blocked) x SMT2" in out and "8 rocm" in out
+    assert main(["platforms", "show", "frontier"]) == 0
+    out = capsys.readouterr().out
+    assert "blocked_cores = [0, 8, 16, 24, 32, 40, 48, 56]" in out
+    assert 'gpu_kind = "rocm"' in out
+    assert main(["platforms", "show", "summit"]) == 2
+    assert "unknown platform 'summit'" in capsys.readouterr().err
