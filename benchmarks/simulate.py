@@ -106,20 +106,12 @@ def run_memory(tmp: str, n: int = 1_000_000) -> dict[str, float]:
     work = workload("sleep", n, 56, 8, duration=3600.0)
     with pf.Session(path=tmp) as session:
         pilot = session.start_pilot(desc)
-        batch: list[pf.TaskDescription] = []
-        for d in work:
-            batch.append(d)
-            if len(batch) == 20_000:
-                session.submit(batch, pilot=pilot)
-                batch = []
-        if batch:
-            session.submit(batch, pilot=pilot)
+        tasks = session.submit(list(work), pilot=pilot)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:  # every task accepted: all n are in flight
-            accepted = sum(1 for t in session._live.values() if t.state is not pf.TaskState.NEW)
-            if accepted == n:
+            if sum(1 for t in tasks if t.state is not pf.TaskState.NEW) == n:
                 break
-            session.wait(timeout=0.5)
+            session.wait(timeout=1.0)
     floor = subprocess.run([sys.executable, "-c", _FLOOR.format(n=n)], capture_output=True,
                            text=True, check=True)
     return {"agent MiB": pilot.stats["max_rss_bytes"] / 2**20,

@@ -38,6 +38,7 @@ class Allocator:
         # Bucket keys that nodes moved into by gaining room, since the scheduler last
         # looked: a task blocked on buckets none of these is in stays blocked.
         self.gained = 0
+        self._masks: dict[Shape, int] = {}  # simple shape -> the buckets that hold it
         self.drained_gained = False  # a drained node gained room since last looked at
         self._full_key = cores * (gpus + 1) + gpus  # the bucket of empty nodes
 
@@ -100,7 +101,10 @@ class Allocator:
         if shape.simple and colocate is None and exclusive is None:
             # The hot path: any node in the best-fit bucket holds one such rank.
             pool = self.general
-            mask = shape.mask or self._simple_mask(shape)
+            mask = self._masks.get(shape)
+            if mask is None:
+                mask = self._masks[shape] = pool.eligible(shape.cores_per_rank,
+                                                          shape.whole_gpus)
             m = pool.nonempty & mask
             if not m:
                 return None
@@ -150,10 +154,6 @@ class Allocator:
         per_node = ranks if ranks == 1 or rpn >= ranks else (rpn or 1)
         return self.general.eligible(per_node * shape.cores_per_rank,
                                      per_node * shape.whole_gpus)
-
-    def _simple_mask(self, shape: Shape) -> int:
-        shape.mask = self.general.eligible(shape.cores_per_rank, shape.whole_gpus)
-        return shape.mask
 
     def release(self, slot: Slot) -> None:
         nodes = self.nodes
@@ -224,6 +224,8 @@ class Allocator:
                     if len(candidates) >= count:
                         break
         candidates = [n for n in candidates if n.owner in (None, exclusive)]
+        if len(candidates) < count:
+            return []  # too few nodes it may use now: no reservation (yet)
         candidates.sort(key=lambda n: -n.n_free)
         chosen = candidates[:count]
         for node in chosen:

@@ -25,8 +25,8 @@ class Shape:
     on every decision are computed once here.
     """
 
-    __slots__ = ("_hash", "_key", "cores_per_rank", "gpus_per_rank", "mask", "mem_per_rank",
-                 "ranks", "ranks_per_node", "share", "simple", "whole_gpus")
+    __slots__ = ("_hash", "_key", "cores_per_rank", "gpus_per_rank", "mem_per_rank", "ranks",
+                 "ranks_per_node", "share", "simple", "whole_gpus")
 
     def __init__(self, ranks: int = 1, cores_per_rank: int = 1, gpus_per_rank: float = 0.0,
                  ranks_per_node: int = 0, mem_per_rank: int = 0) -> None:
@@ -38,7 +38,6 @@ class Shape:
         self.share = Fraction(g).limit_denominator(1024) if 0 < g < 1 else ZERO
         # One rank that any node of the right index bucket holds: no need to look closer.
         self.simple = ranks == 1 and not mem_per_rank and not self.share
-        self.mask = 0  # the allocator's bucket mask for one rank, set on first use
         self._key = (ranks, cores_per_rank, gpus_per_rank, ranks_per_node, mem_per_rank)
         self._hash = hash(self._key)
 

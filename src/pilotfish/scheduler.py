@@ -287,8 +287,10 @@ class Scheduler:
     def _dispatch(self, req: Request) -> Dispatch | None:
         depth = self.prefetch_depth
         best: Worker | None = None
+        drained = self.alloc.drained  # a worker there gets no more: its core must drain
         for w in self._leased.values():
-            if w.queued < depth and (best is None or w.queued < best.queued):
+            if w.queued < depth and (best is None or w.queued < best.queued) and (
+                    w.node not in drained):
                 best = w
         if best is None or best.queued > 0:
             leased = self._lease_worker()

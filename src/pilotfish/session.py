@@ -86,6 +86,7 @@ class Session:
         self._live: dict[str, Task] = {}  # tasks not final yet
         self._seq = 0
         self._lock = threading.Lock()
+        self._updating = threading.Lock()
         self._done = threading.Condition()  # notified whenever tasks reach a final state
         self._callbacks = CallbackThread()
         self._closed = False
@@ -277,6 +278,19 @@ class Session:
 
     # ---- shutdown ---------------------------------------------------------------------
 
+    @staticmethod
+    def _wait_stopped(pilot: Pilot, deadline: float, timeout: float) -> bool:
+        """Wait for a stopping pilot until `deadline`, extended while it keeps reporting
+        tasks ended: a pilot canceling a million tasks is busy, not stuck."""
+        left = pilot.outstanding
+        while not pilot.stopped.wait(max(0.0, min(1.0, deadline - time.monotonic()))):
+            if pilot.outstanding < left:
+                left = pilot.outstanding
+                deadline = max(deadline, time.monotonic() + timeout)
+            elif time.monotonic() >= deadline:
+                return False
+        return True
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop every pilot (tasks still running are canceled) and close the journal."""
         if self._closed:
@@ -287,7 +301,7 @@ class Session:
                 self._channel.send(pilot.uid, m.Shutdown("session closed"))
         deadline = time.monotonic() + timeout
         for pilot in self.pilots.values():
-            if not pilot.stopped.wait(max(0.0, deadline - time.monotonic())):
+            if not self._wait_stopped(pilot, deadline, timeout):
                 self._kill_agent(pilot)
                 self._on_lost(pilot.uid, "agent did not stop within the timeout; killed")
             if pilot.process is not None:
@@ -375,8 +389,14 @@ class Session:
                 task.state = TaskState.SUBMITTED
                 task.events.append(event)  # journaled with the others when it ends
 
-    @without_gc
     def _apply_updates(self, updates: list[m.TaskUpdate], clock_offset: float = 0.0) -> None:
+        # The channel thread applies the agent's updates; a user thread ends tasks of a
+        # lost pilot: one at a time, or a task could be ended twice.
+        with self._updating:
+            self._apply_updates_locked(updates, clock_offset)
+
+    @without_gc
+    def _apply_updates_locked(self, updates: list[m.TaskUpdate], clock_offset: float) -> None:
         now = time.time() + clock_offset  # final states are stamped on the pilot's clock
         event_rows: list[tuple[int, str, float]] = []
         finish_rows: list[tuple[Any, ...]] = []
