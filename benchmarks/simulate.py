@@ -112,8 +112,8 @@ def run_memory(tmp: str, n: int = 1_000_000) -> dict[str, float]:
             if sum(1 for t in tasks if t.state is not pf.TaskState.NEW) == n:
                 break
             session.wait(timeout=1.0)
-    floor = subprocess.run([sys.executable, "-c", _FLOOR.replace("{n}", str(n))], capture_output=True,
-                           text=True, check=True)
+    floor = subprocess.run([sys.executable, "-c", _FLOOR.replace("{n}", str(n))],
+                           capture_output=True, text=True, check=True)
     return {"agent MiB": pilot.stats["max_rss_bytes"] / 2**20,
             "baseline": int(floor.stdout) / 2**20}
 
