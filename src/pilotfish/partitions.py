@@ -1,0 +1,106 @@
+"""How a pilot's nodes are split between partitions, each run by one backend instance (pure).
+
+`PartitionSpec(backend, nodes, instances, name)` asks for a share of the pilot: `nodes`
+is a count, a fraction of the pilot's nodes (0 < f < 1), or None for what is left
+(split evenly between the specs that say None). A spec with `instances=k` becomes k
+partitions over consecutive slices of its nodes, named `name.0` .. `name.k-1` (e.g.
+two Flux instances over halves of a Flux partition).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+BACKEND_KINDS = ("builtin", "simulated", "dragon", "flux")
+
+
+class PartitionError(ValueError):
+    """A split that cannot be made; the message says which spec and why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionSpec:
+    backend: str
+    nodes: int | float | None = None
+    instances: int = 1
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKEND_KINDS:
+            raise PartitionError(f"PartitionSpec.backend: unknown backend {self.backend!r}; "
+                                 f"known: {', '.join(BACKEND_KINDS)}")
+        n = self.nodes
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | float)):
+            raise PartitionError(f"PartitionSpec.nodes: a count, a fraction or None, got {n!r}")
+        if isinstance(n, float) and not 0 < n < 1:
+            raise PartitionError(f"PartitionSpec.nodes: a fraction must be in (0, 1), got {n}")
+        if isinstance(n, int) and n < 1:
+            raise PartitionError(f"PartitionSpec.nodes: must be >= 1, got {n}")
+        if isinstance(self.instances, bool) or not isinstance(self.instances, int) or (
+                self.instances < 1):
+            raise PartitionError(f"PartitionSpec.instances: must be an int >= 1, got "
+                                 f"{self.instances!r}")
+        if self.name is not None and (not isinstance(self.name, str) or not self.name
+                                      or "." in self.name):
+            raise PartitionError(f"PartitionSpec.name: a non-empty str without '.', got "
+                                 f"{self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One backend instance and the pilot nodes it owns: `first` .. `first + nodes - 1`."""
+
+    name: str
+    backend: str
+    first: int
+    nodes: int
+
+    @property
+    def node_ids(self) -> range:
+        return range(self.first, self.first + self.nodes)
+
+
+def resolve_partitions(specs: tuple[PartitionSpec, ...], nodes: int) -> list[Partition]:
+    """Give each spec its nodes, in order; without specs, one built-in partition of all."""
+    if not specs:
+        return [Partition("builtin", "builtin", 0, nodes)]
+    counts: list[int | None] = []
+    for spec in specs:
+        if isinstance(spec.nodes, float):
+            counts.append(max(1, math.floor(spec.nodes * nodes)))
+        else:
+            counts.append(spec.nodes)
+    fixed = sum(c for c in counts if c is not None)
+    rest = [i for i, c in enumerate(counts) if c is None]
+    if fixed + len(rest) > nodes:
+        raise PartitionError(f"partitions ask for {fixed} node(s)"
+                             + (f" plus at least {len(rest)} for the rest" if rest else "")
+                             + f", the pilot has {nodes}")
+    left = nodes - fixed
+    for k, i in enumerate(rest):  # the rest, split evenly, the first ones taking the spare
+        counts[i] = left // len(rest) + (1 if k < left % len(rest) else 0)
+    names: dict[str, int] = {}
+    for spec in specs:
+        base = spec.name or spec.backend
+        names[base] = names.get(base, 0) + 1
+    seen: dict[str, int] = {}
+    out: list[Partition] = []
+    first = 0
+    for spec, count in zip(specs, counts, strict=True):
+        assert count is not None
+        base = spec.name or spec.backend
+        if spec.name is not None and names[base] > 1:
+            raise PartitionError(f"two partitions are named {base!r}")
+        seen[base] = seen.get(base, 0) + 1
+        if names[base] > 1:  # unnamed specs of the same backend: builtin-1, builtin-2
+            base = f"{base}-{seen[base]}"
+        if spec.instances > count:
+            raise PartitionError(f"partition {base!r}: {spec.instances} instances over "
+                                 f"{count} node(s); each instance needs a node")
+        for k in range(spec.instances):
+            share = count // spec.instances + (1 if k < count % spec.instances else 0)
+            name = base if spec.instances == 1 else f"{base}.{k}"
+            out.append(Partition(name, spec.backend, first, share))
+            first += share
+    return out

@@ -1,0 +1,111 @@
+"""Which partition runs a task (pure): what each backend can run, and a policy to choose.
+
+Default rules (`RoutingPolicy`):
+
+1. A task pinned to a partition (`TaskDescription(partition=...)`, or the tag
+   `{"partition": ...}`) goes there, or fails at once if that partition does not exist
+   or cannot run it.
+2. Otherwise only partitions that can run it are candidates (functions, executables,
+   ranks that may span nodes, GPUs, shared GPUs); none: it fails at once, saying why
+   each partition cannot.
+3. Functions go to the first backend kind of `function_backends` present (Dragon before
+   the built-in function workers); tasks of several ranks to the first of
+   `parallel_backends` (Flux first); each among partitions of that kind, and anything
+   else among all candidates, to the least loaded (unfinished tasks per core).
+
+Subclass `RoutingPolicy` and override `choose` (or the two preference tuples) to change
+the rules; the agent gives every task to `route`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .partitions import Partition
+
+
+@dataclass(frozen=True, slots=True)
+class Abilities:
+    executables: bool = True
+    functions: bool = True
+    parallel: bool = True  # ranks that may span nodes (MPI, process groups)
+    gpus: bool = True
+    shared_gpus: bool = True  # fractional GPUs per rank
+
+
+ABILITIES = {
+    "builtin": Abilities(),  # ranks on several nodes: launched where the agent runs
+    "simulated": Abilities(),
+    "dragon": Abilities(shared_gpus=False),
+    "flux": Abilities(functions=False, shared_gpus=False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTraits:
+    """What routing needs to know of a task."""
+
+    kind: str  # "executable" | "function"
+    ranks: int = 1
+    gpus_per_rank: float = 0.0
+    partition: str | None = None  # pinned
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: str
+
+
+def why_not(traits: TaskTraits, backend: str) -> str | None:
+    """None if a partition of this backend can run the task, else why not."""
+    can = ABILITIES[backend]
+    if traits.kind == "function" and not can.functions:
+        return "runs no Python functions"
+    if traits.kind == "executable" and not can.executables:
+        return "runs no executables"
+    if traits.ranks > 1 and not can.parallel:
+        return "runs no multi-rank tasks"
+    if traits.gpus_per_rank and not can.gpus:
+        return "runs no GPU tasks"
+    if 0 < traits.gpus_per_rank < 1 and not can.shared_gpus:
+        return "cannot share a GPU between ranks"
+    return None
+
+
+class RoutingPolicy:
+    function_backends: tuple[str, ...] = ("dragon", "builtin", "simulated")
+    parallel_backends: tuple[str, ...] = ("flux", "dragon", "builtin", "simulated")
+
+    def route(self, traits: TaskTraits, partitions: Sequence[Partition],
+              load: Mapping[str, float]) -> str | Reject:
+        """The name of the partition for this task, or why none can take it."""
+        if traits.partition is not None:
+            pinned = [p for p in partitions if p.name == traits.partition]
+            if not pinned:
+                return Reject(f"no partition {traits.partition!r} (partitions: "
+                              f"{', '.join(p.name for p in partitions)})")
+            reason = why_not(traits, pinned[0].backend)
+            if reason is not None:
+                return Reject(f"partition {traits.partition!r} ({pinned[0].backend}) {reason}")
+            return traits.partition
+        able = [p for p in partitions if why_not(traits, p.backend) is None]
+        if not able:
+            return Reject("no partition can run it: " + "; ".join(
+                f"{p.name} ({p.backend}) {why_not(traits, p.backend)}" for p in partitions))
+        return self.choose(traits, able, load).name
+
+    def choose(self, traits: TaskTraits, able: Sequence[Partition],
+               load: Mapping[str, float]) -> Partition:
+        """Pick among partitions that can run the task (at least one)."""
+        order: tuple[str, ...] = ()
+        if traits.kind == "function":
+            order = self.function_backends
+        elif traits.ranks > 1:
+            order = self.parallel_backends
+        for backend in order:
+            of_kind = [p for p in able if p.backend == backend]
+            if of_kind:
+                able = of_kind
+                break
+        return min(able, key=lambda p: (load.get(p.name, 0.0), p.first))
