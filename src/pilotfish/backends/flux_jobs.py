@@ -1,0 +1,135 @@
+"""Tasks as Flux jobs, and Flux job events as task events (pure: no `flux` import).
+
+These are the parts of the Flux backend that can be tested where Flux cannot run:
+
+* `job_request` turns a task into what `flux.job.JobspecV1.from_command` and the
+  jobspec's attributes need (command, tasks, cores and GPUs per task, nodes, working
+  directory, environment, output files, time limit) plus the submit urgency.
+* `FluxJobTracker` follows the events of the job-manager journal
+  (`flux.job.JournalConsumer`: submit, alloc, start, exception, finish, clean, ...; RFC 21)
+  and says when a task started and how it ended.
+
+Flux places tasks itself: with `ranks_per_node` it is asked for ceil(ranks / rpn) nodes
+and spreads the ranks evenly over them (5 ranks at 2 per node: 2, 2, 1, as pilotfish
+would; 6 ranks at 4 per node: 3 and 3 where pilotfish would place 4 and 2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..messages import TaskSpec
+from ..states import TaskState
+from .base import BackendEvent, TaskFinished, TaskStarted
+
+URGENCY_DEFAULT, URGENCY_MAX = 16, 31  # Flux: 0 holds a job, 31 expedites it
+
+
+def urgency(priority: int) -> int:
+    """Flux urgency for a task priority: 16 is the default; never 0 (a hold)."""
+    return max(1, min(URGENCY_MAX - 1, URGENCY_DEFAULT + priority))
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    command: list[str]
+    num_tasks: int
+    cores_per_task: int
+    gpus_per_task: int | None
+    num_nodes: int | None
+    cwd: str
+    environment: dict[str, str]
+    stdout: str
+    stderr: str
+    duration: float  # seconds; 0: no limit
+    urgency: int
+    name: str
+
+
+def job_request(spec: TaskSpec, sandbox: str, base_env: Mapping[str, str]) -> JobRequest:
+    """The Flux job for an executable task; ValueError for what Flux cannot run."""
+    if spec.kind != "executable" or spec.executable is None:
+        raise ValueError(f"{spec.uid}: Flux runs executables, not {spec.kind} tasks")
+    gpus = spec.gpus_per_rank
+    if gpus and gpus != int(gpus):
+        raise ValueError(f"{spec.uid}: Flux cannot share a GPU ({gpus:g} per rank)")
+    cwd = spec.sandbox or sandbox
+    env = dict(base_env)
+    env.update(spec.environment)
+    env["PILOTFISH_TASK_ID"] = spec.uid
+    rpn = spec.ranks_per_node
+    return JobRequest(
+        command=[spec.executable, *spec.arguments], num_tasks=spec.ranks,
+        cores_per_task=spec.cores_per_rank, gpus_per_task=int(gpus) or None,
+        num_nodes=math.ceil(spec.ranks / rpn) if rpn else None, cwd=cwd, environment=env,
+        stdout=os.path.join(cwd, spec.uid + ".out"), stderr=os.path.join(cwd, spec.uid + ".err"),
+        duration=float(spec.timeout or 0.0), urgency=urgency(spec.priority), name=spec.uid)
+
+
+@dataclass(slots=True)
+class _Job:
+    uid: str
+    start: float | None = None
+    finish: float | None = None
+    status: int | None = None  # wait status
+    exception: tuple[str, str] | None = None  # (type, note) of the fatal one
+
+
+@dataclass
+class FluxJobTracker:
+    """Maps Flux job ids to tasks and turns their journal events into task events."""
+
+    jobs: dict[int, _Job] = field(default_factory=dict)
+
+    def submitted(self, jobid: int, uid: str) -> None:
+        self.jobs[jobid] = _Job(uid)
+
+    def uid(self, jobid: int) -> str | None:
+        job = self.jobs.get(jobid)
+        return job.uid if job else None
+
+    def event(self, jobid: int, name: str, timestamp: float,
+              context: Mapping[str, object]) -> BackendEvent | None:
+        """One journal event; returns what it means for the task, if anything yet."""
+        job = self.jobs.get(jobid)
+        if job is None:
+            return None  # not one of ours (or already ended)
+        if name == "start":
+            job.start = timestamp
+            return TaskStarted(job.uid, timestamp)
+        if name == "exception" and context.get("severity", 0) == 0 and job.exception is None:
+            job.exception = (str(context.get("type", "")), str(context.get("note", "")))
+        elif name == "finish":
+            job.finish = timestamp
+            status = context.get("status")
+            job.status = status if isinstance(status, int) else None
+        elif name == "clean":  # the last event of every job
+            del self.jobs[jobid]
+            return self._outcome(job, timestamp)
+        return None
+
+    @staticmethod
+    def _outcome(job: _Job, clean: float) -> TaskFinished:
+        stop = job.finish if job.finish is not None else clean
+        code = os.waitstatus_to_exitcode(job.status) if job.status is not None else None
+        state, error = TaskState.FAILED, None
+        if job.exception is not None:
+            kind, note = job.exception
+            if kind == "cancel":
+                state, error = TaskState.CANCELED, "canceled"
+            elif kind == "timeout":
+                error = "timed out (Flux ended it at its time limit)"
+            else:
+                error = f"Flux job exception {kind!r}" + (f": {note}" if note else "")
+        elif code == 0:
+            state = TaskState.DONE
+        elif code is None:
+            error = "the Flux job ended without an exit status"
+        elif code < 0:
+            error = f"killed by signal {-code}"
+        else:
+            error = f"exit code {code}"
+        return TaskFinished(job.uid, state, job.start, stop, exit_code=code, error=error)

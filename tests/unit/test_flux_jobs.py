@@ -1,0 +1,106 @@
+"""The Flux backend's pure parts: jobspec arguments, and journal events to task outcomes.
+
+The event sequences below are those of the job-manager journal (Flux RFC 21) for a job
+that succeeds, fails, is killed, canceled queued or running, and times out.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pilotfish.backends.base import TaskFinished, TaskStarted
+from pilotfish.backends.flux_jobs import FluxJobTracker, job_request, urgency
+from pilotfish.messages import TaskSpec
+from pilotfish.states import TaskState
+
+QUEUED = [("submit", {}), ("validate", {}), ("depend", {}), ("priority", {"priority": 16})]
+RAN = [("alloc", {}), ("start", {})]
+ENDED = [("release", {"ranks": "all", "final": True}), ("free", {}), ("clean", {})]
+
+
+def replay(events: list[tuple[str, dict]]) -> list:
+    tracker = FluxJobTracker()
+    tracker.submitted(42, "task.000001")
+    out = []
+    for ts, (name, context) in enumerate(events, start=100):
+        result = tracker.event(42, name, float(ts), context)
+        if result is not None:
+            out.append(result)
+    assert tracker.jobs == {}  # forgotten once clean
+    return out
+
+
+def test_a_job_that_succeeds() -> None:
+    started, done = replay(QUEUED + RAN + [("finish", {"status": 0})] + ENDED)
+    assert started == TaskStarted("task.000001", 105.0)
+    assert isinstance(done, TaskFinished)
+    assert (done.state, done.exit_code, done.error) == (TaskState.DONE, 0, None)
+    assert (done.exec_start, done.exec_stop) == (105.0, 106.0)
+
+
+@pytest.mark.parametrize(("status", "code", "error"), [
+    (256 * 3, 3, "exit code 3"), (9, -9, "killed by signal 9")])
+def test_a_job_that_fails(status: int, code: int, error: str) -> None:
+    _, done = replay(QUEUED + RAN + [("finish", {"status": status})] + ENDED)
+    assert (done.state, done.exit_code, done.error) == (TaskState.FAILED, code, error)
+
+
+def test_a_job_canceled_in_the_queue_never_started() -> None:
+    (done,) = replay([*QUEUED, ("exception", {"type": "cancel", "severity": 0, "note": ""}),
+                      ("clean", {})])
+    assert (done.state, done.error, done.exec_start) == (TaskState.CANCELED, "canceled", None)
+
+
+def test_a_running_job_canceled() -> None:
+    _, done = replay(QUEUED + RAN + [("exception", {"type": "cancel", "severity": 0}),
+                                     ("finish", {"status": 15})] + ENDED)
+    assert (done.state, done.exit_code) == (TaskState.CANCELED, -15)
+
+
+def test_a_job_past_its_time_limit() -> None:
+    _, done = replay(QUEUED + RAN + [
+        ("exception", {"type": "timeout", "severity": 0, "note": "resource allocation expired"}),
+        ("finish", {"status": 9})] + ENDED)
+    assert done.state is TaskState.FAILED and "timed out" in done.error
+
+
+def test_non_fatal_exceptions_and_other_jobs_are_ignored() -> None:
+    _, done = replay(QUEUED + RAN + [("exception", {"type": "io", "severity": 1}),
+                                     ("finish", {"status": 0})] + ENDED)
+    assert done.state is TaskState.DONE
+    assert FluxJobTracker().event(7, "start", 1.0, {}) is None
+
+
+def test_a_job_that_could_not_run() -> None:
+    (done,) = replay([*QUEUED, ("exception", {"type": "alloc", "severity": 0,
+                                              "note": "unsatisfiable request"}),
+                      ("clean", {})])
+    assert done.state is TaskState.FAILED
+    assert done.error == "Flux job exception 'alloc': unsatisfiable request"
+
+
+def test_job_request_translates_the_task() -> None:
+    spec = TaskSpec("task.000007", "executable", "lmp", ["-in", "in.lj"], {"OMP": "7"}, None,
+                    ranks=16, cores_per_rank=7, gpus_per_rank=1.0, priority=3, timeout=600.0,
+                    ranks_per_node=8)
+    req = job_request(spec, "/sandbox", {"PATH": "/bin"})
+    assert req.command == ["lmp", "-in", "in.lj"]
+    assert (req.num_tasks, req.cores_per_task, req.gpus_per_task, req.num_nodes) == (
+        16, 7, 1, 2)
+    assert req.environment == {"PATH": "/bin", "OMP": "7", "PILOTFISH_TASK_ID": "task.000007"}
+    assert (req.cwd, req.stdout) == ("/sandbox", "/sandbox/task.000007.out")
+    assert (req.duration, req.urgency, req.name) == (600.0, 19, "task.000007")
+    plain = job_request(TaskSpec("t", "executable", "true", sandbox="/own"), "/sandbox", {})
+    assert (plain.gpus_per_task, plain.num_nodes, plain.duration, plain.cwd) == (
+        None, None, 0.0, "/own")
+
+
+def test_what_flux_cannot_run_is_refused() -> None:
+    with pytest.raises(ValueError, match="not function tasks"):
+        job_request(TaskSpec("t", "function"), "/s", {})
+    with pytest.raises(ValueError, match="cannot share a GPU"):
+        job_request(TaskSpec("t", "executable", "x", gpus_per_rank=0.5), "/s", {})
+
+
+def test_urgency_keeps_clear_of_hold_and_expedite() -> None:
+    assert [urgency(p) for p in (0, 5, 100, -15, -100)] == [16, 21, 30, 1, 1]
