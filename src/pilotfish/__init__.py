@@ -8,6 +8,7 @@
 """
 
 from .description import InvalidDescription, PilotDescription, TaskDescription
+from .partitions import PartitionSpec
 from .session import Pilot, PilotExecutor, Session, __version__
 from .states import InvalidTransition, TaskState
 from .task import RemoteError, Task, TaskFailed
@@ -15,6 +16,7 @@ from .task import RemoteError, Task, TaskFailed
 __all__ = [
     "InvalidDescription",
     "InvalidTransition",
+    "PartitionSpec",
     "Pilot",
     "PilotDescription",
     "PilotExecutor",

@@ -20,6 +20,7 @@ from typing import Any
 import cloudpickle
 import msgspec
 
+from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
 from .platforms import InvalidPlatform, Platform, load_platform
 
 PLACEMENT_TAGS = ("colocate", "exclusive")
@@ -100,7 +101,8 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
 
     Tags place tasks: `tags={"colocate": "g"}` puts every task of group g on the node(s)
     its first task got; `tags={"exclusive": "x"}` keeps a node holding an x task for x
-    tasks only.
+    tasks only. `partition` (or the tag `{"partition": ...}`) pins the task to one of the
+    pilot's partitions; by default the pilot's routing policy picks one (routing.py).
     `sandbox` is the working directory (default: the pilot's shared task directory);
     stdout and stderr go to `<sandbox>/<uid>.out` and `.err`.
 
@@ -125,6 +127,7 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     duration: float | None = None
     name: str | None = None
     tags: Mapping[str, str] = {}
+    partition: str | None = None
     # Derived at construction, not given: the pickled function and arguments, so that an
     # unserialisable function is refused here and submit does no pickling.
     function_key: str | None = None
@@ -208,6 +211,9 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
                                          f"{self.duration}")
         if self.name is not None and not isinstance(self.name, str):
             raise TypeError(f"{owner}.name must be a str")
+        if self.partition is not None and (not isinstance(self.partition, str)
+                                           or not self.partition):
+            raise TypeError(f"{owner}.partition must be a non-empty str")
         tags = self.tags
         if (type(tags) is not dict and not isinstance(tags, Mapping)) or (tags and not all(
             isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
@@ -274,6 +280,7 @@ class PilotDescription:
     heartbeat_timeout: float = 5.0
     backend: str = "builtin"
     reserve_after: float = 30.0
+    partitions: Sequence[PartitionSpec] = ()
 
     def __post_init__(self) -> None:
         owner = "PilotDescription"
@@ -313,6 +320,29 @@ class PilotDescription:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise InvalidDescription(owner, name, f"must be a number of seconds > 0, "
                                          f"got {value!r}")
+        self._check_partitions(owner)
+
+    def _check_partitions(self, owner: str) -> None:
+        specs = self.partitions
+        if isinstance(specs, PartitionSpec) or not isinstance(specs, Sequence) or not all(
+                isinstance(p, PartitionSpec) for p in specs):
+            raise TypeError(f"{owner}.partitions must be a list of PartitionSpec")
+        object.__setattr__(self, "partitions", tuple(specs))
+        for spec in specs:  # a simulated pilot simulates every kind (routing included)
+            if self.backend == "builtin" and spec.backend != "builtin":
+                raise InvalidDescription(owner, "partitions", f"{spec.backend} partitions "
+                                         "are not available on real pilots yet (only on "
+                                         "simulated ones)")
+        try:
+            resolve_partitions(tuple(specs), self.nodes)
+        except PartitionError as exc:
+            raise InvalidDescription(owner, "partitions", str(exc)) from None
+
+    @property
+    def layout(self) -> list[Partition]:
+        """The pilot's partitions: names, backends and node slices."""
+        default = () if self.backend != "simulated" else (PartitionSpec(backend="simulated"),)
+        return resolve_partitions(tuple(self.partitions) or default, self.nodes)
 
     @property
     def profile(self) -> Platform:

@@ -40,7 +40,10 @@ CREATE TABLE IF NOT EXISTS pilots (
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY, uid TEXT UNIQUE NOT NULL, pilot TEXT, name TEXT, kind TEXT,
     cores INTEGER, gpus REAL, description TEXT, state TEXT, exit_code INTEGER, error TEXT,
-    NEW REAL, SUBMITTED REAL, SCHEDULED REAL, RUNNING REAL, exec_stop REAL, final REAL);
+    NEW REAL, SUBMITTED REAL, SCHEDULED REAL, RUNNING REAL, exec_stop REAL, final REAL,
+    partition TEXT);
+CREATE TABLE IF NOT EXISTS partitions (
+    pilot TEXT, name TEXT, backend TEXT, first INTEGER, nodes INTEGER);
 CREATE TABLE IF NOT EXISTS events (task INTEGER NOT NULL, event TEXT NOT NULL, ts REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS functions (key TEXT PRIMARY KEY, blob BLOB);
 CREATE VIEW IF NOT EXISTS all_events AS
@@ -94,6 +97,11 @@ class Journal:
                    " started, state) VALUES (?, ?, ?, ?, ?, ?, 'STARTING')",
                    [(uid, description, nodes, cores, gpus, started)])
 
+    def add_partitions(self, pilot: str, rows: Iterable[tuple[str, str, int, int]]) -> None:
+        """A pilot's partitions: (name, backend, first node, nodes)."""
+        self.write("INSERT INTO partitions VALUES (?, ?, ?, ?, ?)",
+                   [(pilot, *row) for row in rows])
+
     def update_pilot(self, uid: str, **columns: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in columns)
         self.write(f"UPDATE pilots SET {names} WHERE uid = ?", [(*columns.values(), uid)])
@@ -109,9 +117,10 @@ class Journal:
 
     def finish_tasks(self, rows: Sequence[Sequence[Any]]) -> None:
         """Rows of (state, exit_code, error, SUBMITTED, SCHEDULED, RUNNING, exec_stop,
-        final, id) for tasks that reached a final state; unknown times are None."""
+        final, partition, id) for tasks that reached a final state; unknowns are None."""
         self.write("UPDATE tasks SET state = ?, exit_code = ?, error = ?, SUBMITTED = ?,"
-                   " SCHEDULED = ?, RUNNING = ?, exec_stop = ?, final = ? WHERE id = ?", rows)
+                   " SCHEDULED = ?, RUNNING = ?, exec_stop = ?, final = ?, partition = ?"
+                   " WHERE id = ?", rows)
 
     def add_functions(self, items: Iterable[tuple[str, bytes]]) -> None:
         self.write("INSERT OR IGNORE INTO functions VALUES (?, ?)", list(items))

@@ -35,6 +35,7 @@ class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
     ranks_per_node: int | None = None
     mem_per_rank: int = 0
     duration: float | None = None
+    partition: str | None = None
 
 
 class Submit(msgspec.Struct, array_like=True, tag=True):
@@ -84,6 +85,7 @@ class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
     stdout: str | None = None
     stderr: str | None = None
     pid: int | None = None  # process group of a running executable (for clean-up)
+    partition: str | None = None  # where it ran (in final updates)
 
 
 class Updates(msgspec.Struct, array_like=True, tag=True):

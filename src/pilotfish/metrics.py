@@ -39,6 +39,7 @@ class TaskRecord(NamedTuple):
     start: float | None
     end: float | None
     final: float | None
+    partition: str | None = None
 
 
 class PilotRecord(NamedTuple):
@@ -77,6 +78,9 @@ class SessionData:
     tasks: list[TaskRecord]
     pilots: list[PilotRecord]
     last_event: float | None
+    # Each pilot's partitions as pilots of their own (their nodes, its node shape and
+    # times), named by partition: what `by="partition"` offers each group.
+    partitions: list[PilotRecord] = field(default_factory=list)
 
 
 
@@ -380,11 +384,14 @@ class Grouping:
 
     task_key: Callable[[TaskRecord], str | None]
     pilot_key: Callable[[PilotRecord], str | None] | None = None
+    by_partition: bool = False  # offer the partitions' capacity, not the pilots'
 
 
 GROUPINGS: dict[str, Grouping] = {
     "pilot": Grouping(task_key=lambda t: t.pilot, pilot_key=lambda p: p.uid),
     "kind": Grouping(task_key=lambda t: t.kind),
+    "partition": Grouping(task_key=lambda t: t.partition, pilot_key=lambda p: p.uid,
+                          by_partition=True),
 }
 
 NO_KEY = "(none)"
@@ -402,7 +409,7 @@ def grouped_metrics(data: SessionData, by: str, peak_window: float = 1.0
         groups.setdefault(grouping.task_key(task) or NO_KEY, []).append(task)
     out = {}
     for key in sorted(groups):
-        pilots = data.pilots
+        pilots = data.partitions if grouping.by_partition else data.pilots
         if grouping.pilot_key is not None:
             pick = grouping.pilot_key
             pilots = [p for p in pilots if (pick(p) or NO_KEY) == key]
@@ -435,14 +442,23 @@ def load_session(db: sqlite3.Connection) -> SessionData:
         if last_event is None or latest > last_event:
             last_event = latest
     none4 = (None, None, None, None)
-    tasks = [TaskRecord(tid, pilot, kind, cores, gpus, state, *times.get(tid, none4))
-             for tid, pilot, kind, cores, gpus, state in cur.execute(
-                 "SELECT id, pilot, kind, IFNULL(cores, 0), IFNULL(gpus, 0.0), state"
-                 " FROM tasks ORDER BY id")]
+    columns = {row[1] for row in cur.execute("PRAGMA table_info(tasks)")}
+    partition = "partition" if "partition" in columns else "NULL"  # older journals: none
+    tasks = [TaskRecord(tid, pilot, kind, cores, gpus, state, *times.get(tid, none4), part)
+             for tid, pilot, kind, cores, gpus, state, part in cur.execute(
+                 "SELECT id, pilot, kind, IFNULL(cores, 0), IFNULL(gpus, 0.0), state,"
+                 f" {partition} FROM tasks ORDER BY id")]
     pilots = [PilotRecord(*row) for row in cur.execute(
         "SELECT uid, IFNULL(nodes, 0), IFNULL(cores_per_node, 0), IFNULL(gpus_per_node, 0),"
         " started, ready, stopped, state FROM pilots ORDER BY started, uid")]
-    return SessionData(tasks=tasks, pilots=pilots, last_event=last_event)
+    by_uid = {p.uid: p for p in pilots}
+    tables = {row[0] for row in cur.execute("SELECT name FROM sqlite_master")}
+    partitions = [] if "partitions" not in tables else [
+        by_uid[pilot]._replace(uid=name, nodes=nodes)
+        for pilot, name, nodes in cur.execute("SELECT pilot, name, nodes FROM partitions")
+        if pilot in by_uid]
+    return SessionData(tasks=tasks, pilots=pilots, last_event=last_event,
+                       partitions=partitions)
 
 
 def load(source: str | Path | sqlite3.Connection) -> SessionData:

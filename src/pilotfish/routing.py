@@ -6,8 +6,8 @@ Default rules (`RoutingPolicy`):
    `{"partition": ...}`) goes there, or fails at once if that partition does not exist
    or cannot run it.
 2. Otherwise only partitions that can run it are candidates (functions, executables,
-   ranks that may span nodes, GPUs, shared GPUs); none: it fails at once, saying why
-   each partition cannot.
+   ranks that may span nodes, GPUs, shared GPUs, and big enough to ever hold it); none:
+   it fails at once, saying why each partition cannot.
 3. Functions go to the first backend kind of `function_backends` present (Dragon before
    the built-in function workers); tasks of several ranks to the first of
    `parallel_backends` (Flux first); each among partitions of that kind, and anything
@@ -19,7 +19,7 @@ the rules; the agent gives every task to `route`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .partitions import Partition
@@ -78,21 +78,26 @@ class RoutingPolicy:
     parallel_backends: tuple[str, ...] = ("flux", "dragon", "builtin", "simulated")
 
     def route(self, traits: TaskTraits, partitions: Sequence[Partition],
-              load: Mapping[str, float]) -> str | Reject:
-        """The name of the partition for this task, or why none can take it."""
+              load: Mapping[str, float],
+              too_small: Callable[[Partition], str | None] = lambda p: None) -> str | Reject:
+        """The name of the partition for this task, or why none can take it.
+
+        `too_small(p)` says why partition p could never hold the task (None: it could).
+        """
         if traits.partition is not None:
             pinned = [p for p in partitions if p.name == traits.partition]
             if not pinned:
                 return Reject(f"no partition {traits.partition!r} (partitions: "
                               f"{', '.join(p.name for p in partitions)})")
-            reason = why_not(traits, pinned[0].backend)
+            reason = why_not(traits, pinned[0].backend) or too_small(pinned[0])
             if reason is not None:
                 return Reject(f"partition {traits.partition!r} ({pinned[0].backend}) {reason}")
             return traits.partition
-        able = [p for p in partitions if why_not(traits, p.backend) is None]
+        reasons = {p.name: why_not(traits, p.backend) or too_small(p) for p in partitions}
+        able = [p for p in partitions if reasons[p.name] is None]
         if not able:
             return Reject("no partition can run it: " + "; ".join(
-                f"{p.name} ({p.backend}) {why_not(traits, p.backend)}" for p in partitions))
+                f"{p.name} ({p.backend}) {reasons[p.name]}" for p in partitions))
         return self.choose(traits, able, load).name
 
     def choose(self, traits: TaskTraits, able: Sequence[Partition],

@@ -115,6 +115,8 @@ class Session:
         assert desc.cores_per_node is not None and desc.gpus_per_node is not None
         self.journal.add_pilot(uid, _json_encode(asdict(desc)).decode(), desc.nodes,
                                desc.cores_per_node, desc.gpus_per_node, time.time())
+        self.journal.add_partitions(uid, [(p.name, p.backend, p.first, p.nodes)
+                                          for p in desc.layout])
         self.pilots[uid] = pilot
         address = self._channel.open(uid, desc.heartbeat_timeout)
         cfg = AgentConfig(
@@ -124,6 +126,7 @@ class Session:
             mem_per_node=desc.mem_per_node or 0, core_ids=list(desc.core_ids),
             gpu_env=desc.profile.gpu_env or "CUDA_VISIBLE_DEVICES", backend=desc.backend,
             reserve_after=desc.reserve_after,
+            partitions=[(p.name, p.backend, p.first, p.nodes) for p in desc.layout],
             heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
             parent_pid=os.getpid(),
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
@@ -196,7 +199,7 @@ class Session:
                 spec = m.TaskSpec(uid, kind, None, [], {}, None, d.function_key, d.args_blob,
                                   d.ranks, d.cores_per_rank, d.gpus_per_rank, d.priority,
                                   d.timeout, d.name, dict(d.tags), None, d.mem_per_rank,
-                                  d.duration)
+                                  d.duration, d.partition)
             else:
                 kind = "executable"
                 sandbox = cast("str | None", d.sandbox)  # made a str at construction
@@ -204,7 +207,7 @@ class Session:
                                   dict(d.environment), sandbox, None, None, d.ranks,
                                   d.cores_per_rank, d.gpus_per_rank, d.priority, d.timeout,
                                   d.name, dict(d.tags), d.ranks_per_node, d.mem_per_rank,
-                                  d.duration)
+                                  d.duration, d.partition)
             task = Task(uid, seq, d, pid, self)
             task.events.append(("NEW", now))
             specs.append(spec)
@@ -415,6 +418,7 @@ class Session:
                 task.pid = u.pid
             if state.final:
                 task.exit_code, task.error = u.exit_code, u.error
+                task.partition = u.partition
                 task.stdout, task.stderr = u.stdout, u.stderr
                 state, has_callbacks = task._resolve(state, u.result)
                 task.events.append((state.value, now))
@@ -446,7 +450,7 @@ def _journal_row(task: Task, final: float, extra: list[tuple[int, str, float]]
             extra.append((task.id, name, ts))
     get = times.get
     return (task.state.value, task.exit_code, task.error, get("SUBMITTED"), get("SCHEDULED"),
-            get("RUNNING"), get("exec_stop"), final, task.id)
+            get("RUNNING"), get("exec_stop"), final, task.partition, task.id)
 
 
 class CallbackThread:

@@ -60,6 +60,7 @@ class Task(Future):  # type: ignore[type-arg]
     stdout: str | None = None
     stderr: str | None = None
     pid: int | None = None
+    partition: str | None = None  # where it ran, once it ended
     _state = PENDING
     _result: Any = None
     _exception: BaseException | None = None

@@ -248,13 +248,26 @@ def write_journal(session_dir: Path) -> Path:
             if ts is not None:
                 events.append((t.id, str(name), T0 + ts))
         if t.final is not None:
-            finals.append((str(t.state), 0, None, None, None, None, None, None, t.id))
+            finals.append((str(t.state), 0, None, None, None, None, None, None,
+                           "cpu" if t.pilot == "p0" else "big", t.id))
+    j.add_partitions("p0", [("cpu", "builtin", 0, 1)])
+    j.add_partitions("p1", [("big", "builtin", 0, 1)])
     j.add_tasks(rows)
     j.add_events(events)
     j.finish_tasks(finals)
     j.flush()
     j.close()
     return session_dir
+
+
+def test_metrics_by_partition_offer_each_partition_its_own_nodes(tmp_path: Path) -> None:
+    m = session_metrics(write_journal(tmp_path / "s"), by="partition")
+    assert m.group_by == "partition"
+    # Task 7 never ended: no partition. The rest ran in "cpu" (p0's) or "big" (p1's).
+    assert sorted(m.groups) == ["(none)", "big", "cpu"]
+    cpu, big = m.groups["cpu"], m.groups["big"]
+    assert (cpu.n_tasks, cpu.offered_cores, big.n_tasks, big.offered_cores) == (6, 2, 1, 4)
+    assert cpu.core_utilization == pytest.approx(0.9)  # the scenario's 18 of 2 x 10 s
 
 
 def test_session_metrics_end_to_end(tmp_path: Path) -> None:
@@ -299,7 +312,8 @@ def test_load_session_reads_rows_once(tmp_path: Path) -> None:
     db.set_trace_callback(statements.append)
     data = load_session(db)
     db.close()
-    assert len(statements) == 3  # events, tasks, pilots: no per-task query
+    # events, tasks, pilots, partitions, and two looks at the schema: no per-task query
+    assert len(statements) == 6
     assert data.last_event == pytest.approx(T0 + 21.0)
     by_id = {t.id: t for t in data.tasks}
     assert by_id[4].start == pytest.approx(T0 + 14.0) and by_id[7].start is None

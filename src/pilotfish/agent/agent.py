@@ -38,7 +38,9 @@ from ..backends.builtin import BuiltinBackend
 from ..backends.processes import NodeLayout
 from ..backends.simulated import SimulatedBackend
 from ..gcpause import without_gc
+from ..partitions import Partition
 from ..resources import Shape
+from ..routing import Reject, RoutingPolicy, TaskTraits
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
 from ..states import TaskState, check_transition
 from .reactor import Reactor, readable
@@ -67,6 +69,7 @@ class AgentConfig:
     core_ids: list[int] | None = None  # physical id of each usable core (None: 0, 1, ...)
     gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # how a rank is told its GPUs
     backend: str = "builtin"  # or "simulated"
+    partitions: list[tuple[str, str, int, int]] = dataclasses.field(default_factory=list)
     reserve_after: float = 30.0  # seconds a passed-over task waits for a reservation
     heartbeat_timeout: float = 5.0
     runtime: float | None = None
@@ -153,12 +156,26 @@ class _Lingering:
         return due
 
 
-class _Task:
-    __slots__ = ("events", "outcome", "pid", "request", "spec", "state")
+class _Partition:
+    """One partition at run time: its nodes' scheduler and the backend that runs them."""
 
-    def __init__(self, spec: m.TaskSpec, request: Request) -> None:
+    def __init__(self, layout: Partition, scheduler: Scheduler, backend: Backend,
+                 pool_functions: bool) -> None:
+        self.layout = layout
+        self.name = layout.name
+        self.scheduler = scheduler
+        self.backend = backend
+        self.pool_functions = pool_functions  # plain functions go to function workers
+        self.cores = max(1, layout.nodes * scheduler.alloc.cores)
+
+
+class _Task:
+    __slots__ = ("events", "outcome", "part", "pid", "request", "spec", "state")
+
+    def __init__(self, spec: m.TaskSpec, request: Request, part: _Partition) -> None:
         self.spec = spec
         self.request = request
+        self.part = part
         self.state = SUBMITTED
         self.events: list[tuple[str, float]] = []  # since the last update sent
         self.outcome: TaskFinished | None = None
@@ -181,22 +198,21 @@ class Agent:
         self.client.setsockopt(zmq.SNDHWM, 0)  # never block on a slow client: queue
         self.client.connect(cfg.client_address)
         self.functions: dict[str, bytes] = {}
-        self.scheduler = Scheduler(cfg.nodes, cfg.cores_per_node, cfg.gpus_per_node,
-                                   cfg.workers_per_node, cfg.mem_per_node, cfg.reserve_after)
         self.task_sandbox = os.path.join(cfg.sandbox, "tasks")
-        self.backend: Backend
-        self.clock: Callable[[], float] = time.time  # the backend's clock: stamps events
+        self.clock: Callable[[], float] = time.time  # the backends' clock: stamps events
         self._simulated: SimulatedBackend | None = None
-        if cfg.backend == "simulated":
-            self.backend = self._simulated = SimulatedBackend()
+        if cfg.backend == "simulated":  # one virtual machine: every partition shares it
+            self._simulated = SimulatedBackend()
             self.clock = self._simulated.now
-        else:
-            layout = NodeLayout(tuple(cfg.core_ids or range(cfg.cores_per_node)),
-                                cfg.gpus_per_node, cfg.gpu_env)
-            self.backend = BuiltinBackend(self.task_sandbox, layout, self.functions,
-                                          log_dir=cfg.sandbox, python_path=cfg.python_path,
-                                          cores=cfg.nodes * cfg.cores_per_node)
-        self._pool_functions = getattr(self.backend, "function_workers", True)
+        layouts = [Partition(*p) for p in cfg.partitions] or [
+            Partition(cfg.backend, cfg.backend, 0, cfg.nodes)]
+        self.partitions = {p.name: self._make_partition(p) for p in layouts}
+        self.router = RoutingPolicy()
+        self._layouts = layouts
+        # With one partition that runs anything, tasks need no routing.
+        only = next(iter(self.partitions.values()))
+        self._only = only if len(layouts) == 1 and only.layout.backend in (
+            "builtin", "simulated") else None
         self.stats = AgentStats()
         self.tasks: dict[str, _Task] = {}
         self._final: dict[str, None] = {}  # uids with a final update to send
@@ -210,13 +226,35 @@ class Agent:
         self._stop_reason: str | None = None
         self._tell_client = True
 
+    def _make_partition(self, layout: Partition) -> _Partition:
+        cfg = self.cfg
+        scheduler = Scheduler(layout.nodes, cfg.cores_per_node, cfg.gpus_per_node,
+                              cfg.workers_per_node, cfg.mem_per_node, cfg.reserve_after)
+        if self._simulated is not None:
+            return _Partition(layout, scheduler, self._simulated, False)
+        nodes = NodeLayout(tuple(cfg.core_ids or range(cfg.cores_per_node)),
+                           cfg.gpus_per_node, cfg.gpu_env, layout.first)
+        backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,
+                                 log_dir=cfg.sandbox, python_path=cfg.python_path,
+                                 cores=layout.nodes * cfg.cores_per_node)
+        return _Partition(layout, scheduler, backend, True)
+
+    @property
+    def backends(self) -> list[Backend]:
+        """Each backend once (the partitions of a simulated pilot share one)."""
+        unique: dict[int, Backend] = {}
+        for part in self.partitions.values():
+            unique.setdefault(id(part.backend), part.backend)
+        return list(unique.values())
+
     # ---- main loop --------------------------------------------------------------------
 
     def run(self) -> str:
         cfg = self.cfg
         os.makedirs(self.task_sandbox, exist_ok=True)
         os.chdir(self.task_sandbox)  # tasks in the default sandbox spawn fastest
-        self.backend.start(self.reactor, self._inbox.append)
+        for backend in self.backends:
+            backend.start(self.reactor, self._inbox.append)
         self.reactor.add_reader(self.client, self._on_client)
         if cfg.parent_pid:
             try:
@@ -264,7 +302,8 @@ class Agent:
             if type(event) is TaskFinished and task is not None and not task.state.final:
                 self._finish(task, event)
         self._inbox.clear()
-        self.backend.stop(STOP_TIMEOUT)
+        for backend in self.backends:
+            backend.stop(STOP_TIMEOUT)
         state = TaskState.CANCELED if reason == "shutdown requested" else TaskState.FAILED
         now = self.clock()
         for uid, task in list(self.tasks.items()):
@@ -325,11 +364,13 @@ class Agent:
         if self._simulated is not None:
             self._simulated.hold()
         self.functions.update(msg.functions)
-        requests = []
+        accepted: list[str] = []
+        per_partition: dict[str, list[Request]] = {}
+        rejected: list[tuple[_Task, str]] = []
         shapes = self._shapes
         tasks = self.tasks
-        pool_functions = self._pool_functions
         seq = self._seq
+        load: dict[str, float] = {}  # unfinished tasks per core, kept up to date as we route
         for spec in msg.tasks:
             if spec.uid in tasks:
                 continue  # a resent submit: already known
@@ -340,32 +381,79 @@ class Agent:
                 shape = shapes[key] = Shape(*key)
             seq += 1
             tags = spec.tags
+            part, reason = self._only, None
+            if part is None or spec.partition is not None or (tags and "partition" in tags):
+                routed = self._route(spec, load)
+                if isinstance(routed, str):
+                    part, reason = self._first, routed
+                else:
+                    part = routed
             if tags:
                 colocate, exclusive = tags.get("colocate"), tags.get("exclusive")
                 request = Request(spec.uid, seq, shape, spec.priority, False, colocate,
                                   exclusive)
             else:
-                pooled = (pool_functions and spec.kind == "function" and shape.simple
+                pooled = (part.pool_functions and spec.kind == "function" and shape.simple
                           and shape.cores_per_rank == 1 and not shape.gpus_per_rank)
                 request = Request(spec.uid, seq, shape, spec.priority, pooled)
-            tasks[spec.uid] = _Task(spec, request)
-            requests.append(request)
+            task = tasks[spec.uid] = _Task(spec, request, part)
+            accepted.append(spec.uid)
+            if reason is None:
+                per_partition.setdefault(part.name, []).append(request)
+            else:
+                rejected.append((task, reason))
         self._seq = seq
-        self._send(m.Accepted([r.uid for r in requests], self.clock()))
-        self._apply(self.scheduler.submit(requests, self.clock()))
+        now = self.clock()
+        self._send(m.Accepted(accepted, now))
+        for task, reason in rejected:
+            self._finish(task, TaskFinished(task.spec.uid, TaskState.FAILED, None, now,
+                                            error=f"no partition for it: {reason}"))
+        for name, requests in per_partition.items():
+            part = self.partitions[name]
+            self._apply(part, part.scheduler.submit(requests, now))
+
+    @property
+    def _first(self) -> _Partition:
+        return next(iter(self.partitions.values()))
+
+    def _route(self, spec: m.TaskSpec, load: dict[str, float]) -> _Partition | str:
+        """The partition for a task, or why none can run it; counts it in `load`."""
+        pinned = spec.partition or (spec.tags.get("partition") if spec.tags else None)
+        traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank, pinned)
+        if not load:
+            for p in self.partitions.values():
+                load[p.name] = (p.scheduler.queued + p.scheduler.placed) / p.cores
+        shape = Shape(spec.ranks, spec.cores_per_rank, spec.gpus_per_rank,
+                      spec.ranks_per_node or 0, spec.mem_per_rank)
+
+        def too_small(p: Partition) -> str | None:
+            return self.partitions[p.name].scheduler.alloc.never_fits(shape)
+
+        choice = self.router.route(traits, self._layouts, load, too_small)
+        if isinstance(choice, Reject):
+            return choice.reason
+        part = self.partitions[choice]
+        load[choice] += 1 / part.cores
+        return part
 
     def _on_cancel(self, uids: Sequence[str]) -> None:
-        live = [u for u in uids if u in self.tasks and not self.tasks[u].state.final]
-        actions = self.scheduler.cancel(live, self.clock())
-        self._apply(actions)
-        dequeued = {a.uid for a in actions}
-        placed = [u for u in live if u not in dequeued]
-        if placed:
-            self.backend.cancel(placed)
+        per_partition: dict[str, list[str]] = {}
+        for uid in uids:
+            task = self.tasks.get(uid)
+            if task is not None and not task.state.final:
+                per_partition.setdefault(task.part.name, []).append(uid)
+        for name, live in per_partition.items():
+            part = self.partitions[name]
+            actions = part.scheduler.cancel(live, self.clock())
+            self._apply(part, actions)
+            dequeued = {a.uid for a in actions if type(a) is Dequeued}
+            placed = [u for u in live if u not in dequeued]
+            if placed:
+                part.backend.cancel(placed)
 
     # ---- decisions and outcomes -------------------------------------------------------
 
-    def _apply(self, actions: Sequence[Action]) -> None:
+    def _apply(self, part: _Partition, actions: Sequence[Action]) -> None:
         now = self.clock()
         self.stats.decisions += len(actions)
         since = time.monotonic()
@@ -393,9 +481,9 @@ class Agent:
                 self._finish(task, TaskFinished(action.uid, TaskState.CANCELED, None, now,
                                                 error="canceled"))
         if dispatches:
-            self.backend.dispatch(dispatches)
+            part.backend.dispatch(dispatches)
         if launches:
-            self.backend.launch(launches)
+            part.backend.launch(launches)
 
     @without_gc
     def _on_backend_events(self) -> None:
@@ -408,15 +496,18 @@ class Agent:
         if self._inbox:
             batch = self._inbox[:]
             self._inbox.clear()
-            completed: list[tuple[str, float]] = []
-            requeue: list[Request] = []
+            completed: dict[str, list[tuple[str, float]]] = {}  # by partition
+            requeue: dict[str, list[Request]] = {}
             for event in batch:
                 task = self.tasks.get(event.uid)
                 if task is None or task.state.final:
                     continue
                 if type(event) is TaskFinished:
                     start = event.exec_start
-                    completed.append((event.uid, event.exec_stop - start if start else 0.0))
+                    done = completed.get(task.part.name)
+                    if done is None:
+                        done = completed[task.part.name] = []
+                    done.append((event.uid, event.exec_stop - start if start else 0.0))
                     self._finish(task, event)
                 elif type(event) is TaskStarted:
                     _move(task, RUNNING)
@@ -427,12 +518,14 @@ class Agent:
                     self._progress.add(event.uid, time.monotonic())
                 elif type(event) is TaskRequeued:
                     _move(task, SUBMITTED)
-                    requeue.append(task.request)
+                    requeue.setdefault(task.part.name, []).append(task.request)
             now = self.clock()
-            actions = self.scheduler.completed(completed, now)
-            if requeue:
-                actions.extend(self.scheduler.requeue(requeue, now))
-            self._apply(actions)
+            for name in completed.keys() | requeue.keys():
+                part = self.partitions[name]
+                actions = part.scheduler.completed(completed.get(name, ()), now)
+                if name in requeue:
+                    actions.extend(part.scheduler.requeue(requeue[name], now))
+                self._apply(part, actions)
 
     def _finish(self, task: _Task, outcome: TaskFinished) -> None:
         if outcome.exec_start is not None:
@@ -472,7 +565,8 @@ class Agent:
             o = task.outcome
             assert o is not None
             updates.append(m.TaskUpdate(uid, task.state.value, task.events, o.exit_code,
-                                        o.error, o.result, o.stdout, o.stderr, task.pid))
+                                        o.error, o.result, o.stdout, o.stderr, task.pid,
+                                        task.part.name))
             self._progress.discard(uid)
         self._final.clear()
         cutoff = math.inf if force else time.monotonic() - PROGRESS_INTERVAL

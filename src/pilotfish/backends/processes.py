@@ -34,6 +34,7 @@ class NodeLayout:
     core_ids: tuple[int, ...]  # the physical id of each usable core, by core index
     gpus: int = 0
     gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # ROCR_VISIBLE_DEVICES on ROCm, ...
+    first_node: int = 0  # slots count nodes from 0 within a partition; the pilot from here
 
 
 def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: int,
@@ -44,8 +45,9 @@ def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: 
     env["PILOTFISH_TASK_ID"] = spec.uid
     env["PILOTFISH_RANK"] = str(rank)
     env["PILOTFISH_RANKS"] = str(spec.ranks)
-    env["PILOTFISH_NODE"] = str(slot.nodes[rank])
-    env["PILOTFISH_NODES"] = ",".join(map(str, slot.node_set))
+    first = layout.first_node
+    env["PILOTFISH_NODE"] = str(first + slot.nodes[rank])
+    env["PILOTFISH_NODES"] = ",".join([str(first + n) for n in slot.node_set])
     ids = layout.core_ids
     env["PILOTFISH_CORES"] = ",".join([str(ids[c]) for c in slot.cores[rank]])
     if layout.gpu_env:

@@ -1,0 +1,79 @@
+"""Partitions through a real agent: routing, pinning, per-partition placement, metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+import pilotfish as pf
+
+TD = pf.TaskDescription
+PS = pf.PartitionSpec
+NODE = 'echo "$PILOTFISH_NODE"'
+
+
+def node_of(task: pf.Task) -> int:
+    assert task.stdout is not None
+    return int(task.stdout.strip())
+
+
+def test_pinned_tasks_run_on_their_partitions_nodes(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        nodes=4, cores_per_node=2,
+        partitions=[PS(backend="builtin", nodes=1, name="small"), PS(backend="builtin")]))
+    small = session.submit([TD(executable="/bin/sh", arguments=["-c", NODE],
+                               partition="small") for _ in range(4)])
+    rest = session.submit([TD(executable="/bin/sh", arguments=["-c", NODE],
+                              tags={"partition": "builtin"}) for _ in range(6)])
+    free = session.submit([TD(function=pow, args=(2, 5)) for _ in range(6)])
+    assert session.wait(timeout=60)
+    assert {node_of(t) for t in small} == {0} and {t.partition for t in small} == {"small"}
+    assert {node_of(t) for t in rest} <= {1, 2, 3} and {t.partition for t in rest} == {
+        "builtin"}
+    assert all(t.result() == 32 for t in free)
+    assert {t.partition for t in free} <= {"small", "builtin"}
+    by = session.metrics(by="partition")
+    assert by.groups["small"].offered_cores == 2 and by.groups["builtin"].offered_cores == 6
+
+
+def test_tasks_no_partition_can_take_fail_at_once_with_the_reason(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        nodes=3, cores_per_node=2,
+        partitions=[PS(backend="builtin", nodes=1, name="small"), PS(backend="builtin")]))
+    ghost = session.submit(TD(executable="/bin/true", partition="gpu"))
+    with pytest.raises(pf.TaskFailed, match="no partition 'gpu' \\(partitions: small, builtin\\)"):
+        ghost.result(timeout=30)
+    wide = session.submit(TD(executable="/bin/true", ranks=2, ranks_per_node=1,
+                             partition="small"))
+    with pytest.raises(pf.TaskFailed, match=r"needs 2 nodes .* the pilot has 1"):
+        wide.result(timeout=30)
+    assert session.submit(TD(executable="/bin/true", ranks=2, ranks_per_node=1)).result(
+        timeout=30) == 0
+
+
+def test_default_routing_on_a_simulated_flux_dragon_builtin_pilot(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        backend="simulated", nodes=8, cores_per_node=8, gpus_per_node=2,
+        partitions=[PS(backend="flux", nodes=4, instances=2), PS(backend="dragon", nodes=2),
+                    PS(backend="builtin")]))
+    functions = session.submit([TD(function=pow, args=(2, 2)) for _ in range(20)])
+    mpi = session.submit([TD(executable="sleep", arguments=["30"], ranks=4, ranks_per_node=2)
+                          for _ in range(4)])
+    shared = session.submit(TD(executable="sleep", arguments=["5"], ranks=2,
+                               gpus_per_rank=0.5))
+    refused = session.submit(TD(function=pow, args=(1, 1), partition="flux.0"))
+    assert session.wait(timeout=60)
+    assert {t.partition for t in functions} == {"dragon"}
+    assert {t.partition for t in mpi} == {"flux.0", "flux.1"}
+    assert shared.partition == "builtin"  # only it can share a GPU
+    assert refused.state is pf.TaskState.FAILED
+    assert "partition 'flux.0' (flux) runs no Python functions" in (refused.error or "")
+
+
+def test_partition_specs_are_checked_with_the_pilot() -> None:
+    with pytest.raises(pf.InvalidDescription, match="partitions: partitions ask for 5 node"):
+        pf.PilotDescription(nodes=4, partitions=[PS(backend="builtin", nodes=5)])
+    with pytest.raises(pf.InvalidDescription, match="flux partitions are not available on "
+                                                    "real pilots yet"):
+        pf.PilotDescription(nodes=4, partitions=[PS(backend="flux")])
+    with pytest.raises(TypeError, match="list of PartitionSpec"):
+        pf.PilotDescription(nodes=4, partitions=[{"backend": "builtin"}])  # type: ignore[list-item]
