@@ -156,15 +156,13 @@ class Journal:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            waiters = []
+            # Control items first: a write that fails must not swallow a flush or a stop.
+            waiters = [op for op in batch if isinstance(op, threading.Event)]
+            stop = any(op is _STOP for op in batch)
             try:
                 self._db.execute("BEGIN")
                 for op in batch:
-                    if op is _STOP:
-                        stop = True
-                    elif isinstance(op, threading.Event):
-                        waiters.append(op)
-                    else:
+                    if isinstance(op, tuple):
                         self._db.executemany(*op)
                 self._db.execute("COMMIT")
             except Exception as exc:  # keep the thread alive: report on the next flush
