@@ -24,6 +24,7 @@ from .partitions import Partition, PartitionError, PartitionSpec, resolve_partit
 from .platforms import InvalidPlatform, Platform, load_platform
 
 PLACEMENT_TAGS = ("colocate", "exclusive")
+PMI_KINDS = ("cray", "pmix")  # tags={"pmi": ...}: an MPI process group under Dragon
 BACKENDS = ("builtin", "simulated")
 # GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
 MAX_GPU_SHARING = 1024
@@ -96,13 +97,17 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     span nodes: `ranks_per_node` puts exactly that many on each node (the last takes the
     rest); unset, the scheduler uses as few nodes as are free. A single-rank task stays on
     one node. `timeout` is in seconds: the task is killed and FAILED with the reason when
-    it runs longer. `duration` is how long the task "runs" on a simulated pilot (default:
-    N for `sleep N`, else 0); real backends ignore it.
+    it runs longer. `retries` is how many times the task may be placed again elsewhere
+    when the partition running it is lost (its runtime died). `duration` is how long the
+    task "runs" on a simulated pilot (default: N for `sleep N`, else 0); real backends
+    ignore it.
 
     Tags place tasks: `tags={"colocate": "g"}` puts every task of group g on the node(s)
     its first task got; `tags={"exclusive": "x"}` keeps a node holding an x task for x
     tasks only. `partition` (or the tag `{"partition": ...}`) pins the task to one of the
     pilot's partitions; by default the pilot's routing policy picks one (routing.py).
+    `tags={"pmi": "cray"}` (or "pmix") runs a multi-rank task on a Dragon partition as an
+    MPI process group wired with that PMI (other backends launch MPI with their own tools).
     `sandbox` is the working directory (default: the pilot's shared task directory);
     stdout and stderr go to `<sandbox>/<uid>.out` and `.err`.
 
@@ -128,6 +133,7 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     name: str | None = None
     tags: Mapping[str, str] = {}
     partition: str | None = None
+    retries: int = 0
     # Derived at construction, not given: the pickled function and arguments, so that an
     # unserialisable function is refused here and submit does no pickling.
     function_key: str | None = None
@@ -198,6 +204,8 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             _check_int(owner, "mem_per_rank", self.mem_per_rank, 0)
         if type(self.priority) is not int or self.priority:
             _check_int(owner, "priority", self.priority, -(2**31))
+        if type(self.retries) is not int or self.retries:
+            _check_int(owner, "retries", self.retries, 0)
         if self.timeout is not None:
             if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
                 raise TypeError(f"{owner}.timeout must be a number of seconds")
@@ -223,6 +231,9 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             for key in PLACEMENT_TAGS:
                 if key in tags and not tags[key]:
                     raise InvalidDescription(owner, "tags", f"{key!r} needs a group name")
+            if "pmi" in tags and tags["pmi"] not in PMI_KINDS:
+                raise InvalidDescription(owner, "tags", f"'pmi' is one of {PMI_KINDS}, not "
+                                         f"{tags['pmi']!r}")
 
     @property
     def kind(self) -> str:
@@ -329,7 +340,15 @@ class PilotDescription:
             raise TypeError(f"{owner}.partitions must be a list of PartitionSpec")
         object.__setattr__(self, "partitions", tuple(specs))
         for spec in specs:  # a simulated pilot simulates every kind (routing included)
-            if self.backend == "builtin" and spec.backend != "builtin":
+            if self.backend != "builtin" or spec.backend == "builtin":
+                continue
+            if spec.backend == "dragon":
+                from .backends.dragon import dragon_available
+
+                why = dragon_available()
+                if why is not None:
+                    raise InvalidDescription(owner, "partitions", f"no Dragon here: {why}")
+            else:
                 raise InvalidDescription(owner, "partitions", f"{spec.backend} partitions "
                                          "are not available on real pilots yet (only on "
                                          "simulated ones)")

@@ -36,6 +36,7 @@ class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
     mem_per_rank: int = 0
     duration: float | None = None
     partition: str | None = None
+    retries: int = 0  # placements elsewhere allowed when its partition is lost
 
 
 class Submit(msgspec.Struct, array_like=True, tag=True):

@@ -199,7 +199,7 @@ class Session:
                 spec = m.TaskSpec(uid, kind, None, [], {}, None, d.function_key, d.args_blob,
                                   d.ranks, d.cores_per_rank, d.gpus_per_rank, d.priority,
                                   d.timeout, d.name, dict(d.tags), None, d.mem_per_rank,
-                                  d.duration, d.partition)
+                                  d.duration, d.partition, d.retries)
             else:
                 kind = "executable"
                 sandbox = cast("str | None", d.sandbox)  # made a str at construction
@@ -207,7 +207,7 @@ class Session:
                                   dict(d.environment), sandbox, None, None, d.ranks,
                                   d.cores_per_rank, d.gpus_per_rank, d.priority, d.timeout,
                                   d.name, dict(d.tags), d.ranks_per_node, d.mem_per_rank,
-                                  d.duration, d.partition)
+                                  d.duration, d.partition, d.retries)
             task = Task(uid, seq, d, pid, self)
             task.events.append(("NEW", now))
             specs.append(spec)

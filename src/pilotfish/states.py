@@ -36,7 +36,8 @@ _TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.SUBMITTED: frozenset({TaskState.SCHEDULED, TaskState.RUNNING, *FINAL_STATES}),
     # A placed task may go back to the queue when its worker is lost before it started.
     TaskState.SCHEDULED: frozenset({TaskState.SUBMITTED, TaskState.RUNNING, *FINAL_STATES}),
-    TaskState.RUNNING: FINAL_STATES,
+    # ... and a running one when its partition's runtime died and it may retry elsewhere.
+    TaskState.RUNNING: frozenset({TaskState.SUBMITTED, *FINAL_STATES}),
     TaskState.DONE: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.CANCELED: frozenset(),

@@ -51,7 +51,7 @@ def test_an_hour_of_tasks_takes_a_moment_and_keeps_exact_virtual_times(
     first = spans[0][0]
     waves = sorted({round(start - first) for start, _ in spans})
     assert waves == [0, 600, 1200, 1800, 2400, 3000]
-    m = session_metrics(session.path)
+    m = session.metrics()  # flushes the journal first
     assert m.core_utilization == pytest.approx(1.0, abs=1e-3)
     assert m.makespan_s == pytest.approx(3600, rel=0.01)
 

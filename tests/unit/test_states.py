@@ -26,7 +26,7 @@ LEGAL = {
     NEW: {SUBMITTED, SCHEDULED, RUNNING, *FINALS},
     SUBMITTED: {SCHEDULED, RUNNING, *FINALS},
     SCHEDULED: {SUBMITTED, RUNNING, *FINALS},  # back to the queue: its worker was lost
-    RUNNING: FINALS,
+    RUNNING: {SUBMITTED, *FINALS},  # to retry elsewhere: its partition was lost
     DONE: set(),
     FAILED: set(),
     CANCELED: set(),
@@ -68,7 +68,7 @@ def test_an_illegal_move_is_a_bug_not_a_value_error() -> None:
     assert issubclass(InvalidTransition, RuntimeError)
     assert not issubclass(InvalidTransition, ValueError)
     with pytest.raises(InvalidTransition):
-        check_transition("t", RUNNING, SUBMITTED)
+        check_transition("t", RUNNING, SCHEDULED)
 
 
 def test_a_task_can_skip_states_and_end_from_any_live_state() -> None:
@@ -85,7 +85,7 @@ def test_a_repeated_update_is_stale(state: TaskState) -> None:
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [(RUNNING, SUBMITTED), (RUNNING, SCHEDULED), (RUNNING, NEW), (SCHEDULED, NEW),
+    [(RUNNING, SCHEDULED), (RUNNING, NEW), (SCHEDULED, NEW),
      (SUBMITTED, NEW), (DONE, RUNNING), (FAILED, DONE), (CANCELED, FAILED), (DONE, DONE)],
     ids=str,
 )

@@ -28,6 +28,7 @@ from .. import messages as m
 from ..backends.base import (
     Backend,
     BackendEvent,
+    BackendLost,
     DispatchedTask,
     PlacedTask,
     TaskFinished,
@@ -35,6 +36,7 @@ from ..backends.base import (
     TaskStarted,
 )
 from ..backends.builtin import BuiltinBackend
+from ..backends.dragon import DragonBackend
 from ..backends.processes import NodeLayout
 from ..backends.simulated import SimulatedBackend
 from ..gcpause import without_gc
@@ -167,10 +169,11 @@ class _Partition:
         self.backend = backend
         self.pool_functions = pool_functions  # plain functions go to function workers
         self.cores = max(1, layout.nodes * scheduler.alloc.cores)
+        self.lost: str | None = None  # why its runtime died; then it takes no more tasks
 
 
 class _Task:
-    __slots__ = ("events", "outcome", "part", "pid", "request", "spec", "state")
+    __slots__ = ("events", "outcome", "part", "pid", "request", "retried", "spec", "state")
 
     def __init__(self, spec: m.TaskSpec, request: Request, part: _Partition) -> None:
         self.spec = spec
@@ -180,6 +183,18 @@ class _Task:
         self.events: list[tuple[str, float]] = []  # since the last update sent
         self.outcome: TaskFinished | None = None
         self.pid: int | None = None
+        self.retried = 0  # times placed again after its partition was lost
+
+
+def _request(spec: m.TaskSpec, seq: int, shape: Shape, part: _Partition) -> Request:
+    """What the partition's scheduler places for a task."""
+    tags = spec.tags
+    if tags:
+        return Request(spec.uid, seq, shape, spec.priority, False, tags.get("colocate"),
+                       tags.get("exclusive"))
+    pooled = (part.pool_functions and spec.kind == "function" and shape.simple
+              and shape.cores_per_rank == 1 and not shape.gpus_per_rank)
+    return Request(spec.uid, seq, shape, spec.priority, pooled)
 
 
 def _move(task: _Task, state: TaskState) -> None:
@@ -234,6 +249,11 @@ class Agent:
             return _Partition(layout, scheduler, self._simulated, False)
         nodes = NodeLayout(tuple(cfg.core_ids or range(cfg.cores_per_node)),
                            cfg.gpus_per_node, cfg.gpu_env, layout.first)
+        if layout.backend == "dragon":
+            dragon = DragonBackend(layout.name, self.task_sandbox, nodes, self.functions,
+                                   cfg.sandbox, layout.nodes * cfg.cores_per_node,
+                                   cfg.python_path)
+            return _Partition(layout, scheduler, dragon, False)
         backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,
                                  log_dir=cfg.sandbox, python_path=cfg.python_path,
                                  cores=layout.nodes * cfg.cores_per_node)
@@ -388,14 +408,7 @@ class Agent:
                     part, reason = self._first, routed
                 else:
                     part = routed
-            if tags:
-                colocate, exclusive = tags.get("colocate"), tags.get("exclusive")
-                request = Request(spec.uid, seq, shape, spec.priority, False, colocate,
-                                  exclusive)
-            else:
-                pooled = (part.pool_functions and spec.kind == "function" and shape.simple
-                          and shape.cores_per_rank == 1 and not shape.gpus_per_rank)
-                request = Request(spec.uid, seq, shape, spec.priority, pooled)
+            request = _request(spec, seq, shape, part)
             task = tasks[spec.uid] = _Task(spec, request, part)
             accepted.append(spec.uid)
             if reason is None:
@@ -501,6 +514,8 @@ class Agent:
             for event in batch:
                 task = self.tasks.get(event.uid)
                 if task is None or task.state.final:
+                    if type(event) is BackendLost:
+                        self._lose(self.partitions[event.partition], event.reason)
                     continue
                 if type(event) is TaskFinished:
                     start = event.exec_start
@@ -526,6 +541,39 @@ class Agent:
                 if name in requeue:
                     actions.extend(part.scheduler.requeue(requeue[name], now))
                 self._apply(part, actions)
+
+    def _lose(self, part: _Partition, reason: str) -> None:
+        """A partition's runtime died: move its unfinished tasks that may retry, fail the rest.
+
+        The partition takes no new tasks; the others keep running.
+        """
+        if part.lost is not None:
+            return
+        part.lost = reason
+        self._layouts = [p for p in self._layouts if p.name != part.name]
+        self._only = None
+        now = self.clock()
+        why = f"partition {part.name!r} lost: {reason}"
+        load: dict[str, float] = {}
+        per_partition: dict[str, list[Request]] = {}
+        for task in [t for t in self.tasks.values() if t.part is part and not t.state.final]:
+            spec = task.spec
+            routed = self._route(spec, load) if task.retried < spec.retries else why
+            if isinstance(routed, str):
+                error = why if routed is why else f"{why}; cannot run elsewhere: {routed}"
+                self._finish(task, TaskFinished(spec.uid, TaskState.FAILED, None, now,
+                                                error=error))
+                continue
+            self._progress.discard(spec.uid)
+            _move(task, SUBMITTED)  # placed again from the start, on other nodes
+            task.retried += 1
+            task.part = routed
+            task.request = _request(spec, task.request.seq, task.request.shape, routed)
+            task.events.append(("requeued", now))
+            per_partition.setdefault(routed.name, []).append(task.request)
+        for name, requests in per_partition.items():
+            target = self.partitions[name]
+            self._apply(target, target.scheduler.submit(requests, now))
 
     def _finish(self, task: _Task, outcome: TaskFinished) -> None:
         if outcome.exec_start is not None:

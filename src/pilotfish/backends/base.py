@@ -54,7 +54,15 @@ class TaskRequeued(NamedTuple):
     uid: str
 
 
-BackendEvent = TaskStarted | TaskFinished | TaskRequeued
+class BackendLost(NamedTuple):
+    """The runtime of a partition died: the agent fails or moves all its unfinished tasks."""
+
+    partition: str
+    reason: str
+    uid: str = ""  # of no task (events are looked up by uid first)
+
+
+BackendEvent = TaskStarted | TaskFinished | TaskRequeued | BackendLost
 
 
 class PlacedTask(NamedTuple):

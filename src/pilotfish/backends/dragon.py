@@ -1,0 +1,293 @@
+"""The Dragon backend: one Dragon runtime per partition, driven over ZeroMQ.
+
+`start` launches `dragon -s PYTHON -m ...dragon_executor ADDRESS WORKERS` in its own process
+group (Dragon's launcher, its runtime and the executor inside it; not a new session:
+Dragon's launcher does not come up as a session leader); the executor
+connects back and says it is ready, and tasks placed before then wait for it. Functions
+run in a Dragon `multiprocessing` pool of one worker per core of the partition;
+executables as Dragon processes. `stop` asks the executor to stop, then ends the
+runtime's whole process group by its id and removes the `/dev/shm` segments that appeared
+while it ran (Dragon leaves them when it is killed; its own clean-up tool would remove
+every segment of the user). If the runtime dies, the agent hears `BackendLost` and fails
+or moves its tasks.
+
+Dragon's segments are sized with `DRAGON_DEFAULT_SEG_SZ` and `DRAGON_INF_SEG_SZ`
+(256 MiB each here, instead of the several GiB Dragon maps by default).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from ..agent.reactor import Reactor
+from ..agent.worker import CANCELED, ERROR, OK, TIMEOUT
+from ..messages import decode_plain, encode_plain
+from ..proctree import kill_group
+from ..states import TaskState
+from .base import (
+    BackendEvent,
+    BackendLost,
+    Capabilities,
+    DispatchedTask,
+    PlacedTask,
+    TaskFinished,
+    TaskStarted,
+)
+from .processes import TAIL_BYTES, NodeLayout, task_environment
+
+SEGMENT_BYTES = 256 * 2**20
+START_TIMEOUT = 60.0  # seconds for the runtime to come up
+EXECUTOR = "pilotfish.backends.dragon_executor"  # run by Dragon as `python -m`
+_STATES = {OK: TaskState.DONE, ERROR: TaskState.FAILED, CANCELED: TaskState.CANCELED,
+           TIMEOUT: TaskState.FAILED}
+
+
+def dragon_available() -> str | None:
+    """None if Dragon can be used here, else why not."""
+    try:
+        import dragon  # noqa: F401
+    except ImportError:
+        return "the dragonhpc package is not installed (pip install 'pilotfish[dragon]')"
+    if not os.path.exists(_launcher()):
+        return f"the dragon launcher is not at {_launcher()}"
+    return None
+
+
+def _launcher() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "dragon")
+
+
+def _shm() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
+class DragonBackend:
+    capabilities = Capabilities(executables=True, functions=True, mpi=False, gpus=True)
+    function_workers = False  # every function task holds a slot while in the pool
+
+    def __init__(self, name: str, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
+                 log_dir: str, workers: int, python_path: list[str]) -> None:
+        self.name = name
+        self.sandbox = sandbox
+        self.layout = layout
+        self.functions = functions
+        self.log_dir = log_dir
+        self.workers = max(1, workers)
+        self.python_path = python_path
+        self._sent_functions: set[str] = set()
+        self._tasks: dict[str, PlacedTask] = {}  # sent or waiting, not ended
+        self._waiting: list[PlacedTask] = []  # placed before the runtime was ready
+        self._ready = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._shm_before: set[str] = set()
+        self._reactor: Reactor | None = None
+        self._emit: Callable[[BackendEvent], None] = lambda e: None
+        self._pidfd: int | None = None
+        self._dead: str | None = None
+        # Bind ranks to their cores only where those cores exist (not on virtual nodes).
+        self._bind = set(layout.core_ids) <= os.sched_getaffinity(0)
+
+    # ---- life -------------------------------------------------------------------------
+
+    def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
+        self._reactor, self._emit = reactor, emit
+        os.makedirs(self.sandbox, exist_ok=True)
+        self._sock = zmq.Context.instance().socket(zmq.PAIR)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        port: int = self._sock.bind_to_random_port("tcp://127.0.0.1")
+        env = dict(os.environ)
+        env.setdefault("DRAGON_DEFAULT_SEG_SZ", str(SEGMENT_BYTES))
+        env.setdefault("DRAGON_INF_SEG_SZ", str(SEGMENT_BYTES))
+        env["PYTHONPATH"] = os.pathsep.join([p for p in self.python_path if p]
+                                            + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
+        bin_dir = os.path.dirname(_launcher())  # Dragon runs its own tools (dragon-config)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        self._shm_before = _shm()
+        with open(os.path.join(self.log_dir, f"dragon-{self.name}.log"), "ab") as log:
+            self._proc = subprocess.Popen(
+                [_launcher(), "-s", sys.executable, "-m", EXECUTOR,
+                 f"tcp://127.0.0.1:{port}", str(self.workers)], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.sandbox, env=env,
+                process_group=0)
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        reactor.add_reader(self._sock, self._on_message)
+        reactor.add_reader(self._pidfd, self._on_exit)
+        reactor.call_later(START_TIMEOUT, self._check_started)
+
+    def stop(self, timeout: float) -> None:
+        if self._proc is not None and self._proc.poll() is None and self._ready:
+            self._send(("stop",))
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if self._proc is not None:
+            kill_group(self._proc.pid)  # the launcher leads its process group
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for name in _shm() - self._shm_before:  # exactly what appeared while it ran
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass
+        if self._sock is not None:
+            self._sock.close(0)
+
+    # ---- tasks ------------------------------------------------------------------------
+
+    def launch(self, tasks: Sequence[PlacedTask]) -> None:
+        for placed in tasks:
+            self._tasks[placed.spec.uid] = placed
+        if self._dead is not None:
+            return  # the agent moves or fails them when it hears the runtime is lost
+        if not self._ready:
+            self._waiting.extend(tasks)
+        else:
+            self._send_tasks(tasks)
+
+    def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
+        raise NotImplementedError("the Dragon backend has no function workers of pilotfish's")
+
+    def cancel(self, uids: Sequence[str]) -> None:
+        ours = [u for u in uids if u in self._tasks]
+        waiting = {t.spec.uid for t in self._waiting}
+        now = time.time()
+        for uid in ours:
+            if uid in waiting:
+                self._waiting = [t for t in self._waiting if t.spec.uid != uid]
+                del self._tasks[uid]
+                self._emit(TaskFinished(uid, TaskState.CANCELED, None, now, error="canceled"))
+        sent = [u for u in ours if u not in waiting]
+        if sent:
+            self._send(("cancel", sent))
+
+    def _exec_message(self, placed: PlacedTask) -> tuple[Any, ...]:
+        spec, slot = placed.spec, placed.slot
+        assert spec.executable is not None
+        cwd = spec.sandbox or self.sandbox
+        base = {"PATH": os.environ.get("PATH", "")}
+        ids = self.layout.core_ids
+        ranks = [([spec.executable, *spec.arguments],
+                  task_environment(base, spec, slot, rank, self.layout), slot.nodes[rank],
+                  [ids[c] for c in slot.cores[rank]] if self._bind else [])
+                 for rank in range(spec.ranks)]
+        return (spec.uid, ranks, cwd, os.path.join(cwd, spec.uid + ".out"),
+                os.path.join(cwd, spec.uid + ".err"), spec.timeout,
+                spec.tags.get("pmi") if spec.tags else None)
+
+    def _gpu_env(self, placed: PlacedTask) -> dict[str, str] | None:
+        """What a function task's pool worker sets so the task sees its GPUs only."""
+        if not (self.layout.gpu_env and self.layout.gpus):
+            return None
+        return {self.layout.gpu_env: ",".join(map(str, placed.slot.rank_gpu_ids(0)))}
+
+    def _send_tasks(self, tasks: Sequence[PlacedTask]) -> None:
+        calls, execs = [], []
+        new_functions: dict[str, bytes] = {}
+        for placed in tasks:
+            spec = placed.spec
+            if spec.kind == "function":
+                key = spec.function_key
+                assert key is not None
+                if key not in self._sent_functions:
+                    new_functions[key] = self.functions[key]
+                    self._sent_functions.add(key)
+                calls.append((spec.uid, key, spec.args_blob, spec.timeout,
+                              self._gpu_env(placed)))
+            else:
+                execs.append(self._exec_message(placed))
+        if new_functions:
+            self._send(("functions", new_functions))
+        if calls:
+            self._send(("call", calls))
+        if execs:
+            self._send(("exec", execs))
+
+    # ---- from the runtime -------------------------------------------------------------
+
+    def _on_message(self) -> None:
+        assert self._sock is not None
+        while self._sock.poll(0):
+            msg = decode_plain(self._sock.recv())
+            kind = msg[0]
+            if kind == "ready":
+                self._ready = True
+                waiting, self._waiting = self._waiting, []
+                if waiting:
+                    self._send_tasks(waiting)
+            elif kind == "started" and msg[1] in self._tasks:
+                self._emit(TaskStarted(msg[1], msg[2]))
+            elif kind == "done":
+                for uid, outcome, blob, error, start, stop, code in msg[1]:
+                    self._finish(uid, outcome, blob, error, start, stop, code)
+
+    def _finish(self, uid: str, outcome: int, blob: bytes | None, error: str | None,
+                start: float | None, stop: float, code: int | None) -> None:
+        placed = self._tasks.pop(uid, None)
+        if placed is None:
+            return
+        state = _STATES[outcome]
+        stdout = stderr = None
+        if placed.spec.kind == "executable":
+            cwd = placed.spec.sandbox or self.sandbox
+            stdout, stderr = (_tail(os.path.join(cwd, uid + suffix)) for suffix in (".out",
+                                                                                    ".err"))
+            if error is None and state is TaskState.FAILED:
+                error = (f"killed by signal {-code}" if code is not None and code < 0
+                         else f"exit code {code}")
+        self._emit(TaskFinished(uid, state, start, stop, exit_code=code, error=error,
+                                result=blob, stdout=stdout, stderr=stderr))
+
+    def _on_exit(self) -> None:
+        assert self._reactor is not None and self._pidfd is not None
+        self._reactor.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        code = self._proc.wait() if self._proc is not None else None
+        self._lost(f"the Dragon runtime exited (code {code}); see dragon-{self.name}.log")
+
+    def _check_started(self) -> None:
+        if not self._ready and self._dead is None:
+            self._lost(f"the Dragon runtime did not start within {START_TIMEOUT:g} s; see "
+                       f"dragon-{self.name}.log")
+            if self._proc is not None:
+                kill_group(self._proc.pid)
+
+    def _lost(self, reason: str) -> None:
+        """Say the partition is lost, once: the agent ends or moves all its tasks."""
+        if self._dead is None:
+            self._dead = reason
+            self._tasks.clear()
+            self._waiting = []
+            self._emit(BackendLost(self.name, reason))
+
+    def _send(self, message: Any) -> None:
+        if self._sock is not None and self._dead is None:
+            try:
+                self._sock.send(encode_plain(message), zmq.NOBLOCK)
+            except zmq.Again:  # no executor on the other end: it is gone
+                self._lost("the Dragon executor stopped taking messages")
+
+
+def _tail(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - TAIL_BYTES))
+            return f.read().decode(errors="replace") or None
+    except OSError:
+        return None
+

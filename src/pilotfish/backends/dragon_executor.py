@@ -1,0 +1,250 @@
+"""The executor inside a Dragon runtime:
+`dragon -s PYTHON -m pilotfish.backends.dragon_executor ADDRESS WORKERS`.
+
+It connects back to the agent's Dragon backend over ZeroMQ and runs what it is sent:
+Python functions in a Dragon `multiprocessing` pool, executables as Dragon processes
+(their output appended to the task's files). It reports each task's end with its times,
+and exits when told to stop or when the agent's socket goes quiet for good.
+
+Messages (msgpack tuples), from the agent:
+  ("functions", {key: blob})     pickled functions, each sent once
+  ("call", [(uid, key, args_blob, timeout, env), ...])  env: the GPU variable or None
+  ("exec", [(uid, [(argv, env, node, cpus) per rank], cwd, out_path, err_path, timeout,
+             pmi), ...])                     pmi: None, "cray" or "pmix" (MPI groups)
+  ("cancel", [uid, ...])         ("stop",)
+to the agent:
+  ("ready", pid)   ("started", uid, ts)
+  ("done", [(uid, outcome, result_blob, error, exec_start, exec_stop, exit_code), ...])
+Outcomes are those of the function workers (agent/worker.py): OK, ERROR, CANCELED, TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import msgspec
+import zmq
+
+from pilotfish.agent.worker import CANCELED, ERROR, OK, TIMEOUT, _format, _pickle_exception
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+_functions: dict[str, Any] = {}  # per pool worker: unpickled functions by key
+
+
+def call(key: str, blob: bytes, args_blob: bytes | None,
+         env: dict[str, str] | None) -> tuple[Any, ...]:
+    """Run one function task in a pool worker: (outcome, result, error, start, stop).
+
+    `env` holds the task's GPU visibility variable, set for the call's duration."""
+    start = time.time()
+    if env:
+        os.environ.update(env)
+    try:
+        fn = _functions.get(key)
+        if fn is None:
+            fn = _functions[key] = pickle.loads(blob)
+        args, kwargs = pickle.loads(args_blob) if args_blob else ((), {})
+        start = time.time()
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        return (ERROR, _pickle_exception(exc), _format(exc), start, time.time())
+    stop = time.time()
+    try:
+        return (OK, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), None, start, stop)
+    except Exception:
+        import cloudpickle
+
+        try:
+            return (OK, cloudpickle.dumps(value), None, start, stop)
+        except Exception as exc:
+            msg = f"return value of type {type(value).__name__} cannot be serialised: {exc}"
+            return (ERROR, _pickle_exception(TypeError(msg)), msg, start, stop)
+
+
+class Executor:
+    def __init__(self, address: str, workers: int) -> None:
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(address)
+        self.pool = mp.Pool(workers)
+        self.blobs: dict[str, bytes] = {}
+        self.results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()  # results from other threads wake the loop
+        self.deadlines: dict[str, float] = {}  # uid -> when its timeout ends it
+        self.calls: set[str] = set()  # functions running in the pool
+        self.procs: dict[str, Any] = {}  # running executable uid -> dragon Process
+        self.killed: dict[str, tuple[int, str]] = {}  # uid -> why we killed it
+        self.dropped: set[str] = set()  # pool calls already reported: ignore their result
+        self.stopping = False
+        self.hosts = _hostnames()  # a task's node index picks its host (modulo: virtual nodes)
+
+    def _post(self, result: tuple[Any, ...]) -> None:
+        self.results.put(result)
+        os.write(self.wake_w, b"x")
+
+    def run(self) -> None:
+        self.sock.send(_encode(("ready", os.getpid())))
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        while not self.stopping:
+            deadlines = self.deadlines.values()
+            wait = max(0.0, min(deadlines) - time.time()) if deadlines else 1.0
+            ready = dict(poller.poll(int(min(wait, 1.0) * 1000) + 1))
+            if self.wake_r in ready:
+                os.read(self.wake_r, 65536)
+            while self.sock.poll(0):
+                self._handle(_decode(self.sock.recv()))
+            self._expire()
+            self._send_results()
+        self.pool.terminate()
+        for proc in list(self.procs.values()):
+            proc.kill()
+
+    def _handle(self, msg: list[Any]) -> None:
+        kind = msg[0]
+        if kind == "functions":
+            self.blobs.update(msg[1])
+        elif kind == "call":
+            for uid, key, args_blob, timeout, env in msg[1]:
+                self.calls.add(uid)
+                if timeout:
+                    self.deadlines[uid] = time.time() + timeout
+                self.pool.apply_async(call, (key, self.blobs[key], args_blob, env),
+                                      callback=functools.partial(self._called, uid))
+        elif kind == "exec":
+            for task in msg[1]:
+                self._start_process(*task)
+        elif kind == "cancel":
+            for uid in msg[1]:
+                self._kill(uid, CANCELED, "canceled")
+        elif kind == "stop":
+            self.stopping = True
+
+    def _called(self, uid: str, result: tuple[Any, ...]) -> None:
+        self._post((uid, *result, None))
+
+    def _start_process(self, uid: str, ranks: list[tuple[list[str], dict[str, str], int,
+                                                      list[int]]],
+                       cwd: str, out: str, err: str, timeout: float | None,
+                       pmi: str | None) -> None:
+        """Start one task: a Dragon Process, or a ProcessGroup of one process per rank."""
+        start = time.time()
+        try:
+            if len(ranks) == 1:
+                proc: Any = self._template(ranks[0], cwd, out, err, template=False)
+                proc.start()
+            else:
+                from dragon.native.process_group import ProcessGroup
+
+                proc = ProcessGroup(pmi=pmi, ignore_error_on_exit=True)
+                for rank in ranks:
+                    proc.add_process(1, self._template(rank, cwd, out, err, template=True))
+                proc.init()
+                proc.start()
+        except Exception as exc:
+            self._post((uid, ERROR, None, f"cannot start the process in Dragon: {exc}",
+                        None, time.time(), None))
+            return
+        self.procs[uid] = proc
+        self.sock.send(_encode(("started", uid, start)))
+        if timeout:
+            self.deadlines[uid] = start + timeout
+        threading.Thread(target=self._wait, args=(uid, proc, start), daemon=True).start()
+
+    def _template(self, rank: tuple[list[str], dict[str, str], int, list[int]], cwd: str,
+                  out: str, err: str, template: bool) -> Any:
+        """A Dragon process (or template) for one rank, placed on its node and cores."""
+        from dragon.infrastructure.policy import Policy
+        from dragon.native.process import Process as DragonProcess
+        from dragon.native.process import ProcessTemplate
+
+        argv, env, node, cpus = rank
+        # The shell appends the rank's output to the task's files (Dragon's own stdout
+        # would go to the launcher's), then becomes the rank.
+        shell = ["-c", 'exec "$0" "$@" >>"$PILOTFISH_OUT" 2>>"$PILOTFISH_ERR"', *argv]
+        env = {**env, "PILOTFISH_OUT": out, "PILOTFISH_ERR": err}
+        policy = Policy(placement=Policy.Placement.HOST_NAME,
+                        host_name=self.hosts[node % len(self.hosts)], cpu_affinity=cpus)
+        make = ProcessTemplate if template else DragonProcess
+        return make(target="/bin/sh", args=shell, cwd=cwd, env=env, policy=policy)
+
+    def _wait(self, uid: str, proc: Any, start: float) -> None:
+        proc.join()
+        if hasattr(proc, "returncode"):
+            code = proc.returncode
+        else:  # a group: the first failing rank's code, and the group is released
+            codes = [c for _, c in proc.inactive_puids]
+            code = next((c for c in codes if c != 0), 0)
+            proc.close()
+        self._post((uid, OK if code == 0 else ERROR, None, None, start, time.time(), code))
+
+    def _kill(self, uid: str, why: int, reason: str) -> None:
+        self.deadlines.pop(uid, None)
+        proc = self.procs.get(uid)
+        if proc is not None:
+            self.killed[uid] = (why, reason)
+            proc.terminate()
+        elif uid in self.calls:
+            # A pool task cannot be stopped: it ends now for the agent, and its worker's
+            # result is dropped when it comes.
+            self.calls.discard(uid)
+            self.dropped.add(uid)
+            self.sock.send(_encode(("done", [(uid, why, None, reason, None, time.time(),
+                                               None)])))
+
+    def _expire(self) -> None:
+        now = time.time()
+        for uid, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                self._kill(uid, TIMEOUT, "timed out (Dragon)")
+
+    def _send_results(self) -> None:
+        done = []
+        while True:
+            try:
+                uid, outcome, blob, error, start, stop, code = self.results.get_nowait()
+            except queue.Empty:
+                break
+            if uid in self.dropped:
+                self.dropped.discard(uid)
+                continue
+            killed = self.killed.pop(uid, None)
+            if killed is not None:
+                outcome, error = killed
+            self.procs.pop(uid, None)
+            self.calls.discard(uid)
+            self.deadlines.pop(uid, None)
+            done.append((uid, outcome, blob, error, start, stop, code))
+        if done:
+            self.sock.send(_encode(("done", done)))
+
+
+def _hostnames() -> list[str]:
+    from dragon.native.machine import Node, System
+
+    return [Node(h).hostname for h in System().nodes] or [socket.gethostname()]
+
+
+def main(argv: list[str]) -> None:
+    import dragon  # noqa: F401  (registers the "dragon" start method)
+
+    mp.set_start_method("dragon")
+    # Run as the importable module, not as __main__, so the pool's workers find `call`.
+    from pilotfish.backends import dragon_executor
+
+    dragon_executor.Executor(argv[0], int(argv[1])).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,155 @@
+"""A real Dragon runtime as a partition of a local pilot (skipped where Dragon is absent)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import pilotfish as pf
+from pilotfish.backends.dragon import dragon_available
+from tests.conftest import process_gone
+
+pytestmark = pytest.mark.skipif(dragon_available() is not None,
+                                reason=f"no Dragon here: {dragon_available()}")
+TD = pf.TaskDescription
+PS = pf.PartitionSpec
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def visible_gpus() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def nap_the_first_time(marker: str) -> str:
+    """Sleeps (the first run, until killed) or returns at once (the run after a move)."""
+    if os.path.exists(marker):
+        return "moved"
+    open(marker, "w").close()
+    time.sleep(60)
+    return "stayed"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the direct children of `pid`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if ppid == pid:
+            found.append((int(name), cmdline))
+    return found
+
+
+def dragon_launcher(pilot: pf.Pilot) -> int:
+    assert pilot.process is not None
+    launchers = [pid for pid, cmd in children(pilot.process.pid) if "dragon -s" in cmd]
+    assert len(launchers) == 1, children(pilot.process.pid)
+    return launchers[0]
+
+
+def test_functions_and_executables_run_in_dragon(session: pf.Session) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    pilot = session.start_pilot(pf.PilotDescription(
+        nodes=2, cores_per_node=2, gpus_per_node=2, partitions=[PS(backend="dragon")]))
+    squares = session.submit([TD(function=square, args=(i,)) for i in range(100)])
+    gpus = session.submit([TD(function=visible_gpus, gpus_per_rank=1) for _ in range(4)])
+    broken = session.submit(TD(function=fail, args=("boom",)))
+    echo = session.submit(TD(executable="/bin/sh", arguments=[
+        "-c", 'echo "rank $PILOTFISH_RANK on $PILOTFISH_NODE"; echo oops >&2']))
+    group = session.submit(TD(executable="/bin/sh", arguments=[
+        "-c", 'echo "$PILOTFISH_RANK:$PILOTFISH_NODE"'], ranks=4, ranks_per_node=2))
+    false = session.submit(TD(executable="/bin/false"))
+    assert session.wait(timeout=90)
+    assert [t.result() for t in squares] == [i * i for i in range(100)]
+    assert {t.partition for t in squares} == {"dragon"}
+    assert all(t.result() in ("0", "1") for t in gpus)  # one GPU each, its own
+    with pytest.raises(ValueError, match="boom"):  # the function's own exception
+        broken.result()
+    assert echo.stdout in ("rank 0 on 0\n", "rank 0 on 1\n") and echo.stderr == "oops\n"
+    assert group.state is pf.TaskState.DONE
+    node_of = dict(line.split(":") for line in (group.stdout or "").split())
+    assert sorted(node_of) == ["0", "1", "2", "3"]  # two ranks on each of two nodes
+    assert node_of["0"] == node_of["1"] != node_of["2"] == node_of["3"]
+    assert false.state is pf.TaskState.FAILED and false.error == "exit code 1"
+    session.close()
+    assert process_gone(pilot.process.pid, 30) if pilot.process else True
+    assert set(os.listdir("/dev/shm")) <= shm_before  # Dragon's segments removed
+
+
+def test_cancel_and_timeout_in_dragon(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4,
+                                            partitions=[PS(backend="dragon")]))
+    late = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=1))
+    napping = session.submit(TD(function=nap, args=(60,), timeout=1))
+    sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
+    wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
+    sleeper.cancel()
+    assert session.wait(timeout=60)
+    assert late.state is pf.TaskState.FAILED and "timed out" in (late.error or "")
+    assert napping.state is pf.TaskState.FAILED and "timed out" in (napping.error or "")
+    assert sleeper.state is pf.TaskState.CANCELED
+
+
+def test_a_lost_dragon_partition_fails_or_moves_only_its_tasks(session: pf.Session,
+                                                                tmp_path: Path) -> None:
+    pilot = session.start_pilot(pf.PilotDescription(
+        nodes=2, cores_per_node=2,
+        partitions=[PS(backend="dragon", nodes=1), PS(backend="builtin", nodes=1)]))
+    on_dragon = session.submit([TD(executable="/bin/sleep", arguments=["60"],
+                                   partition="dragon")])
+    marker = tmp_path / "started"
+    movable = session.submit(TD(function=nap_the_first_time, args=(str(marker),), retries=1))
+    on_builtin = session.submit(TD(executable="/bin/sleep", arguments=["2"],
+                                   partition="builtin"))
+    wait_until(lambda: all(t.state is pf.TaskState.RUNNING for t in on_dragon))
+    wait_until(marker.exists)
+    os.killpg(dragon_launcher(pilot), signal.SIGKILL)
+    for task in on_dragon:
+        with pytest.raises(pf.TaskFailed, match="partition 'dragon' lost: the Dragon runtime "
+                                                "exited"):
+            task.result(timeout=30)
+    assert movable.result(timeout=30) == "moved" and movable.partition == "builtin"
+    assert on_builtin.result(timeout=30) == 0
+    after = session.submit([TD(function=square, args=(3,)), TD(executable="/bin/true")])
+    assert [t.result(timeout=30) for t in after] == [9, 0]
+    assert {t.partition for t in after} == {"builtin"}
+    pinned = session.submit(TD(executable="/bin/true", partition="dragon"))
+    with pytest.raises(pf.TaskFailed, match="no partition 'dragon'"):
+        pinned.result(timeout=30)
+
+
+def test_dragon_partitions_need_dragon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pilotfish.backends.dragon.dragon_available", lambda: "not here")
+    with pytest.raises(pf.InvalidDescription, match="partitions: no Dragon here: not here"):
+        pf.PilotDescription(nodes=2, partitions=[PS(backend="dragon")])
