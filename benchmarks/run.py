@@ -10,6 +10,13 @@ absolute time). Cases:
            `ProcessPoolExecutor(2).submit` (targets: >= 20,000 tasks/s, ratio >= 2)
   e3       1,024 `sleep 1` tasks, 1 node x 64 virtual cores: utilization over the
            execution window (target >= 99.5%); ratio: ideal 16 s / actual window
+  d1       20,000 no-op functions through a Dragon partition (1 node x 2 cores), vs the
+           same Dragon pool driven directly by a plain script (target: ratio >= 0.90)
+  h1       10,000 `/bin/true` + 50,000 no-op functions on a pilot of a built-in and a
+           Dragon partition (1 node x 32 cores each), vs the better of the same
+           workload on either partition alone (target: ratio > 1)
+  h2       its `sleep 1` variant, scaled to 640 + 1,920 tasks: utilization over the
+           execution window (target >= 99%); ratio: tasks/s over the ideal 64/s
   startup  a local pilot ready for tasks (target < 1 s), vs starting `python -c pass`
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import os
 import statistics
 import subprocess
 import sys
@@ -25,6 +33,7 @@ import time
 from collections.abc import Callable
 
 import pilotfish as pf
+from pilotfish.proctree import kill_group
 
 TD = pf.TaskDescription
 
@@ -100,6 +109,89 @@ def run_startup(tmp: str) -> tuple[float, float]:
     return ours, time.perf_counter() - start
 
 
+def run_d1(tmp: str, n: int = 20_000) -> tuple[float, float]:
+    """Function tasks per second through a Dragon partition, and through the same Dragon
+    pool driven by a plain script (`dragon_pool.py`); both timed after start-up."""
+    workers = min(2, os.cpu_count() or 1)  # the pool size the partition gets here
+    with _session(tmp) as session:
+        session.start_pilot(pf.PilotDescription(
+            nodes=1, cores_per_node=workers, partitions=[pf.PartitionSpec(backend="dragon")]))
+        session.submit(TD(function=noop)).result(timeout=120)  # the runtime is up
+        start = time.perf_counter()
+        tasks = session.submit([TD(function=noop) for _ in range(n)])
+        assert session.wait(timeout=600)
+        ours = n / (time.perf_counter() - start)
+        assert all(t.state is pf.TaskState.DONE for t in tasks)
+    return ours, _dragon_pool_rate(n, workers)
+
+
+def _dragon_pool_rate(n: int, workers: int) -> float:
+    from pilotfish.backends.dragon import SEGMENT_BYTES, launcher
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dragon_pool.py")
+    env = dict(os.environ, DRAGON_DEFAULT_SEG_SZ=str(SEGMENT_BYTES),
+               DRAGON_INF_SEG_SZ=str(SEGMENT_BYTES))
+    env["PATH"] = os.path.dirname(launcher()) + os.pathsep + env.get("PATH", "")
+    shm = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen([launcher(), "-s", script, str(n), str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, process_group=0)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        kill_group(proc.pid)
+        for name in set(os.listdir("/dev/shm")) - shm:
+            os.unlink(os.path.join("/dev/shm", name))
+    return float(out.split()[0])
+
+
+def nap() -> None:
+    time.sleep(1)
+
+
+def _mix(tmp: str, partitions: list[str], n_exec: int, n_func: int, sleep: bool
+         ) -> tuple[float, float]:
+    """Tasks/s and core utilization (%) of a mix of executables and functions on a pilot
+    of one 32-core node per partition (`partitions`: their backends; builtin alone needs
+    none). `sleep`: every task sleeps 1 s, with a function worker per core."""
+    specs = [pf.PartitionSpec(backend=b, nodes=1) for b in partitions]
+    desc = pf.PilotDescription(nodes=len(partitions), cores_per_node=32,
+                               partitions=specs if partitions != ["builtin"] else None,
+                               function_workers=32 if sleep else None)
+    argv = ["/bin/sleep", "1"] if sleep else ["/bin/true"]
+    with _session(tmp) as session:
+        session.start_pilot(desc)
+        session.submit(TD(function=noop)).result(timeout=120)  # every runtime is up
+        if len(partitions) > 1:  # each is named after its backend
+            session.submit([TD(function=noop, partition=b) for b in partitions])
+        assert session.wait(timeout=120)
+        start = time.perf_counter()
+        tasks = session.submit([TD(executable=argv[0], arguments=argv[1:])
+                                for _ in range(n_exec)]
+                               + [TD(function=nap if sleep else noop) for _ in range(n_func)])
+        assert session.wait(timeout=1800)
+        rate = (n_exec + n_func) / (time.perf_counter() - start)
+        assert all(t.state is pf.TaskState.DONE for t in tasks)
+        utilization = session.metrics().core_utilization
+    return rate, 100.0 * utilization
+
+
+def run_h1(tmp: str) -> tuple[float, float]:
+    """Tasks/s of 10,000 executables + 50,000 functions on built-in + Dragon partitions,
+    and the best of the same on the built-in partition alone and the Dragon one alone."""
+    both = _mix(tmp, ["builtin", "dragon"], 10_000, 50_000, sleep=False)[0]
+    alone = [_mix(tmp, [b], 10_000, 50_000, sleep=False)[0] for b in ("builtin", "dragon")]
+    print(f"    h1 alone: builtin {alone[0]:,.0f} tasks/s, dragon {alone[1]:,.0f} tasks/s")
+    return both, max(alone)
+
+
+def run_h2(tmp: str) -> tuple[float, float]:
+    """Utilization (%) of 640 `sleep 1` executables + 1,920 one-second functions on
+    built-in + Dragon partitions (2 x 32 cores: 40 s ideal), and its tasks/s."""
+    rate, utilization = _mix(tmp, ["builtin", "dragon"], 640, 1_920, sleep=True)
+    return utilization, rate
+
+
 # name: (case, unit of its value, unit of its baseline, same-run ratio of value and baseline)
 CASES: dict[str, tuple[Callable[[str], tuple[float, float]], str, str,
                        Callable[[float, float], float]]] = {
@@ -107,6 +199,9 @@ CASES: dict[str, tuple[Callable[[str], tuple[float, float]], str, str,
     "e2": (run_e2, "tasks/s", "ProcessPoolExecutor(2) tasks/s", lambda a, b: a / b),
     "e3": (run_e3, "% utilization", "s execution window (ideal 16 s)",
            lambda a, b: 16.0 / b),
+    "d1": (run_d1, "tasks/s", "plain Dragon pool script tasks/s", lambda a, b: a / b),
+    "h1": (run_h1, "tasks/s", "tasks/s of the better partition alone", lambda a, b: a / b),
+    "h2": (run_h2, "% utilization", "tasks/s (ideal 64)", lambda a, b: b / 64),
     "startup": (run_startup, "s to ready", "s for python -c pass", lambda a, b: a / b),
 }
 

@@ -237,6 +237,9 @@ class Allocator:
 
     def place_drained(self, indexes: list[int], shape: Shape, colocate: str | None = None,
                       exclusive: str | None = None) -> Slot | None:
+        group = self.groups.get(colocate) if colocate is not None else None
+        if group is not None:  # bound while the nodes drained: only its nodes will do
+            indexes = [i for i in indexes if i in group]
         slot = self._place_on([self.nodes[i] for i in indexes], shape, exclusive)
         if slot is not None and colocate is not None and colocate not in self.groups:
             self.groups[colocate] = tuple(slot.node_set)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -171,6 +171,24 @@ class Scheduler:
             actions.extend(self.schedule(now))  # its drained nodes are free for others
         return actions
 
+    def take_queued(self, n: int, movable: Callable[[Request], bool],
+                    look_at: int) -> list[Request]:
+        """Remove up to `n` of the newest queued tasks that `movable` accepts, looking at
+        no more than `look_at` of them: they go to another partition that is idle."""
+        taken: list[Request] = []
+        reserved = self._reservation.request.uid if self._reservation else None
+        for uid in reversed(self._queued):
+            if len(taken) == n or look_at == 0:
+                break
+            look_at -= 1
+            req = self._queued[uid]
+            if uid != reserved and movable(req):  # a reserved task keeps its nodes
+                taken.append(req)
+        for req in taken:
+            del self._queued[req.uid]  # its queue entry is dropped lazily
+            self._passed_over.pop(req.uid, None)
+        return taken
+
     def requeue(self, requests: Iterable[Request], now: float = 0.0) -> list[Action]:
         """Put placed-but-unstarted tasks back in the queue (e.g. their worker was lost)."""
         for req in sorted(requests, key=lambda r: r.seq, reverse=True):
@@ -270,6 +288,13 @@ class Scheduler:
         res = self._reservation
         assert res is not None
         req = res.request
+        group = self.alloc.groups.get(req.colocate) if req.colocate is not None else None
+        if group is not None and not set(group) <= set(res.nodes):
+            # Its colocate group was bound to other nodes while these drained: they are
+            # of no use to it; it will get a reservation on its group's nodes instead.
+            self.alloc.undrain(res.nodes)
+            self._reservation = None
+            return
         if self._queued.get(req.uid) is req:
             if not self.alloc.drained_gained:
                 return  # nothing left its nodes since it last did not fit

@@ -11,6 +11,7 @@ update (SCHEDULED, RUNNING) goes out only for a task that stayed in that state f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from ..backends.simulated import SimulatedBackend
 from ..gcpause import without_gc
 from ..partitions import Partition
 from ..resources import Shape
-from ..routing import Reject, RoutingPolicy, TaskTraits
+from ..routing import Reject, RoutingPolicy, TaskTraits, why_not
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
 from ..states import TaskState, check_transition
 from .reactor import Reactor, readable
@@ -53,6 +54,9 @@ MAX_UPDATES_PER_MESSAGE = 10_000
 POLL_INTERVAL = 0.001  # seconds: while events keep coming, look at sockets this often
 MESSAGES_PER_TURN = 4  # client messages (of up to 5,000 tasks) taken per loop turn
 SIM_FLUSH_INTERVAL, SIM_FLUSH_BATCH = 0.01, 10_000  # simulated pilots: seconds, updates
+# An idle partition takes queued tasks from another holding at least STEAL_MIN_QUEUE,
+# at most STEAL_MAX per round (a round looks at twice as many).
+STEAL_MIN_QUEUE, STEAL_MAX = 100, 1024
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
 SUBMITTED, SCHEDULED, RUNNING = TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
@@ -251,9 +255,9 @@ class Agent:
                            cfg.gpus_per_node, cfg.gpu_env, layout.first)
         if layout.backend == "dragon":
             dragon = DragonBackend(layout.name, self.task_sandbox, nodes, self.functions,
-                                   cfg.sandbox, layout.nodes * cfg.cores_per_node,
+                                   cfg.sandbox, layout.nodes * cfg.workers_per_node,
                                    cfg.python_path)
-            return _Partition(layout, scheduler, dragon, False)
+            return _Partition(layout, scheduler, dragon, True)
         backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,
                                  log_dir=cfg.sandbox, python_path=cfg.python_path,
                                  cores=layout.nodes * cfg.cores_per_node)
@@ -541,6 +545,43 @@ class Agent:
                 if name in requeue:
                     actions.extend(part.scheduler.requeue(requeue[name], now))
                 self._apply(part, actions)
+            if self._only is None:
+                self._balance()
+
+    def _balance(self) -> None:
+        """Late binding: a partition with nothing queued takes queued tasks it can run
+        from the most backlogged other one (the newest half of its queue, in bounded
+        steps), so a fast partition is never idle while a slow one holds a backlog.
+        Pinned tasks stay where they are."""
+        live = [p for p in self.partitions.values() if p.lost is None]
+        for thief in live:
+            if thief.scheduler.queued:
+                continue
+            victim = max(live, key=lambda p: p.scheduler.queued)
+            if victim is thief or victim.scheduler.queued < STEAL_MIN_QUEUE:
+                return
+            n = min(victim.scheduler.queued // 2, STEAL_MAX)
+            movable = functools.partial(self._movable, to=thief)
+            taken = victim.scheduler.take_queued(n, movable, 2 * n)
+            if taken:
+                self._move_to(thief, [self.tasks[r.uid] for r in taken])
+
+    def _movable(self, request: Request, to: _Partition) -> bool:
+        spec = self.tasks[request.uid].spec
+        if spec.partition is not None or (spec.tags and "partition" in spec.tags):
+            return False
+        traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank)
+        return why_not(traits, to.layout.backend) is None and (
+            to.scheduler.alloc.never_fits(request.shape) is None)
+
+    def _move_to(self, part: _Partition, tasks: list[_Task]) -> None:
+        """Queue tasks (queued or placed elsewhere before) on `part`, from the start."""
+        requests = []
+        for task in tasks:
+            task.part = part
+            task.request = _request(task.spec, task.request.seq, task.request.shape, part)
+            requests.append(task.request)
+        self._apply(part, part.scheduler.submit(requests, self.clock()))
 
     def _lose(self, part: _Partition, reason: str) -> None:
         """A partition's runtime died: move its unfinished tasks that may retry, fail the rest.
@@ -555,7 +596,7 @@ class Agent:
         now = self.clock()
         why = f"partition {part.name!r} lost: {reason}"
         load: dict[str, float] = {}
-        per_partition: dict[str, list[Request]] = {}
+        per_partition: dict[str, list[_Task]] = {}
         for task in [t for t in self.tasks.values() if t.part is part and not t.state.final]:
             spec = task.spec
             routed = self._route(spec, load) if task.retried < spec.retries else why
@@ -567,13 +608,10 @@ class Agent:
             self._progress.discard(spec.uid)
             _move(task, SUBMITTED)  # placed again from the start, on other nodes
             task.retried += 1
-            task.part = routed
-            task.request = _request(spec, task.request.seq, task.request.shape, routed)
             task.events.append(("requeued", now))
-            per_partition.setdefault(routed.name, []).append(task.request)
-        for name, requests in per_partition.items():
-            target = self.partitions[name]
-            self._apply(target, target.scheduler.submit(requests, now))
+            per_partition.setdefault(routed.name, []).append(task)
+        for name, moved in per_partition.items():
+            self._move_to(self.partitions[name], moved)
 
     def _finish(self, task: _Task, outcome: TaskFinished) -> None:
         if outcome.exec_start is not None:
