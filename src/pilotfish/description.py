@@ -348,10 +348,13 @@ class PilotDescription:
                 why = dragon_available()
                 if why is not None:
                     raise InvalidDescription(owner, "partitions", f"no Dragon here: {why}")
-            else:
-                raise InvalidDescription(owner, "partitions", f"{spec.backend} partitions "
-                                         "are not available on real pilots yet (only on "
-                                         "simulated ones)")
+            elif spec.backend == "flux":
+                from .backends.flux import flux_available
+
+                why = flux_available()
+                if why is not None:
+                    raise InvalidDescription(owner, "partitions", f"no Flux here: {why} "
+                                             "(a simulated pilot can model Flux partitions)")
         try:
             resolve_partitions(tuple(specs), self.nodes)
         except PartitionError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pilotfish.backends.base import TaskFinished, TaskStarted
+from pilotfish.backends.flux import jobspec, start_command
 from pilotfish.backends.flux_jobs import FluxJobTracker, job_request, urgency
 from pilotfish.messages import TaskSpec
 from pilotfish.states import TaskState
@@ -104,3 +105,46 @@ def test_what_flux_cannot_run_is_refused() -> None:
 
 def test_urgency_keeps_clear_of_hold_and_expedite() -> None:
     assert [urgency(p) for p in (0, 5, 100, -15, -100)] == [16, 21, 30, 1, 1]
+
+
+# ---- the I/O side's pure helpers (backends/flux.py) ------------------------------------
+
+
+def test_instances_start_on_this_host_or_over_their_hosts_under_srun() -> None:
+    local = start_command(None)
+    assert local[:3] == ["flux", "start", "sh"] and 'echo "$FLUX_URI"' in local[-1]
+    spread = start_command(["n1", "n2"])
+    assert spread[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                          "--nodelist=n1,n2"]
+    assert spread[spread.index("flux"):][:2] == ["flux", "start"]
+    assert "flux uri --remote" in spread[-1]  # reachable from the agent's node
+
+
+class _RecordingJobspec:
+    """Stands in for flux.job.JobspecV1 where Flux is absent: records what is set."""
+
+    def __init__(self, **resources: object) -> None:
+        self.resources = resources
+        self.attributes: dict[str, object] = {}
+
+    @classmethod
+    def from_command(cls, command: list[str], **resources: object) -> _RecordingJobspec:
+        return cls(command=command, **resources)
+
+    def setattr(self, key: str, value: object) -> None:
+        self.attributes[key] = value
+
+
+def test_a_task_becomes_a_jobspec_with_its_resources_files_and_limits() -> None:
+    spec = TaskSpec("task.000007", "executable", "/bin/app", ["-n", "3"], {"A": "1"},
+                    "/work", ranks=6, cores_per_rank=2, gpus_per_rank=1.0, timeout=30.0,
+                    ranks_per_node=3, priority=2)
+    request = job_request(spec, "/sandbox", {"PATH": "/bin"})
+    js = jobspec(type("flux_job", (), {"JobspecV1": _RecordingJobspec}), request)
+    assert js.resources == {"command": ["/bin/app", "-n", "3"], "num_tasks": 6,
+                            "cores_per_task": 2, "gpus_per_task": 1, "num_nodes": 2}
+    assert (js.cwd, js.stdout, js.stderr) == ("/work", "/work/task.000007.out",
+                                              "/work/task.000007.err")
+    assert js.environment == {"PATH": "/bin", "A": "1", "PILOTFISH_TASK_ID": "task.000007"}
+    assert js.duration == 30.0 and js.attributes == {"system.job.name": "task.000007"}
+    assert request.urgency == 18

@@ -38,6 +38,7 @@ from ..backends.base import (
 )
 from ..backends.builtin import BuiltinBackend
 from ..backends.dragon import DragonBackend
+from ..backends.flux import FluxBackend
 from ..backends.processes import NodeLayout
 from ..backends.simulated import SimulatedBackend
 from ..gcpause import without_gc
@@ -247,16 +248,24 @@ class Agent:
 
     def _make_partition(self, layout: Partition) -> _Partition:
         cfg = self.cfg
+        workers = cfg.workers_per_node
+        if layout.backend == "dragon" and self._simulated is None:  # the pool's size
+            workers = max(1, min(workers, (os.cpu_count() or 1) // layout.nodes))
         scheduler = Scheduler(layout.nodes, cfg.cores_per_node, cfg.gpus_per_node,
-                              cfg.workers_per_node, cfg.mem_per_node, cfg.reserve_after)
+                              workers, cfg.mem_per_node, cfg.reserve_after)
         if self._simulated is not None:
             return _Partition(layout, scheduler, self._simulated, False)
         nodes = NodeLayout(tuple(cfg.core_ids or range(cfg.cores_per_node)),
                            cfg.gpus_per_node, cfg.gpu_env, layout.first)
+        if layout.backend == "flux":
+            # Inside a Flux allocation a single Flux partition uses that instance.
+            fluxes = [p for p in cfg.partitions if Partition(*p).backend == "flux"]
+            uri = os.environ.get("FLUX_URI") if len(fluxes) == 1 else None
+            flux = FluxBackend(layout.name, self.task_sandbox, cfg.sandbox, uri=uri)
+            return _Partition(layout, scheduler, flux, False)
         if layout.backend == "dragon":
             dragon = DragonBackend(layout.name, self.task_sandbox, nodes, self.functions,
-                                   cfg.sandbox, layout.nodes * cfg.workers_per_node,
-                                   cfg.python_path)
+                                   cfg.sandbox, layout.nodes * workers, cfg.python_path)
             return _Partition(layout, scheduler, dragon, True)
         backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,
                                  log_dir=cfg.sandbox, python_path=cfg.python_path,

@@ -82,10 +82,10 @@ class DragonBackend:
         self.layout = layout
         self.functions = functions
         self.log_dir = log_dir
-        # As many as the built-in function workers (one per CPU by default): idle Dragon
-        # pool workers cost CPU (no-op calls through Pool(8) on 2 CPUs ran 30x slower
-        # than through Pool(2) here).
-        self.workers = max(1, workers)
+        # As many as the built-in function workers, but never more than the host's CPUs:
+        # idle Dragon pool workers spin (no-op calls through Pool(8) on 2 CPUs ran 30x
+        # slower than through Pool(2) here, whatever DRAGON_USER_WAIT_MODE said).
+        self.workers = max(1, min(workers, os.cpu_count() or 1))
         self.python_path = python_path
         self._sent_functions: set[str] = set()
         self._tasks: dict[str, PlacedTask | DispatchedTask] = {}  # sent or waiting, not ended

@@ -1,0 +1,250 @@
+"""The Flux backend: one Flux instance per partition slice, driven through Flux's Python API.
+
+`start` attaches to the instance at `uri` (e.g. `FLUX_URI` inside a Flux allocation) or
+starts one (`flux start` over the slice's hosts under `srun`, or on this host) and opens
+a thread that owns the `flux.Flux` handle (handles are not thread-safe): it submits
+the tasks the agent placed in bulk (`flux.job.submit_async`, then the ids), cancels with
+`flux.job.cancel_async`, and follows every job through one `flux.job.JournalConsumer`,
+whose events `FluxJobTracker` turns into task events. Those cross to the agent's loop
+through a queue and a wake-up pipe.
+
+Flux places each job on cores and GPUs itself; the agent's scheduler only meters what it
+hands to the instance to the partition's capacity, so Flux's queue never holds more than
+fits and tasks it has not received can still go to other partitions. If the instance
+dies or cannot be reached, the agent hears `BackendLost` and fails or moves its tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import shlex
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..agent.reactor import Reactor
+from ..proctree import kill_group
+from ..states import TaskState
+from .base import (
+    BackendEvent,
+    BackendLost,
+    Capabilities,
+    DispatchedTask,
+    PlacedTask,
+    TaskFinished,
+)
+from .flux_jobs import FluxJobTracker, JobRequest, job_request
+
+START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
+POLL_SECONDS = 0.005  # the Flux thread's longest wait for journal events between submits
+_URI_SCRIPT = 'echo "$FLUX_URI"; exec cat >/dev/null'  # runs until its stdin closes
+_REMOTE_URI_SCRIPT = 'flux uri --remote "$FLUX_URI"; exec cat >/dev/null'
+
+
+def flux_available() -> str | None:
+    """None if Flux can be used here, else why not."""
+    try:
+        import flux  # noqa: F401
+    except (ImportError, OSError) as exc:  # the bindings without libflux-core raise these
+        return f"the flux Python bindings cannot be imported ({exc})"
+    return None
+
+
+def start_command(hosts: Sequence[str] | None) -> list[str]:
+    """The command that starts an instance and prints its URI (one line) on stdout.
+
+    With `hosts`, one broker per host under `srun` (the URI is the remote form, so an
+    agent on another node can connect); without, one broker on this host. The instance
+    lives until the command's stdin closes.
+    """
+    if not hosts:
+        return ["flux", "start", "sh", "-c", _URI_SCRIPT]
+    return ["srun", f"--nodes={len(hosts)}", f"--ntasks={len(hosts)}", "--ntasks-per-node=1",
+            f"--nodelist={','.join(hosts)}", "--overlap", "--input=0", "--export=ALL",
+            "flux", "start", "sh", "-c", _REMOTE_URI_SCRIPT]
+
+
+def jobspec(flux_job: Any, request: JobRequest) -> Any:
+    """A `JobspecV1` for one task."""
+    spec = flux_job.JobspecV1.from_command(
+        request.command, num_tasks=request.num_tasks, cores_per_task=request.cores_per_task,
+        gpus_per_task=request.gpus_per_task, num_nodes=request.num_nodes)
+    spec.cwd = request.cwd
+    spec.environment = request.environment
+    spec.stdout = request.stdout
+    spec.stderr = request.stderr
+    if request.duration:
+        spec.duration = request.duration
+    spec.setattr("system.job.name", request.name)
+    return spec
+
+
+class FluxBackend:
+    capabilities = Capabilities(executables=True, functions=False, mpi=True, gpus=True,
+                                places_itself=True)
+    function_workers = False
+
+    def __init__(self, name: str, sandbox: str, log_dir: str, uri: str | None = None,
+                 hosts: Sequence[str] | None = None) -> None:
+        self.name = name
+        self.sandbox = sandbox
+        self.log_dir = log_dir
+        self.uri = uri
+        self.hosts = list(hosts) if hosts else None
+        self._env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")}
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[BackendEvent] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already wakes the agent
+        self._reactor: Reactor | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._emit: Callable[[BackendEvent], None] = lambda e: None
+        self._lost: str | None = None
+
+    # ---- life (agent thread) ----------------------------------------------------------
+
+    def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
+        self._emit, self._reactor = emit, reactor
+        reactor.add_reader(self._wake_r, self._deliver)
+        self._thread = threading.Thread(target=self._run, name=f"flux-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._commands.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._proc is not None:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()  # the initial program ends: the instance shuts down
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            kill_group(self._proc.pid)
+        if self._reactor is not None:
+            self._reactor.remove_reader(self._wake_r)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ---- tasks (agent thread) ---------------------------------------------------------
+
+    def launch(self, tasks: Sequence[PlacedTask]) -> None:
+        requests, failed = [], []
+        for placed in tasks:
+            try:
+                requests.append(job_request(placed.spec, self.sandbox, self._env))
+            except ValueError as exc:  # routing keeps these away; a bug if it happens
+                failed.append(TaskFinished(placed.spec.uid, TaskState.FAILED, None,
+                                           time.time(), error=str(exc)))
+        for event in failed:
+            self._emit(event)
+        if requests:
+            self._commands.put(("submit", requests))
+
+    def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
+        raise RuntimeError("Flux partitions run no Python functions (routing keeps them away)")
+
+    def cancel(self, uids: Sequence[str]) -> None:
+        self._commands.put(("cancel", list(uids)))
+
+    def _deliver(self) -> None:
+        os.read(self._wake_r, 65536)
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self._emit(event)
+
+    # ---- the Flux thread --------------------------------------------------------------
+
+    def _post(self, event: BackendEvent) -> None:
+        self._events.put(event)
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _run(self) -> None:
+        try:
+            import flux
+            import flux.job
+
+            handle = flux.Flux(self.uri or self._start_instance())
+            consumer = flux.job.JournalConsumer(handle, full=False).start()
+        except Exception as exc:
+            self._post(BackendLost(self.name, f"cannot reach a Flux instance: {exc}"))
+            return
+        tracker = FluxJobTracker()
+        ids: dict[str, int] = {}
+        try:
+            while self._serve_commands(flux.job, handle, tracker, ids):
+                self._follow(consumer, tracker, ids)
+        except Exception as exc:  # the instance went away, or a bug: say so, once
+            self._post(BackendLost(self.name, f"the Flux instance failed: {exc!r}"))
+
+    def _serve_commands(self, flux_job: Any, handle: Any, tracker: FluxJobTracker,
+                        ids: dict[str, int]) -> bool:
+        """Submit and cancel what the agent asked for; False once told to stop."""
+        while True:
+            try:
+                kind, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            if kind == "stop":
+                return False
+            if kind == "submit":
+                futures = [(r.name, flux_job.submit_async(handle, jobspec(flux_job, r),
+                                                          urgency=r.urgency))
+                           for r in payload]
+                for uid, future in futures:  # all sent first: one round trip for the batch
+                    try:
+                        jobid = int(future.get_id())
+                    except OSError as exc:
+                        self._post(TaskFinished(uid, TaskState.FAILED, None, time.time(),
+                                                error=f"Flux refused the job: {exc}"))
+                        continue
+                    tracker.submitted(jobid, uid)
+                    ids[uid] = jobid
+            elif kind == "cancel":
+                for uid in payload:
+                    if uid in ids:
+                        flux_job.cancel_async(handle, ids[uid])
+
+    def _follow(self, consumer: Any, tracker: FluxJobTracker, ids: dict[str, int]) -> None:
+        """Turn the journal events that are in (waiting up to POLL_SECONDS) into task events."""
+        timeout = POLL_SECONDS
+        while True:
+            try:
+                event = consumer.poll(timeout)
+            except TimeoutError:
+                return
+            if event is None:
+                raise RuntimeError("the job-manager journal stream ended")
+            timeout = 0.0
+            outcome = tracker.event(int(event.jobid), event.name, event.timestamp,
+                                    event.context)
+            if outcome is not None:
+                if isinstance(outcome, TaskFinished):
+                    ids.pop(outcome.uid, None)
+                self._post(outcome)
+
+    def _start_instance(self) -> str:
+        """Start `flux start` in its own process group and read the URI it prints."""
+        with open(os.path.join(self.log_dir, f"flux-{self.name}.log"), "ab") as log:
+            self._proc = subprocess.Popen(start_command(self.hosts), stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=log, cwd=self.sandbox,
+                                          process_group=0)
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], START_TIMEOUT)
+        line = self._proc.stdout.readline().decode().strip() if ready else ""
+        if not line:
+            raise RuntimeError(f"`{shlex.join(start_command(self.hosts))}` printed no URI "
+                               f"within {START_TIMEOUT:g} s; see flux-{self.name}.log")
+        return line

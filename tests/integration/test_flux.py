@@ -1,0 +1,58 @@
+"""Real Flux instances as partitions of a local pilot.
+
+Flux cannot be installed on the development machines (no package ships the broker), so
+these tests skip there, saying why. On a machine with Flux, e.g. a Frontier login or
+compute node after `module load flux` (or any host with flux-core and its Python
+bindings on PYTHONPATH), run `python -m pytest tests/integration/test_flux.py`: each test
+starts its own instances with `flux start` on this host (inside a Flux allocation, a
+single Flux partition attaches to `FLUX_URI` instead).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+import pilotfish as pf
+from pilotfish.backends.flux import flux_available
+
+_why = flux_available() or (None if shutil.which("flux") else "no `flux` command on PATH")
+pytestmark = pytest.mark.skipif(_why is not None, reason=f"no Flux here: {_why}")
+TD = pf.TaskDescription
+PS = pf.PartitionSpec
+
+
+def test_executables_and_multi_rank_tasks_run_in_flux_functions_elsewhere(
+        session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        nodes=3, cores_per_node=4,
+        partitions=[PS(backend="flux", nodes=2, instances=2), PS(backend="builtin")]))
+    echo = session.submit([TD(executable="/bin/sh", arguments=["-c", "echo $PILOTFISH_TASK_ID"],
+                              partition=f"flux.{i % 2}") for i in range(20)])
+    ranks = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo $FLUX_TASK_RANK"],
+                              ranks=4))
+    false = session.submit(TD(executable="/bin/false", partition="flux.0"))
+    square = session.submit(TD(function=pow, args=(3, 2)))
+    assert session.wait(timeout=120)
+    assert all(t.stdout == f"{t.uid}\n" for t in echo)
+    assert {t.partition for t in echo} == {"flux.0", "flux.1"}
+    assert ranks.partition in ("flux.0", "flux.1")
+    assert sorted((ranks.stdout or "").split()) == ["0", "1", "2", "3"]
+    assert false.state is pf.TaskState.FAILED and false.error == "exit code 1"
+    assert square.result() == 9 and square.partition == "builtin"
+
+
+def test_cancel_and_timeout_in_flux(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4,
+                                            partitions=[PS(backend="flux")]))
+    late = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=2))
+    sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
+    deadline = time.monotonic() + 60
+    while sleeper.state is not pf.TaskState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sleeper.cancel()
+    assert session.wait(timeout=60)
+    assert sleeper.state is pf.TaskState.CANCELED
+    assert late.state is pf.TaskState.FAILED and "timed out" in (late.error or "")
