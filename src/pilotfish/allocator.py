@@ -187,6 +187,10 @@ class Allocator:
         node.give([c for rank in slot.cores for c in rank], gpus, slot.mem * len(slot.nodes))
         self._changed(node)
 
+    def has_free_core(self) -> bool:
+        """Whether a node of the general pool has a free core (from the bucket mask)."""
+        return bool(self.general.nonempty & self.general.eligible(1, 0))
+
     def lease_core(self, index: int) -> int | None:
         """One core of node `index` for a function worker, if it is free and unclaimed."""
         node = self.nodes[index]

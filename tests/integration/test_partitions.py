@@ -79,3 +79,20 @@ def test_partition_specs_are_checked_with_the_pilot() -> None:
             pf.PilotDescription(nodes=4, partitions=[PS(backend="flux")])
     with pytest.raises(TypeError, match="list of PartitionSpec"):
         pf.PilotDescription(nodes=4, partitions=[{"backend": "builtin"}])  # type: ignore[list-item]
+
+
+def test_an_idle_partition_takes_queued_tasks_from_a_backlogged_one(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        backend="simulated", nodes=4, cores_per_node=8,
+        partitions=[PS(backend="dragon", nodes=1), PS(backend="builtin")]))
+    functions = session.submit([TD(function=pow, args=(2, 2), duration=10.0)
+                                for _ in range(800)])
+    pinned = session.submit([TD(function=pow, args=(2, 2), duration=10.0, partition="dragon")
+                             for _ in range(200)])
+    assert session.wait(timeout=120)
+    where = [t.partition for t in functions]
+    assert where.count("builtin") > where.count("dragon") > 0  # routed to Dragon, then taken
+    assert {t.partition for t in pinned} == {"dragon"}  # pinned tasks never move
+    m = session.metrics()
+    # 32 cores: (800 + 200) x 10 s of work ends well before Dragon's 8 cores alone would.
+    assert m.makespan_s is not None and m.makespan_s < 1000 * 10 / 8 * 0.75

@@ -267,6 +267,27 @@ def test_cancel_ignores_placed_unknown_and_already_canceled_tasks(make) -> None:
     assert sched.placed == 1
 
 
+def test_take_queued_gives_up_the_newest_movable_tasks_and_never_places_them(make) -> None:
+    sched = make(cores=1)
+    sched.submit([task("running"), task("a"), task("pinned"), task("b"), task("c")])
+    taken = sched.take_queued(2, lambda r: r.uid != "pinned", look_at=10)
+    assert [r.uid for r in taken] == ["c", "b"]
+    assert sched.queued == 2
+    assert [r.uid for r in sched.take_queued(5, lambda r: True, look_at=1)] == ["pinned"]
+    assert sched.completed([("running", 1.0)]) == [Launch("a", on(0, (0,)))]
+    assert sched.completed([("a", 1.0)]) == []  # nothing else: the rest moved away
+
+
+def test_take_queued_leaves_a_reserved_task_on_its_nodes(make) -> None:
+    sched = Scheduler(2, 2, reserve_after=0.0)
+    sched.submit([task("x", cores=2), task("y", cores=1)], now=0.0)
+    sched.submit([task("big", ranks=2, cores=2), task("small")], now=0.0)
+    sched.completed([("y", 1.0)], now=1.0)  # small placed past big: big gets a reservation
+    assert sched.reserved is not None and sched.reserved[0] == "big"
+    assert [r.uid for r in sched.take_queued(5, lambda r: True, look_at=5)] == []
+    sched.validate()
+
+
 def test_a_canceled_head_does_not_block_the_group(make) -> None:
     sched = make(cores=2)
     sched.submit([task("blocker", cores=2), task("a", cores=2), task("b", cores=2)])

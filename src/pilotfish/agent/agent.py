@@ -57,7 +57,8 @@ MESSAGES_PER_TURN = 4  # client messages (of up to 5,000 tasks) taken per loop t
 SIM_FLUSH_INTERVAL, SIM_FLUSH_BATCH = 0.01, 10_000  # simulated pilots: seconds, updates
 # An idle partition takes queued tasks from another holding at least STEAL_MIN_QUEUE,
 # at most STEAL_MAX per round (a round looks at twice as many).
-STEAL_MIN_QUEUE, STEAL_MAX = 100, 1024
+STEAL_MIN_QUEUE, STEAL_MAX = 2, 1024
+BALANCE_INTERVAL = 0.01  # seconds between looks (a look may scan 2 x STEAL_MAX tasks)
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
 SUBMITTED, SCHEDULED, RUNNING = TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
@@ -243,6 +244,7 @@ class Agent:
         self._seq = 0
         self._shapes: dict[tuple[int, int, float, int, int], Shape] = {}
         self._last_heard = time.monotonic()
+        self._balanced = 0.0  # monotonic time partitions were last balanced
         self._stop_reason: str | None = None
         self._tell_client = True
 
@@ -554,29 +556,38 @@ class Agent:
                 if name in requeue:
                     actions.extend(part.scheduler.requeue(requeue[name], now))
                 self._apply(part, actions)
-            if self._only is None:
+            if self._only is None and time.monotonic() - self._balanced >= BALANCE_INTERVAL:
+                self._balanced = time.monotonic()
                 self._balance()
 
     def _balance(self) -> None:
         """Late binding: a partition with nothing queued takes queued tasks it can run
         from the most backlogged other one (the newest half of its queue, in bounded
-        steps), so a fast partition is never idle while a slow one holds a backlog.
-        Pinned tasks stay where they are."""
+        steps), so a fast partition is never idle while a slow one holds a backlog. One
+        whose queued tasks wait while some of its cores idle (functions waiting for its
+        few pool workers, a big task waiting for room) takes tasks that run on cores of
+        their own, up to its size. Pinned tasks stay where they are."""
         live = [p for p in self.partitions.values() if p.lost is None]
         for thief in live:
-            if thief.scheduler.queued:
+            slots_only = thief.scheduler.queued > 0
+            if slots_only and not thief.scheduler.alloc.has_free_core():
                 continue
-            victim = max(live, key=lambda p: p.scheduler.queued)
-            if victim is thief or victim.scheduler.queued < STEAL_MIN_QUEUE:
-                return
+            victim = max((p for p in live if p is not thief), key=lambda p: p.scheduler.queued)
+            if victim.scheduler.queued < STEAL_MIN_QUEUE:
+                continue
             n = min(victim.scheduler.queued // 2, STEAL_MAX)
-            movable = functools.partial(self._movable, to=thief)
+            if slots_only:
+                n = min(n, thief.cores)
+            movable = functools.partial(self._movable, to=thief, slots_only=slots_only)
             taken = victim.scheduler.take_queued(n, movable, 2 * n)
             if taken:
                 self._move_to(thief, [self.tasks[r.uid] for r in taken])
 
-    def _movable(self, request: Request, to: _Partition) -> bool:
+    def _movable(self, request: Request, to: _Partition, slots_only: bool) -> bool:
         spec = self.tasks[request.uid].spec
+        if slots_only and spec.kind == "function" and to.pool_functions and (
+                _request(spec, 0, request.shape, to).pooled):
+            return False  # it would wait for the same few workers
         if spec.partition is not None or (spec.tags and "partition" in spec.tags):
             return False
         traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank)
