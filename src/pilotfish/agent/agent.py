@@ -568,6 +568,8 @@ class Agent:
         few pool workers, a big task waiting for room) takes tasks that run on cores of
         their own, up to its size. Pinned tasks stay where they are."""
         live = [p for p in self.partitions.values() if p.lost is None]
+        if len(live) < 2:
+            return
         for thief in live:
             slots_only = thief.scheduler.queued > 0
             if slots_only and not thief.scheduler.alloc.has_free_core():

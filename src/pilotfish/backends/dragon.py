@@ -264,7 +264,10 @@ class DragonBackend:
         assert self._reactor is not None and self._pidfd is not None
         self._reactor.remove_reader(self._pidfd)
         os.close(self._pidfd)
-        code = self._proc.wait() if self._proc is not None else None
+        code = None
+        if self._proc is not None:
+            code = self._proc.wait()
+            kill_group(self._proc.pid)  # the runtime's processes outlive its launcher
         self._lost(f"the Dragon runtime exited (code {code}); see dragon-{self.name}.log")
 
     def _check_started(self) -> None:
