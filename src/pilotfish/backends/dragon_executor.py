@@ -86,11 +86,14 @@ class Executor:
         self.killed: dict[str, tuple[int, str]] = {}  # uid -> why we killed it
         self.dropped: set[str] = set()  # pool calls already reported: ignore their result
         self.stopping = False
+        self.woken = False  # a wake-up byte is in the pipe, unread
         self.hosts = _hostnames()  # a task's node index picks its host (modulo: virtual nodes)
 
     def _post(self, result: tuple[Any, ...]) -> None:
         self.results.put(result)
-        os.write(self.wake_w, b"x")
+        if not self.woken:  # one wake-up per batch of results, not one write per result
+            self.woken = True
+            os.write(self.wake_w, b"x")
 
     def run(self) -> None:
         self.sock.send(_encode(("ready", os.getpid())))
@@ -103,6 +106,7 @@ class Executor:
             ready = dict(poller.poll(int(min(wait, 1.0) * 1000) + 1))
             if self.wake_r in ready:
                 os.read(self.wake_r, 65536)
+                self.woken = False  # before the results are taken: a later one wakes again
             while self.sock.poll(0):
                 self._handle(_decode(self.sock.recv()))
             self._expire()
