@@ -4,7 +4,8 @@
 It connects back to the agent's Dragon backend over ZeroMQ and runs what it is sent:
 Python functions in a Dragon `multiprocessing` pool, executables as Dragon processes
 (their output appended to the task's files). It reports each task's end with its times,
-and exits when told to stop or when the agent's socket goes quiet for good.
+and exits when told to stop. (The runtime runs in the agent's process session: if the
+agent dies, the client ends that whole session, this runtime included.)
 
 Messages (msgpack tuples), from the agent:
   ("functions", {key: blob})     pickled functions, each sent once
