@@ -121,18 +121,17 @@ def test_instances_start_on_this_host_or_over_their_hosts_under_srun() -> None:
 
 
 class _RecordingJobspec:
-    """Stands in for flux.job.JobspecV1 where Flux is absent: records what is set."""
+    """Stands in for flux.job.JobspecV1 where Flux is absent: records the arguments of
+    `from_command` (flux-core's signature: command, num_tasks, cores_per_task,
+    gpus_per_task, num_nodes, exclusive, duration, environment, env_expand, cwd,
+    rlimits, name, input, output, error, ...)."""
 
-    def __init__(self, **resources: object) -> None:
-        self.resources = resources
-        self.attributes: dict[str, object] = {}
+    def __init__(self, arguments: dict[str, object]) -> None:
+        self.arguments = arguments
 
     @classmethod
-    def from_command(cls, command: list[str], **resources: object) -> _RecordingJobspec:
-        return cls(command=command, **resources)
-
-    def setattr(self, key: str, value: object) -> None:
-        self.attributes[key] = value
+    def from_command(cls, command: list[str], **arguments: object) -> _RecordingJobspec:
+        return cls({"command": command, **arguments})
 
 
 def test_a_task_becomes_a_jobspec_with_its_resources_files_and_limits() -> None:
@@ -141,10 +140,13 @@ def test_a_task_becomes_a_jobspec_with_its_resources_files_and_limits() -> None:
                     ranks_per_node=3, priority=2)
     request = job_request(spec, "/sandbox", {"PATH": "/bin"})
     js = jobspec(type("flux_job", (), {"JobspecV1": _RecordingJobspec}), request)
-    assert js.resources == {"command": ["/bin/app", "-n", "3"], "num_tasks": 6,
-                            "cores_per_task": 2, "gpus_per_task": 1, "num_nodes": 2}
-    assert (js.cwd, js.stdout, js.stderr) == ("/work", "/work/task.000007.out",
-                                              "/work/task.000007.err")
-    assert js.environment == {"PATH": "/bin", "A": "1", "PILOTFISH_TASK_ID": "task.000007"}
-    assert js.duration == 30.0 and js.attributes == {"system.job.name": "task.000007"}
+    assert js.arguments == {
+        "command": ["/bin/app", "-n", "3"], "num_tasks": 6, "cores_per_task": 2,
+        "gpus_per_task": 1, "num_nodes": 2, "duration": 30.0, "cwd": "/work",
+        "environment": {"PATH": "/bin", "A": "1", "PILOTFISH_TASK_ID": "task.000007"},
+        "name": "task.000007", "output": "/work/task.000007.out",
+        "error": "/work/task.000007.err"}
     assert request.urgency == 18
+    untimed = job_request(TaskSpec("t", "executable", "/bin/true"), "/sandbox", {})
+    assert jobspec(type("flux_job", (), {"JobspecV1": _RecordingJobspec}),
+                   untimed).arguments["duration"] is None  # no limit

@@ -69,18 +69,13 @@ def start_command(hosts: Sequence[str] | None) -> list[str]:
 
 
 def jobspec(flux_job: Any, request: JobRequest) -> Any:
-    """A `JobspecV1` for one task."""
-    spec = flux_job.JobspecV1.from_command(
+    """A `JobspecV1` for one task (`from_command` takes every field we set: given no
+    environment it would copy the agent's whole `os.environ` into each job)."""
+    return flux_job.JobspecV1.from_command(
         request.command, num_tasks=request.num_tasks, cores_per_task=request.cores_per_task,
-        gpus_per_task=request.gpus_per_task, num_nodes=request.num_nodes)
-    spec.cwd = request.cwd
-    spec.environment = request.environment
-    spec.stdout = request.stdout
-    spec.stderr = request.stderr
-    if request.duration:
-        spec.duration = request.duration
-    spec.setattr("system.job.name", request.name)
-    return spec
+        gpus_per_task=request.gpus_per_task, num_nodes=request.num_nodes,
+        duration=request.duration or None, environment=request.environment,
+        cwd=request.cwd, name=request.name, output=request.stdout, error=request.stderr)
 
 
 class FluxBackend:
