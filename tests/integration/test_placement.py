@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pilotfish as pf
 
 TD = pf.TaskDescription
@@ -63,3 +65,15 @@ def test_blocked_cores_are_never_used_and_gpus_use_the_platforms_variable(
     assert whole.result(timeout=30) == 0
     assert whole.stdout is not None
     assert whole.stdout.strip() == "1,2,3,4,5,6,7,9|0,1|unset"  # cores 0 and 8 are blocked
+
+
+def test_label_tags_keep_plain_functions_on_the_persistent_workers(
+        session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    labelled = session.submit([pf.TaskDescription(function=os.getpid, tags={"kind": "x"})
+                               for _ in range(20)])
+    grouped = session.submit([pf.TaskDescription(function=os.getpid, tags={"colocate": "g"})
+                              for _ in range(3)])
+    assert session.wait(timeout=60)
+    assert len({t.result() for t in labelled}) == 1  # the node's one worker ran them all
+    assert all(t.state is pf.TaskState.DONE for t in grouped)  # placed with a slot each

@@ -195,7 +195,7 @@ class _Task:
 def _request(spec: m.TaskSpec, seq: int, shape: Shape, part: _Partition) -> Request:
     """What the partition's scheduler places for a task."""
     tags = spec.tags
-    if tags:
+    if tags and ("colocate" in tags or "exclusive" in tags):  # other tags are labels
         return Request(spec.uid, seq, shape, spec.priority, False, tags.get("colocate"),
                        tags.get("exclusive"))
     pooled = (part.pool_functions and spec.kind == "function" and shape.simple
