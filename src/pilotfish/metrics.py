@@ -40,6 +40,7 @@ class TaskRecord(NamedTuple):
     end: float | None
     final: float | None
     partition: str | None = None
+    backend: str | None = None  # of its partition
 
 
 class PilotRecord(NamedTuple):
@@ -53,6 +54,7 @@ class PilotRecord(NamedTuple):
     ready: float | None
     stopped: float | None
     state: str | None
+    backend: str | None = None  # a partition's (partition records only)
 
     @property
     def cores(self) -> int:
@@ -392,6 +394,8 @@ GROUPINGS: dict[str, Grouping] = {
     "kind": Grouping(task_key=lambda t: t.kind),
     "partition": Grouping(task_key=lambda t: t.partition, pilot_key=lambda p: p.uid,
                           by_partition=True),
+    "backend": Grouping(task_key=lambda t: t.backend, pilot_key=lambda p: p.backend,
+                        by_partition=True),
 }
 
 NO_KEY = "(none)"
@@ -444,7 +448,12 @@ def load_session(db: sqlite3.Connection) -> SessionData:
     none4 = (None, None, None, None)
     columns = {row[1] for row in cur.execute("PRAGMA table_info(tasks)")}
     partition = "partition" if "partition" in columns else "NULL"  # older journals: none
-    tasks = [TaskRecord(tid, pilot, kind, cores, gpus, state, *times.get(tid, none4), part)
+    tables = {row[0] for row in cur.execute("SELECT name FROM sqlite_master")}
+    rows = [] if "partitions" not in tables else list(cur.execute(
+        "SELECT pilot, name, backend, nodes FROM partitions"))
+    backend_of = {(pilot, name): backend for pilot, name, backend, _ in rows}
+    tasks = [TaskRecord(tid, pilot, kind, cores, gpus, state, *times.get(tid, none4), part,
+                        backend_of.get((pilot, part)))
              for tid, pilot, kind, cores, gpus, state, part in cur.execute(
                  "SELECT id, pilot, kind, IFNULL(cores, 0), IFNULL(gpus, 0.0), state,"
                  f" {partition} FROM tasks ORDER BY id")]
@@ -452,11 +461,8 @@ def load_session(db: sqlite3.Connection) -> SessionData:
         "SELECT uid, IFNULL(nodes, 0), IFNULL(cores_per_node, 0), IFNULL(gpus_per_node, 0),"
         " started, ready, stopped, state FROM pilots ORDER BY started, uid")]
     by_uid = {p.uid: p for p in pilots}
-    tables = {row[0] for row in cur.execute("SELECT name FROM sqlite_master")}
-    partitions = [] if "partitions" not in tables else [
-        by_uid[pilot]._replace(uid=name, nodes=nodes)
-        for pilot, name, nodes in cur.execute("SELECT pilot, name, nodes FROM partitions")
-        if pilot in by_uid]
+    partitions = [by_uid[pilot]._replace(uid=name, nodes=nodes, backend=backend)
+                  for pilot, name, backend, nodes in rows if pilot in by_uid]
     return SessionData(tasks=tasks, pilots=pilots, last_event=last_event,
                        partitions=partitions)
 
@@ -474,7 +480,8 @@ def load(source: str | Path | sqlite3.Connection) -> SessionData:
 
 def session_metrics(source: str | Path | sqlite3.Connection, by: str | None = None,
                     peak_window: float = 1.0) -> Metrics:
-    """Metrics of a whole session; with `by` ("pilot", "kind"), also per group in `.groups`."""
+    """Metrics of a whole session; with `by` ("pilot", "kind", "partition", "backend"),
+    also per group in `.groups`."""
     data = load(source)
     whole = compute_metrics(data.tasks, data.pilots, data.last_event, peak_window)
     if by is None:

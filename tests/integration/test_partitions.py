@@ -34,6 +34,10 @@ def test_pinned_tasks_run_on_their_partitions_nodes(session: pf.Session) -> None
     assert {t.partition for t in free} <= {"small", "builtin"}
     by = session.metrics(by="partition")
     assert by.groups["small"].offered_cores == 2 and by.groups["builtin"].offered_cores == 6
+    by_backend = session.metrics(by="backend")
+    assert list(by_backend.groups) == ["builtin"]  # both partitions: one backend's 8 cores
+    assert by_backend.groups["builtin"].offered_cores == 8
+    assert by_backend.groups["builtin"].n_tasks == 16
 
 
 def test_tasks_no_partition_can_take_fail_at_once_with_the_reason(session: pf.Session) -> None:
@@ -68,6 +72,10 @@ def test_default_routing_on_a_simulated_flux_dragon_builtin_pilot(session: pf.Se
     assert shared.partition == "builtin"  # only it can share a GPU
     assert refused.state is pf.TaskState.FAILED
     assert "partition 'flux.0' (flux) runs no Python functions" in (refused.error or "")
+    by_backend = session.metrics(by="backend")
+    assert by_backend.groups["flux"].n_tasks == 4 and by_backend.groups["dragon"].n_tasks == 20
+    assert refused.partition is None  # it ran nowhere
+    assert by_backend.groups["flux"].offered_cores == 4 * 8  # its two instances' nodes
 
 
 def test_partition_specs_are_checked_with_the_pilot() -> None:

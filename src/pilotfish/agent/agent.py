@@ -179,7 +179,8 @@ class _Partition:
 
 
 class _Task:
-    __slots__ = ("events", "outcome", "part", "pid", "request", "retried", "spec", "state")
+    __slots__ = ("events", "outcome", "part", "pid", "request", "retried", "routed", "spec",
+                 "state")
 
     def __init__(self, spec: m.TaskSpec, request: Request, part: _Partition) -> None:
         self.spec = spec
@@ -190,6 +191,7 @@ class _Task:
         self.outcome: TaskFinished | None = None
         self.pid: int | None = None
         self.retried = 0  # times placed again after its partition was lost
+        self.routed = True  # False: no partition could take it (it ran nowhere)
 
 
 def _request(spec: m.TaskSpec, seq: int, shape: Shape, part: _Partition) -> Request:
@@ -429,6 +431,7 @@ class Agent:
             if reason is None:
                 per_partition.setdefault(part.name, []).append(request)
             else:
+                task.routed = False
                 rejected.append((task, reason))
         self._seq = seq
         now = self.clock()
@@ -674,7 +677,7 @@ class Agent:
             assert o is not None
             updates.append(m.TaskUpdate(uid, task.state.value, task.events, o.exit_code,
                                         o.error, o.result, o.stdout, o.stderr, task.pid,
-                                        task.part.name))
+                                        task.part.name if task.routed else None))
             self._progress.discard(uid)
         self._final.clear()
         cutoff = math.inf if force else time.monotonic() - PROGRESS_INTERVAL
