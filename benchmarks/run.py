@@ -128,13 +128,13 @@ def run_d1(tmp: str, n: int = 20_000) -> tuple[float, float]:
 
 
 def _dragon_pool_rate(n: int, workers: int) -> float:
-    from pilotfish.backends.dragon import SEGMENT_BYTES, launcher
+    from pilotfish.backends.dragon import SEGMENT_BYTES, launcher, remove_segments, shm_entries
 
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dragon_pool.py")
     env = dict(os.environ, DRAGON_DEFAULT_SEG_SZ=str(SEGMENT_BYTES),
                DRAGON_INF_SEG_SZ=str(SEGMENT_BYTES))
     env["PATH"] = os.path.dirname(launcher()) + os.pathsep + env.get("PATH", "")
-    shm = set(os.listdir("/dev/shm"))
+    shm = shm_entries()
     proc = subprocess.Popen([launcher(), "-s", script, str(n), str(workers)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, process_group=0)
@@ -142,8 +142,7 @@ def _dragon_pool_rate(n: int, workers: int) -> float:
         out, _ = proc.communicate(timeout=600)
     finally:
         kill_group(proc.pid)
-        for name in set(os.listdir("/dev/shm")) - shm:
-            os.unlink(os.path.join("/dev/shm", name))
+        remove_segments(proc.pid, shm)
     return float(out.split()[0])
 
 

@@ -107,6 +107,20 @@ def test_functions_and_executables_run_in_dragon(session: pf.Session) -> None:
     assert set(os.listdir("/dev/shm")) <= shm_before  # Dragon's segments removed
 
 
+def test_two_dragon_instances_run_side_by_side_and_clean_up_their_own(
+        session: pf.Session) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    pilot = session.start_pilot(pf.PilotDescription(
+        nodes=2, cores_per_node=2, partitions=[PS(backend="dragon", instances=2)]))
+    tasks = session.submit([TD(function=square, args=(i,), partition=f"dragon.{i % 2}")
+                            for i in range(10)])
+    assert [t.result(timeout=90) for t in tasks] == [i * i for i in range(10)]
+    assert pilot.process is not None
+    assert len([pid for pid, cmd in children(pilot.process.pid) if "dragon -s" in cmd]) == 2
+    session.close()
+    assert set(os.listdir("/dev/shm")) <= shm_before
+
+
 def test_cancel_and_timeout_in_dragon(session: pf.Session) -> None:
     session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4,
                                             partitions=[PS(backend="dragon")]))

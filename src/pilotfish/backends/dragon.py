@@ -1,15 +1,16 @@
 """The Dragon backend: one Dragon runtime per partition, driven over ZeroMQ.
 
-`start` launches `dragon -s PYTHON -m ...dragon_executor ADDRESS WORKERS` in its own process
-group (Dragon's launcher, its runtime and the executor inside it; not a new session:
-Dragon's launcher does not come up as a session leader); the executor
-connects back and says it is ready, and tasks placed before then wait for it. Functions
-run in a Dragon `multiprocessing` pool, fed ahead like the built-in function workers;
-executables as Dragon processes. `stop` asks the executor to stop, then ends the
-runtime's whole process group by its id and removes the `/dev/shm` segments that appeared
-while it ran (Dragon leaves them when it is killed; its own clean-up tool would remove
-every segment of the user). If the runtime dies, the agent hears `BackendLost` and fails
-or moves its tasks.
+`start` launches `dragon -s PYTHON -m ...dragon_executor ADDRESS WORKERS` in its own
+process group (Dragon's launcher, its runtime and the executor inside it; not a new
+session: Dragon's launcher does not come up as a session leader); the executor connects
+back and says it is ready, and tasks placed before then wait for it. Functions run in a
+Dragon `multiprocessing` pool, fed ahead like the built-in function workers; executables
+as Dragon processes, multi-rank tasks as process groups. `stop` asks the executor to
+stop, then ends the runtime's whole process group by its id and removes the `/dev/shm`
+segments it made (named after its launcher's pid, and new since it started: Dragon
+leaves them when it is killed, and its own clean-up tool would remove every segment of
+the user). If the runtime dies, the agent hears `BackendLost` and fails or moves its
+tasks.
 
 Dragon's segments are sized with `DRAGON_DEFAULT_SEG_SZ` and `DRAGON_INF_SEG_SZ`
 (256 MiB each here, instead of the several GiB Dragon maps by default).
@@ -64,15 +65,30 @@ def launcher() -> str:
     return os.path.join(os.path.dirname(sys.executable), "dragon")
 
 
-def _shm() -> set[str]:
+def shm_entries() -> set[str]:
     try:
         return set(os.listdir("/dev/shm"))
     except OSError:
         return set()
 
 
+def remove_segments(launcher_pid: int, before: set[str]) -> None:
+    """Remove the `/dev/shm` segments of the runtime started by `launcher_pid`.
+
+    Dragon names them DD<launcher pid mod 1000, 4 digits>...; only those that appeared
+    since `before` are this runtime's (others may be another partition's).
+    """
+    prefix = f"DD{launcher_pid % 1000:04d}"
+    for name in shm_entries() - before:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass
+
+
 class DragonBackend:
-    capabilities = Capabilities(executables=True, functions=True, mpi=False, gpus=True)
+    capabilities = Capabilities(executables=True, functions=True, mpi=True, gpus=True)
     function_workers = True  # plain functions are fed ahead to the pool's workers
 
     def __init__(self, name: str, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
@@ -116,7 +132,7 @@ class DragonBackend:
                                             + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
         bin_dir = os.path.dirname(launcher())  # Dragon runs its own tools (dragon-config)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-        self._shm_before = _shm()
+        self._shm_before = shm_entries()
         with open(os.path.join(self.log_dir, f"dragon-{self.name}.log"), "ab") as log:
             self._proc = subprocess.Popen(
                 [launcher(), "-s", sys.executable, "-m", EXECUTOR,
@@ -141,11 +157,8 @@ class DragonBackend:
                 self._proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
-        for name in _shm() - self._shm_before:  # exactly what appeared while it ran
-            try:
-                os.unlink(os.path.join("/dev/shm", name))
-            except OSError:
-                pass
+        if self._proc is not None:
+            remove_segments(self._proc.pid, self._shm_before)
         if self._sock is not None:
             self._sock.close(0)
 
