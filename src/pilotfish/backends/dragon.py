@@ -41,7 +41,7 @@ from .base import (
     TaskFinished,
     TaskStarted,
 )
-from .processes import TAIL_BYTES, NodeLayout, task_environment
+from .processes import NodeLayout, read_tail, task_environment
 
 SEGMENT_BYTES = 256 * 2**20
 START_TIMEOUT = 60.0  # seconds for the runtime to come up
@@ -265,8 +265,8 @@ class DragonBackend:
         stdout = stderr = None
         if placed.spec.kind == "executable":
             cwd = placed.spec.sandbox or self.sandbox
-            stdout, stderr = (_tail(os.path.join(cwd, uid + suffix)) for suffix in (".out",
-                                                                                    ".err"))
+            stdout, stderr = (read_tail(os.path.join(cwd, uid + suffix))
+                              for suffix in (".out", ".err"))
             if error is None and state is TaskState.FAILED:
                 error = (f"killed by signal {-code}" if code is not None and code < 0
                          else f"exit code {code}")
@@ -304,15 +304,4 @@ class DragonBackend:
                 self._sock.send(encode_plain(message), zmq.NOBLOCK)
             except zmq.Again:  # no executor on the other end: it is gone
                 self._lost("the Dragon executor stopped taking messages")
-
-
-def _tail(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - TAIL_BYTES))
-            return f.read().decode(errors="replace") or None
-    except OSError:
-        return None
 

@@ -38,6 +38,7 @@ from .base import (
     TaskFinished,
 )
 from .flux_jobs import FluxJobTracker, JobRequest, job_request
+from .processes import read_tail
 
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
 POLL_SECONDS = 0.005  # the Flux thread's longest wait for journal events between submits
@@ -99,7 +100,7 @@ class FluxBackend:
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._emit: Callable[[BackendEvent], None] = lambda e: None
-        self._lost: str | None = None
+        self._outputs: dict[str, tuple[str, str]] = {}  # uid -> its stdout, stderr files
 
     # ---- life (agent thread) ----------------------------------------------------------
 
@@ -198,6 +199,7 @@ class FluxBackend:
                 futures = [(r.name, flux_job.submit_async(handle, jobspec(flux_job, r),
                                                           urgency=r.urgency))
                            for r in payload]
+                self._outputs.update((r.name, (r.stdout, r.stderr)) for r in payload)
                 for uid, future in futures:  # all sent first: one round trip for the batch
                     try:
                         jobid = int(future.get_id())
@@ -225,9 +227,11 @@ class FluxBackend:
             timeout = 0.0
             outcome = tracker.event(int(event.jobid), event.name, event.timestamp,
                                     event.context)
+            if isinstance(outcome, TaskFinished):
+                ids.pop(outcome.uid, None)
+                out, err = self._outputs.pop(outcome.uid, ("", ""))
+                outcome = outcome._replace(stdout=read_tail(out), stderr=read_tail(err))
             if outcome is not None:
-                if isinstance(outcome, TaskFinished):
-                    ids.pop(outcome.uid, None)
                 self._post(outcome)
 
     def _start_instance(self) -> str:

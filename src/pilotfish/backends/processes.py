@@ -27,6 +27,17 @@ TAIL_BYTES = 4096
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 
 
+def read_tail(path: str) -> str | None:
+    """The last TAIL_BYTES of an output file another runtime wrote (None: empty, absent)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            return f.read().decode(errors="replace") or None
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class NodeLayout:
     """What a node looks like to the processes on it (from the platform profile)."""
