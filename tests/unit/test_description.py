@@ -236,6 +236,20 @@ def test_placement_tags_need_a_group_name_and_tags_map_str_to_str() -> None:
         TaskDescription(executable="x", tags={"exclusive": 1})  # type: ignore[dict-item]
 
 
+def test_a_pmi_tag_names_a_pmi_dragon_knows() -> None:
+    assert TaskDescription(executable="x", ranks=4, tags={"pmi": "pmix"}).tags["pmi"] == "pmix"
+    with invalid("tags", match="'pmi' is one of .*'cray', 'pmix'.*not 'pmi2'"):
+        TaskDescription(executable="x", tags={"pmi": "pmi2"})
+
+
+def test_retries_are_a_non_negative_int() -> None:
+    assert TaskDescription(executable="x", retries=2).retries == 2
+    with invalid("retries"):
+        TaskDescription(executable="x", retries=-1)
+    with pytest.raises(TypeError, match="retries"):
+        TaskDescription(executable="x", retries=1.5)  # type: ignore[arg-type]
+
+
 def test_a_pilot_backend_and_reservation_delay_are_checked() -> None:
     assert PilotDescription(backend="simulated", reserve_after=0).backend == "simulated"
     with invalid("backend", match="known: builtin, simulated"):

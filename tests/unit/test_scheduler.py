@@ -288,6 +288,23 @@ def test_take_queued_leaves_a_reserved_task_on_its_nodes(make) -> None:
     sched.validate()
 
 
+def test_a_reservation_made_before_its_colocate_group_was_bound_elsewhere_is_dropped(
+        ) -> None:
+    sched = Scheduler(4, 4, reserve_after=0.0)
+    sched.submit([task("f0", cores=4), task("f1", cores=2), task("f2", cores=3),
+                  task("f3", cores=3)])  # nodes 0-3: 0, 2, 1 and 1 cores free
+    x = Request("x", next(_seq), Shape(1, 4), colocate="a")
+    assert launched(sched.submit([x, task("z")])) == ["z"]  # x passed over: node 1 drained
+    assert sched.reserved == ("x", [1])
+    y = Request("y", next(_seq), Shape(1, 1), colocate="a")
+    assert sched.submit([y]) == [Launch("y", on(3, (3,)))]  # binds group a to node 3
+    assert sched.completed([("f1", 1.0)], now=1.0) == []  # node 1 is of no use to x
+    assert sched.reserved is None
+    actions = sched.completed([("f3", 1.0), ("y", 1.0)], now=2.0)
+    assert [(a.uid, a.slot.nodes) for a in actions if isinstance(a, Launch)] == [("x", (3,))]
+    sched.validate()
+
+
 def test_a_canceled_head_does_not_block_the_group(make) -> None:
     sched = make(cores=2)
     sched.submit([task("blocker", cores=2), task("a", cores=2), task("b", cores=2)])
