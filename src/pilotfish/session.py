@@ -30,7 +30,8 @@ from .channel import Channel
 from .description import PilotDescription, TaskDescription
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal
-from .pilots.local import kill_session, start_local_agent
+from .pilots.local import start_local_agent
+from .proctree import kill_session
 from .states import TaskState, is_stale
 from .task import Task
 

@@ -9,9 +9,6 @@ import subprocess
 import sys
 
 from ..agent.agent import AgentConfig
-from ..proctree import kill_session
-
-__all__ = ["kill_session", "start_local_agent"]
 
 
 def start_local_agent(cfg: AgentConfig) -> subprocess.Popen[bytes]:
