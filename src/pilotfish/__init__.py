@@ -9,6 +9,7 @@
 
 from .description import InvalidDescription, PilotDescription, TaskDescription
 from .partitions import PartitionSpec
+from .routing import RoutingPolicy, TaskTraits
 from .session import Pilot, PilotExecutor, Session, __version__
 from .states import InvalidTransition, TaskState
 from .task import RemoteError, Task, TaskFailed
@@ -21,10 +22,12 @@ __all__ = [
     "PilotDescription",
     "PilotExecutor",
     "RemoteError",
+    "RoutingPolicy",
     "Session",
     "Task",
     "TaskDescription",
     "TaskFailed",
     "TaskState",
+    "TaskTraits",
     "__version__",
 ]

@@ -22,6 +22,7 @@ import msgspec
 
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
 from .platforms import InvalidPlatform, Platform, load_platform
+from .routing import RoutingPolicy
 
 PLACEMENT_TAGS = ("colocate", "exclusive")
 PMI_KINDS = ("cray", "pmix")  # tags={"pmi": ...}: an MPI process group under Dragon
@@ -274,11 +275,14 @@ class PilotDescription:
     `gpus_per_node` and `mem_per_node` override. On the `local` platform nodes, cores and
     GPUs are virtual: any shape can be exercised on one small machine. `runtime` is the
     pilot's lifetime in seconds (None: until the session closes). `function_workers` is
-    the number of persistent Python worker processes per node (default: the node's cores,
-    capped at the machine's real cores).
+    the number of persistent Python worker processes per node: given, they start with the
+    pilot; by default, as many as the node's cores capped at the machine's real cores,
+    each started at its first task.
     `backend="simulated"` runs nothing: tasks take their `duration` on a virtual clock
     (see backends/simulated.py). `reserve_after` is how long (seconds) a task passed over
-    by smaller ones waits before nodes are drained for it (see scheduler.py).
+    by smaller ones waits before nodes are drained for it (see scheduler.py). `routing`
+    picks each task's partition (default: `routing.RoutingPolicy()`; a subclass changes
+    the rules; it is pickled to the agent and runs there).
     """
 
     platform: str = "local"
@@ -292,6 +296,7 @@ class PilotDescription:
     backend: str = "builtin"
     reserve_after: float = 30.0
     partitions: Sequence[PartitionSpec] = ()
+    routing: RoutingPolicy | None = None
 
     def __post_init__(self) -> None:
         owner = "PilotDescription"
@@ -332,6 +337,22 @@ class PilotDescription:
                 raise InvalidDescription(owner, name, f"must be a number of seconds > 0, "
                                          f"got {value!r}")
         self._check_partitions(owner)
+        if self.routing is not None:
+            if not isinstance(self.routing, RoutingPolicy):
+                raise InvalidDescription(owner, "routing", f"must be a routing.RoutingPolicy "
+                                         f"(or a subclass), got {self.routing!r}")
+            self.routing_blob  # noqa: B018  (it must travel to the agent)
+
+    @property
+    def routing_blob(self) -> bytes | None:
+        """The routing policy, pickled for the agent (None: the default policy)."""
+        if self.routing is None:
+            return None
+        try:
+            return cloudpickle.dumps(self.routing)
+        except Exception as exc:
+            raise InvalidDescription("PilotDescription", "routing", f"cannot be pickled for "
+                                     f"the agent: {exc}") from None
 
     def _check_partitions(self, owner: str) -> None:
         specs = self.partitions

@@ -7,6 +7,7 @@ a timeout) arrives as the task's state change to FAILED with a reason, never as 
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import datetime
 import os
@@ -114,7 +115,9 @@ class Session:
         uid = f"pilot.{len(self.pilots):04d}"
         pilot = Pilot(uid, desc, self.path / uid)
         assert desc.cores_per_node is not None and desc.gpus_per_node is not None
-        self.journal.add_pilot(uid, _json_encode(asdict(desc)).decode(), desc.nodes,
+        recorded = {**asdict(desc), "routing": type(desc.routing).__qualname__
+                    if desc.routing is not None else None}
+        self.journal.add_pilot(uid, _json_encode(recorded).decode(), desc.nodes,
                                desc.cores_per_node, desc.gpus_per_node, time.time())
         self.journal.add_partitions(uid, [(p.name, p.backend, p.first, p.nodes)
                                           for p in desc.layout])
@@ -124,6 +127,8 @@ class Session:
             client_address=address, pilot_uid=uid, sandbox=str(pilot.sandbox.resolve()),
             nodes=desc.nodes, cores_per_node=desc.cores_per_node,
             gpus_per_node=desc.gpus_per_node, workers_per_node=desc.workers_per_node,
+            function_workers=desc.function_workers,
+            routing=base64.b64encode(blob).decode() if (blob := desc.routing_blob) else None,
             mem_per_node=desc.mem_per_node or 0, core_ids=list(desc.core_ids),
             gpu_env=desc.profile.gpu_env or "CUDA_VISIBLE_DEVICES", backend=desc.backend,
             reserve_after=desc.reserve_after,

@@ -107,6 +107,58 @@ def test_functions_and_executables_run_in_dragon(session: pf.Session) -> None:
     assert set(os.listdir("/dev/shm")) <= shm_before  # Dragon's segments removed
 
 
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def write_pid_and_nap(path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(60)
+
+
+def test_more_workers_than_cpus_run_functions_in_pilotfish_workers_inside_dragon(
+        session: pf.Session, tmp_path: Path) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    workers = (os.cpu_count() or 1) + 2  # more than the CPUs: not a Dragon pool
+    pilot = session.start_pilot(pf.PilotDescription(
+        nodes=1, cores_per_node=workers, gpus_per_node=1, function_workers=workers,
+        partitions=[PS(backend="dragon")]))
+    squares = session.submit([TD(function=square, args=(i,)) for i in range(500)])
+    assert [t.result(timeout=90) for t in squares] == [i * i for i in range(500)]
+    pids = {t.result(timeout=30) for t in session.submit(
+        [TD(function=pid_after, args=(0.5,)) for _ in range(workers)])}
+    assert len(pids) == workers  # one task each, at once
+    launcher = dragon_launcher(pilot)
+    assert {os.getpgid(pid) for pid in pids} == {launcher}  # Dragon's processes
+    assert pilot.process is not None
+    assert not pids & {pid for pid, _ in children(pilot.process.pid)}  # not the agent's
+    gpu = session.submit(TD(function=visible_gpus, gpus_per_rank=1))
+    assert gpu.result(timeout=30) == "0"  # a one-off worker that sees its GPU only
+    # Timeout and cancel interrupt the function; a killed worker fails only its task.
+    late = session.submit(TD(function=nap, args=(60,), timeout=1))
+    napping = session.submit(TD(function=nap, args=(60,)))
+    marker = tmp_path / "pid"
+    victim = session.submit(TD(function=write_pid_and_nap, args=(str(marker),)))
+    wait_until(lambda: napping.state is pf.TaskState.RUNNING and marker.exists())
+    start = time.monotonic()
+    napping.cancel()
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    with pytest.raises(pf.TaskFailed, match="timed out after 1"):
+        late.result(timeout=10)
+    with pytest.raises(pf.TaskFailed, match="function worker died"):
+        victim.result(timeout=10)
+    assert session.wait(timeout=10) and napping.state is pf.TaskState.CANCELED
+    assert time.monotonic() - start < 10
+    after = session.submit([TD(function=square, args=(i,)) for i in range(50)])
+    assert [t.result(timeout=30) for t in after] == [i * i for i in range(50)]
+    session.close()
+    assert process_gone(launcher, 30)
+    assert set(os.listdir("/dev/shm")) <= shm_before
+
+
 def test_two_dragon_instances_run_side_by_side_and_clean_up_their_own(
         session: pf.Session) -> None:
     shm_before = set(os.listdir("/dev/shm"))

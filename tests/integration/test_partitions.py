@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping, Sequence
+
 import pytest
 
 import pilotfish as pf
 from pilotfish.backends.flux import flux_available
+from pilotfish.partitions import Partition
 
 TD = pf.TaskDescription
 PS = pf.PartitionSpec
@@ -76,6 +80,41 @@ def test_default_routing_on_a_simulated_flux_dragon_builtin_pilot(session: pf.Se
     assert by_backend.groups["flux"].n_tasks == 4 and by_backend.groups["dragon"].n_tasks == 20
     assert refused.partition is None  # it ran nowhere
     assert by_backend.groups["flux"].offered_cores == 4 * 8  # its two instances' nodes
+
+
+class ExecutablesToDragon(pf.RoutingPolicy):
+    """Single-rank executables to the Dragon partition, functions to the built-in one."""
+
+    function_backends = ("builtin",)
+
+    def choose(self, traits: pf.TaskTraits, able: Sequence[Partition],
+               load: Mapping[str, float]) -> Partition:
+        if traits.kind == "executable" and traits.ranks == 1:
+            return next(p for p in able if p.backend == "dragon")
+        return super().choose(traits, able, load)
+
+
+def test_a_routing_policy_of_the_users_routes_in_the_agent(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        backend="simulated", nodes=4, cores_per_node=8, routing=ExecutablesToDragon(),
+        partitions=[PS(backend="flux", nodes=2), PS(backend="dragon", nodes=1),
+                    PS(backend="builtin")]))
+    executables = session.submit([TD(executable="sleep", arguments=["5"]) for _ in range(8)])
+    functions = session.submit([TD(function=pow, args=(2, 2)) for _ in range(8)])
+    mpi = session.submit(TD(executable="sleep", arguments=["5"], ranks=16, ranks_per_node=8))
+    assert session.wait(timeout=60)
+    assert {t.partition for t in executables} == {"dragon"}
+    assert {t.partition for t in functions} == {"builtin"}
+    assert mpi.partition == "flux"  # the default rules for the rest
+
+
+def test_routing_must_be_a_policy_that_can_travel() -> None:
+    with pytest.raises(pf.InvalidDescription, match="routing: must be a routing.RoutingPolicy"):
+        pf.PilotDescription(routing=lambda traits: "builtin")  # type: ignore[arg-type]
+    unpicklable = pf.RoutingPolicy()
+    unpicklable.lock = threading.Lock()  # type: ignore[attr-defined]
+    with pytest.raises(pf.InvalidDescription, match="routing: cannot be pickled"):
+        pf.PilotDescription(routing=unpicklable)
 
 
 def test_partition_specs_are_checked_with_the_pilot() -> None:

@@ -10,12 +10,15 @@ update (SCHEDULED, RUNNING) goes out only for a task that stayed in that state f
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import json
 import math
 import os
+import pickle
 import resource
+import sys
 import time
 import traceback
 from collections import deque
@@ -73,6 +76,8 @@ class AgentConfig:
     cores_per_node: int
     gpus_per_node: int
     workers_per_node: int
+    function_workers: int | None = None  # the user's explicit choice, if any
+    routing: str | None = None  # base64 of the pickled RoutingPolicy (None: the default)
     mem_per_node: int = 0  # MiB
     core_ids: list[int] | None = None  # physical id of each usable core (None: 0, 1, ...)
     gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # how a rank is told its GPUs
@@ -87,6 +92,17 @@ class AgentConfig:
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:
         return cls(**json.loads(text))
+
+
+def _load_router(cfg: AgentConfig) -> RoutingPolicy:
+    """The user's routing policy (its class may live in the client's modules), or the
+    default one."""
+    if not cfg.routing:
+        return RoutingPolicy()
+    sys.path.extend(p for p in cfg.python_path if p and p not in sys.path)
+    router = pickle.loads(base64.b64decode(cfg.routing))
+    assert isinstance(router, RoutingPolicy)
+    return router
 
 
 @dataclass(slots=True)
@@ -230,7 +246,7 @@ class Agent:
         layouts = [Partition(*p) for p in cfg.partitions] or [
             Partition(cfg.backend, cfg.backend, 0, cfg.nodes)]
         self.partitions = {p.name: self._make_partition(p) for p in layouts}
-        self.router = RoutingPolicy()
+        self.router = _load_router(cfg)
         self._layouts = layouts
         # With one partition that runs anything, tasks need no routing.
         only = next(iter(self.partitions.values()))
@@ -253,7 +269,9 @@ class Agent:
     def _make_partition(self, layout: Partition) -> _Partition:
         cfg = self.cfg
         workers = cfg.workers_per_node
-        if layout.backend == "dragon" and self._simulated is None:  # the pool's size
+        if layout.backend == "dragon" and self._simulated is None and cfg.function_workers is None:
+            # Idle Dragon pool workers spin (no-op calls through Pool(8) on 2 CPUs ran 30x
+            # slower than through Pool(2)): unless told otherwise, no more than the CPUs.
             workers = max(1, min(workers, (os.cpu_count() or 1) // layout.nodes))
         scheduler = Scheduler(layout.nodes, cfg.cores_per_node, cfg.gpus_per_node,
                               workers, cfg.mem_per_node, cfg.reserve_after)
@@ -269,11 +287,13 @@ class Agent:
             return _Partition(layout, scheduler, flux, False)
         if layout.backend == "dragon":
             dragon = DragonBackend(layout.name, self.task_sandbox, nodes, self.functions,
-                                   cfg.sandbox, layout.nodes * workers, cfg.python_path)
+                                   cfg.sandbox, layout.nodes, workers, cfg.python_path)
             return _Partition(layout, scheduler, dragon, True)
+        # Workers the user asked for are started with the pilot; by default, on first use.
         backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,
                                  log_dir=cfg.sandbox, python_path=cfg.python_path,
-                                 cores=layout.nodes * cfg.cores_per_node)
+                                 cores=layout.nodes * cfg.cores_per_node,
+                                 prestart=layout.nodes * workers if cfg.function_workers else 0)
         return _Partition(layout, scheduler, backend, True)
 
     @property

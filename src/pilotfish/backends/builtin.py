@@ -18,14 +18,17 @@ class BuiltinBackend:
     capabilities = Capabilities(executables=True, functions=True, mpi=False, gpus=True)
 
     def __init__(self, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
-                 log_dir: str, python_path: list[str] | None = None, cores: int = 0) -> None:
+                 log_dir: str, python_path: list[str] | None = None, cores: int = 0,
+                 prestart: int = 0) -> None:
         self.processes = ProcessRunner(sandbox, layout, slots=cores)
         self.pool = FunctionPool(log_dir, functions, python_path or [])
         self.layout = layout
+        self.prestart = prestart  # function workers to start now, not at their first task
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self.processes.start(reactor, emit)
         self.pool.start(reactor, emit)
+        self.pool.prestart([f"w{i}" for i in range(self.prestart)])
 
     def launch(self, tasks: Sequence[PlacedTask]) -> None:
         executables = [t for t in tasks if t.spec.kind == "executable"]

@@ -3,14 +3,23 @@
 `start` launches `dragon -s PYTHON -m ...dragon_executor ADDRESS WORKERS` in its own
 process group (Dragon's launcher, its runtime and the executor inside it; not a new
 session: Dragon's launcher does not come up as a session leader); the executor connects
-back and says it is ready, and tasks placed before then wait for it. Functions run in a
-Dragon `multiprocessing` pool, fed ahead like the built-in function workers; executables
-as Dragon processes, multi-rank tasks as process groups. `stop` asks the executor to
-stop, then ends the runtime's whole process group by its id and removes the `/dev/shm`
-segments it made (named after its launcher's pid, and new since it started: Dragon
-leaves them when it is killed, and its own clean-up tool would remove every segment of
-the user). If the runtime dies, the agent hears `BackendLost` and fails or moves its
-tasks.
+back and says it is ready, and tasks placed before then wait for it. Executables run as
+Dragon processes, multi-rank tasks as process groups.
+
+Functions are fed ahead like the built-in function workers, to one of two kinds of
+workers. Where each worker has a CPU of its own, a Dragon `multiprocessing` pool. Where
+workers would share CPUs (more workers than the host has CPUs, as in a pilot of many
+virtual cores), pilotfish's own function workers (agent/worker.py), started as Dragon
+processes: Dragon's pool workers spin while they wait for work, and on 2 CPUs a pool of
+32 took from 10.5 s to 167 s, run to run, for 320 one-second functions (ideal: 10 s),
+while pilotfish's workers block. (They also give functions what the pool cannot: cancel
+and timeout interrupt the function, and a dead worker fails only its task.)
+
+`stop` asks the executor to stop, then ends the runtime's whole process group by its id
+and removes the `/dev/shm` segments it made (named after its launcher's pid, and new
+since it started: Dragon leaves them when it is killed, and its own clean-up tool would
+remove every segment of the user). If the runtime dies, the agent hears `BackendLost`
+and fails or moves its tasks.
 
 Dragon's segments are sized with `DRAGON_DEFAULT_SEG_SZ` and `DRAGON_INF_SEG_SZ`
 (256 MiB each here, instead of the several GiB Dragon maps by default).
@@ -41,6 +50,7 @@ from .base import (
     TaskFinished,
     TaskStarted,
 )
+from .function_pool import FunctionPool
 from .processes import NodeLayout, read_tail, task_environment
 
 SEGMENT_BYTES = 256 * 2**20
@@ -87,21 +97,58 @@ def remove_segments(launcher_pid: int, before: set[str]) -> None:
                 pass
 
 
+class DragonProcesses:
+    """Function workers started as Dragon processes by the executor (see FunctionPool)."""
+
+    def __init__(self, backend: DragonBackend) -> None:
+        self.backend = backend
+        self.node_of: dict[str, int] = {}  # worker ident -> its node, set before it starts
+        self._on_exit: dict[str, Callable[[int | None], None]] = {}
+        self.unsent: list[tuple[Any, ...]] = []  # asked for before the runtime was ready
+
+    def start(self, reactor: Reactor, ident: str, argv: list[str], env: dict[str, str],
+              cwd: str, log: str, on_exit: Callable[[int | None], None]) -> None:
+        self._on_exit[ident] = on_exit
+        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}  # Dragon's own stay
+        message = ("worker", ident, argv, changed, cwd, log, self.node_of.pop(ident, 0))
+        if self.backend._ready:
+            self.backend._send(message)
+        else:
+            self.unsent.append(message)
+
+    def exited(self, ident: str, code: int | None) -> None:
+        on_exit = self._on_exit.pop(ident, None)
+        if on_exit is not None:
+            on_exit(code)
+
+    def signal(self, ident: str, signum: int) -> None:
+        if ident in self._on_exit:
+            self.backend._send(("signal", ident, signum))
+
+    def stop(self, timeout: float) -> None:
+        """Nothing to wait for: stopping the runtime ends its processes."""
+
+
 class DragonBackend:
     capabilities = Capabilities(executables=True, functions=True, mpi=True, gpus=True)
-    function_workers = True  # plain functions are fed ahead to the pool's workers
+    function_workers = True  # plain functions are fed ahead to the workers
 
     def __init__(self, name: str, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
-                 log_dir: str, workers: int, python_path: list[str]) -> None:
+                 log_dir: str, nodes: int, workers_per_node: int, python_path: list[str]
+                 ) -> None:
         self.name = name
         self.sandbox = sandbox
         self.layout = layout
         self.functions = functions
         self.log_dir = log_dir
-        # As many as the built-in function workers, but never more than the host's CPUs:
-        # idle Dragon pool workers spin (no-op calls through Pool(8) on 2 CPUs ran 30x
-        # slower than through Pool(2) here, whatever DRAGON_USER_WAIT_MODE said).
-        self.workers = max(1, min(workers, os.cpu_count() or 1))
+        self.workers_per_node = workers_per_node
+        self.workers = nodes * workers_per_node
+        # Dragon's pool only where each worker has a CPU (see the module docstring).
+        self.processes: DragonProcesses | None = None
+        self.pool: FunctionPool | None = None
+        if self.workers > (os.cpu_count() or 1):
+            self.processes = DragonProcesses(self)
+            self.pool = FunctionPool(log_dir, functions, python_path, self.processes)
         self.python_path = python_path
         self._sent_functions: set[str] = set()
         self._tasks: dict[str, PlacedTask | DispatchedTask] = {}  # sent or waiting, not ended
@@ -121,6 +168,8 @@ class DragonBackend:
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self._reactor, self._emit = reactor, emit
+        if self.pool is not None:
+            self.pool.start(reactor, emit)
         os.makedirs(self.sandbox, exist_ok=True)
         self._sock = zmq.Context.instance().socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -136,7 +185,8 @@ class DragonBackend:
         with open(os.path.join(self.log_dir, f"dragon-{self.name}.log"), "ab") as log:
             self._proc = subprocess.Popen(
                 [launcher(), "-s", sys.executable, "-m", EXECUTOR,
-                 f"tcp://127.0.0.1:{port}", str(self.workers)], stdin=subprocess.DEVNULL,
+                 f"tcp://127.0.0.1:{port}", str(0 if self.pool else self.workers)],
+                stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.sandbox, env=env,
                 process_group=0)
         self._pidfd = os.pidfd_open(self._proc.pid)
@@ -145,6 +195,8 @@ class DragonBackend:
         reactor.call_later(START_TIMEOUT, self._check_started)
 
     def stop(self, timeout: float) -> None:
+        if self.pool is not None:
+            self.pool.stop(timeout)
         if self._proc is not None and self._proc.poll() is None and self._ready:
             self._send(("stop",))
             try:
@@ -165,6 +217,11 @@ class DragonBackend:
     # ---- tasks ------------------------------------------------------------------------
 
     def launch(self, tasks: Sequence[PlacedTask | DispatchedTask]) -> None:
+        if self.pool is not None and self.processes is not None:
+            functions = [t for t in tasks if t.spec.kind == "function"]
+            tasks = [t for t in tasks if t.spec.kind != "function"]
+            for task in functions:
+                self._to_worker(task, self.pool, self.processes)
         for placed in tasks:
             self._tasks[placed.spec.uid] = placed
         if self._dead is not None:
@@ -175,11 +232,26 @@ class DragonBackend:
             self._send_tasks(tasks)
 
     def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
-        """Plain functions queued ahead for a worker: the pool has one per core, and
-        schedules them itself (the worker index is the scheduler's bookkeeping)."""
+        """Plain functions queued ahead for a worker (a Dragon pool schedules them itself:
+        there the worker index is only the scheduler's bookkeeping)."""
         self.launch(tasks)
 
+    def _to_worker(self, task: PlacedTask | DispatchedTask, pool: FunctionPool,
+                   processes: DragonProcesses) -> None:
+        """A function for pilotfish's workers: its pooled worker, or a one-off worker
+        that sees only the task's GPUs if it has a slot of its own."""
+        if isinstance(task, DispatchedTask):
+            ident = f"w{task.worker}"
+            processes.node_of[ident] = task.node
+            pool.dispatch([(task.spec, ident)])
+        else:
+            ident = f"task-{task.spec.uid}"
+            processes.node_of[ident] = task.slot.nodes[0]
+            pool.dispatch([(task.spec, ident)], env=self._gpu_env(task))
+
     def cancel(self, uids: Sequence[str]) -> None:
+        if self.pool is not None:
+            uids = self.pool.cancel(uids)
         ours = [u for u in uids if u in self._tasks]
         waiting = {t.spec.uid for t in self._waiting}
         now = time.time()
@@ -247,6 +319,15 @@ class DragonBackend:
             kind = msg[0]
             if kind == "ready":
                 self._ready = True
+                if self.pool is not None and self.processes is not None:
+                    per_node = self.workers_per_node
+                    idents = [f"w{i}" for i in range(self.workers)]
+                    self.processes.node_of.update((w, i // per_node)
+                                                  for i, w in enumerate(idents))
+                    self.pool.prestart(idents)  # as a pool would: all up front
+                    for message in self.processes.unsent:
+                        self._send(message)
+                    self.processes.unsent = []
                 waiting, self._waiting = self._waiting, []
                 if waiting:
                     self._send_tasks(waiting)
@@ -255,6 +336,8 @@ class DragonBackend:
             elif kind == "done":
                 for uid, outcome, blob, error, start, stop, code in msg[1]:
                     self._finish(uid, outcome, blob, error, start, stop, code)
+            elif kind == "exited" and self.processes is not None:
+                self.processes.exited(msg[1], msg[2])
 
     def _finish(self, uid: str, outcome: int, blob: bytes | None, error: str | None,
                 start: float | None, stop: float, code: int | None) -> None:

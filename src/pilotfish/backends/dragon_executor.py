@@ -2,8 +2,10 @@
 `dragon -s PYTHON -m pilotfish.backends.dragon_executor ADDRESS WORKERS`.
 
 It connects back to the agent's Dragon backend over ZeroMQ and runs what it is sent:
-Python functions in a Dragon `multiprocessing` pool, executables as Dragon processes
-(their output appended to the task's files). It reports each task's end with its times,
+Python functions in a Dragon `multiprocessing` pool of WORKERS processes (none if 0),
+executables as Dragon processes (their output appended to the task's files), and
+pilotfish's own function workers as Dragon processes (they talk to the agent directly;
+see backends/dragon.py for when). It reports each task's end with its times,
 and exits when told to stop. (The runtime runs in the agent's process session: if the
 agent dies, the client ends that whole session, this runtime included.)
 
@@ -12,10 +14,13 @@ Messages (msgpack tuples), from the agent:
   ("call", [(uid, key, args_blob, timeout, env), ...])  env: the GPU variable or None
   ("exec", [(uid, [(argv, env, node, cpus) per rank], cwd, out_path, err_path, timeout,
              pmi), ...])                     pmi: None, "cray" or "pmix" (MPI groups)
+  ("worker", ident, argv, env, cwd, log_path, node)   a function worker; output to log
+  ("signal", ident, signum)      to a function worker
   ("cancel", [uid, ...])         ("stop",)
 to the agent:
   ("ready", pid)   ("started", uid, ts)
   ("done", [(uid, outcome, result_blob, error, exec_start, exec_stop, exit_code), ...])
+  ("exited", ident, exit_code)   a function worker ended (exit_code None: never started)
 Outcomes are those of the function workers (agent/worker.py): OK, ERROR, CANCELED, TIMEOUT.
 """
 
@@ -77,7 +82,9 @@ class Executor:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(address)
-        self.pool = mp.Pool(workers)
+        self.pool = mp.Pool(workers) if workers else None
+        self.workers: dict[str, Any] = {}  # function worker ident -> dragon Process
+        self.exits: queue.SimpleQueue[tuple[str, int | None]] = queue.SimpleQueue()
         self.blobs: dict[str, bytes] = {}
         self.results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()  # results from other threads wake the loop
@@ -92,6 +99,9 @@ class Executor:
 
     def _post(self, result: tuple[Any, ...]) -> None:
         self.results.put(result)
+        self._wake()
+
+    def _wake(self) -> None:
         if not self.woken:  # one wake-up per batch of results, not one write per result
             self.woken = True
             os.write(self.wake_w, b"x")
@@ -112,8 +122,9 @@ class Executor:
                 self._handle(_decode(self.sock.recv()))
             self._expire()
             self._send_results()
-        self.pool.terminate()
-        for proc in list(self.procs.values()):
+        if self.pool is not None:
+            self.pool.terminate()
+        for proc in [*self.procs.values(), *self.workers.values()]:
             proc.kill()
 
     def _handle(self, msg: list[Any]) -> None:
@@ -125,11 +136,18 @@ class Executor:
                 self.calls.add(uid)
                 if timeout:
                     self.deadlines[uid] = time.time() + timeout
+                assert self.pool is not None
                 self.pool.apply_async(call, (key, self.blobs[key], args_blob, env),
                                       callback=functools.partial(self._called, uid))
         elif kind == "exec":
             for task in msg[1]:
                 self._start_process(*task)
+        elif kind == "worker":
+            self._start_worker(*msg[1:])
+        elif kind == "signal":
+            worker = self.workers.get(msg[1])
+            if worker is not None:
+                worker.send_signal(msg[2])
         elif kind == "cancel":
             for uid in msg[1]:
                 self._kill(uid, CANCELED, "canceled")
@@ -166,6 +184,27 @@ class Executor:
         if timeout:
             self.deadlines[uid] = start + timeout
         threading.Thread(target=self._wait, args=(uid, proc, start), daemon=True).start()
+
+    def _start_worker(self, ident: str, argv: list[str], env: dict[str, str], cwd: str,
+                      log: str, node: int) -> None:
+        try:
+            proc = self._template((argv, env, node, []), cwd, log, log, template=False)
+            proc.start()
+        except Exception as exc:
+            with open(log, "a") as f:
+                print(f"cannot start the worker in Dragon: {exc}", file=f)
+            self._exited(ident, None)
+            return
+        self.workers[ident] = proc
+        threading.Thread(target=self._wait_worker, args=(ident, proc), daemon=True).start()
+
+    def _wait_worker(self, ident: str, proc: Any) -> None:
+        proc.join()
+        self._exited(ident, proc.returncode)
+
+    def _exited(self, ident: str, code: int | None) -> None:
+        self.exits.put((ident, code))
+        self._wake()
 
     def _template(self, rank: tuple[list[str], dict[str, str], int, list[int]], cwd: str,
                   out: str, err: str, template: bool) -> Any:
@@ -233,6 +272,10 @@ class Executor:
             done.append((uid, outcome, blob, error, start, stop, code))
         if done:
             self.sock.send(_encode(("done", done)))
+        while not self.exits.empty():
+            ident, code = self.exits.get_nowait()
+            self.workers.pop(ident, None)
+            self.sock.send(_encode(("exited", ident, code)))
 
 
 def _hostnames() -> list[str]:

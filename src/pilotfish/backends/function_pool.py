@@ -14,6 +14,9 @@ the last milliseconds without their result reaching the agent (they run again).
 A task that outlives its timeout, or a cancel, by `FORCE_GRACE` seconds (code stuck in C
 never sees the worker's signals) has its worker killed: it fails (or ends CANCELED) with
 that reason, and the worker is replaced.
+
+Where the workers run is pluggable (`WorkerProcesses`): local child processes here
+(`LocalProcesses`), Dragon processes for a Dragon partition (backends/dragon.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -47,11 +50,70 @@ _OUTCOME = {
 }
 
 
+class WorkerProcesses(Protocol):
+    """Starts, signals and stops worker processes, and says when one has exited."""
+
+    def start(self, reactor: Reactor, ident: str, argv: list[str], env: dict[str, str],
+              cwd: str, log: str, on_exit: Callable[[int | None], None]) -> None:
+        """Start a worker; call `on_exit` with its exit code (None: unknown) once it ends."""
+
+    def signal(self, ident: str, signum: int) -> None:
+        """Signal a worker (SIGKILL: kill it, and whatever it started)."""
+
+    def stop(self, timeout: float) -> None:
+        """Wait up to `timeout` for the workers told to stop, then kill the rest."""
+
+
+class LocalProcesses:
+    """Workers as child processes of the agent, each leading its own process group."""
+
+    def __init__(self) -> None:
+        self._procs: dict[str, tuple[int, int]] = {}  # ident -> (pid, pidfd)
+        self._reactor: Reactor | None = None
+
+    def start(self, reactor: Reactor, ident: str, argv: list[str], env: dict[str, str],
+              cwd: str, log: str, on_exit: Callable[[int | None], None]) -> None:
+        self._reactor = reactor
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, process_group=0)
+        proc.returncode = 0  # reaped through its pidfd, not by Popen
+        pidfd = os.pidfd_open(proc.pid)
+        self._procs[ident] = (proc.pid, pidfd)
+        reactor.add_reader(pidfd, lambda: on_exit(self._reap(ident)))
+
+    def _reap(self, ident: str) -> int:
+        pid, pidfd = self._procs.pop(ident)
+        assert self._reactor is not None
+        self._reactor.remove_reader(pidfd)
+        os.close(pidfd)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    def signal(self, ident: str, signum: int) -> None:
+        if ident not in self._procs:
+            return
+        pid = self._procs[ident][0]
+        if signum == signal.SIGKILL:
+            signal_group(pid, signum)
+            return
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for pid, pidfd in self._procs.values():
+            if not wait_fd(pidfd, deadline - time.monotonic()):
+                signal_group(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+        self._procs.clear()
+
+
 @dataclass(slots=True)
 class _Worker:
     ident: str
-    proc: subprocess.Popen[bytes]
-    pidfd: int
     log: str
     counter: str  # file where the worker counts the tasks it started
     forced: dict[str, tuple[TaskState, str]] = field(default_factory=dict)  # why killed
@@ -66,9 +128,10 @@ class _Worker:
 
 
 class FunctionPool:
-    def __init__(self, sandbox: str, functions: dict[str, bytes], python_path: list[str]
-                 ) -> None:
+    def __init__(self, sandbox: str, functions: dict[str, bytes], python_path: list[str],
+                 processes: WorkerProcesses | None = None) -> None:
         self.sandbox = sandbox
+        self.processes = processes or LocalProcesses()
         # Workers import functions pickled by reference from the client's own modules.
         self._env = dict(os.environ)
         if python_path:
@@ -125,17 +188,20 @@ class FunctionPool:
         counter = os.path.join(self.sandbox, f"worker.{ident}.started")
         with open(counter, "wb") as f:
             f.write(bytes(8))
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pilotfish.agent.worker", self.address, ident, counter],
-                cwd=self.sandbox, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**self._env, **(env or {})}, process_group=0,
-            )
-        proc.returncode = 0  # reaped through its pidfd, not by Popen
-        worker = _Worker(ident, proc, os.pidfd_open(proc.pid), log, counter, one_off=one_off)
+        worker = _Worker(ident, log, counter, one_off=one_off)
         self._workers[ident] = worker
-        self._reactor.add_reader(worker.pidfd, lambda: self._on_exit(worker))
+        self.processes.start(
+            self._reactor, ident,
+            [sys.executable, "-m", "pilotfish.agent.worker", self.address, ident, counter],
+            {**self._env, **(env or {})}, self.sandbox, log,
+            lambda code: self._on_exit(worker, code))
         return worker
+
+    def prestart(self, idents: Sequence[str]) -> None:
+        """Start these workers now rather than at their first task."""
+        for ident in idents:
+            if ident not in self._workers:
+                self._spawn(ident, None, one_off=False)
 
     def _send_run(self, worker: _Worker, items: list[tuple[Any, ...]]) -> None:
         new = {key for _, key, _, _ in items if key not in worker.known_functions}
@@ -178,18 +244,14 @@ class FunctionPool:
         if worker.one_off and not worker.outstanding:
             self._send(worker, ("stop",))
 
-    def _on_exit(self, worker: _Worker) -> None:
-        assert self._reactor is not None
+    def _on_exit(self, worker: _Worker, code: int | None) -> None:
         self._on_message()  # results it sent before it died count
-        self._reactor.remove_reader(worker.pidfd)
-        os.close(worker.pidfd)
-        _, status = os.waitpid(worker.proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        del self._workers[worker.ident]
+        self._workers.pop(worker.ident, None)
         started = _read_started(worker.counter)
         if not worker.outstanding:
             return
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        how = ("exited" if code is None else f"killed by signal {-code}" if code < 0
+               else f"exit code {code}")
         now = time.time()
         uids = list(worker.outstanding)
         for uid in uids:
@@ -249,10 +311,9 @@ class FunctionPool:
         if self._timeouts or self._canceling:
             self._watch_soon()
 
-    @staticmethod
-    def _force(worker: _Worker, uid: str, state: TaskState, why: str) -> None:
+    def _force(self, worker: _Worker, uid: str, state: TaskState, why: str) -> None:
         worker.forced[uid] = (state, why)
-        signal_group(worker.proc.pid, signal.SIGKILL)
+        self.processes.signal(worker.ident, signal.SIGKILL)
 
     def cancel(self, uids: Sequence[str]) -> list[str]:
         """Ask workers to cancel these tasks; return the uids that are not ours."""
@@ -264,10 +325,7 @@ class FunctionPool:
                 continue
             if worker.ready:
                 self._send(worker, ("cancel", [uid]))
-                try:
-                    os.kill(worker.proc.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
+                self.processes.signal(worker.ident, signal.SIGUSR1)
                 self._canceling[uid] = time.monotonic()
                 self._watch_soon()
             else:  # not started yet: it never runs
@@ -275,7 +333,7 @@ class FunctionPool:
                 worker.unsent = [item for item in worker.unsent if item[0] != uid]
                 self._forget(uid)
                 if worker.one_off and not worker.outstanding:
-                    signal_group(worker.proc.pid, signal.SIGKILL)
+                    self.processes.signal(worker.ident, signal.SIGKILL)
                 now = time.time()
                 self._emit(TaskFinished(uid, TaskState.CANCELED, None, now, error="canceled"))
         return others
@@ -283,12 +341,7 @@ class FunctionPool:
     def stop(self, timeout: float) -> None:
         for worker in self._workers.values():
             self._send(worker, ("stop",))
-        deadline = time.monotonic() + timeout
-        for worker in list(self._workers.values()):
-            if not wait_fd(worker.pidfd, deadline - time.monotonic()):
-                signal_group(worker.proc.pid, signal.SIGKILL)
-            os.waitpid(worker.proc.pid, 0)
-            os.close(worker.pidfd)
+        self.processes.stop(timeout)
         self._workers.clear()
         self._sock.close(linger=0)
 
