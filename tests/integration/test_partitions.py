@@ -109,7 +109,7 @@ def test_a_routing_policy_of_the_users_routes_in_the_agent(session: pf.Session) 
 
 
 def test_routing_must_be_a_policy_that_can_travel() -> None:
-    with pytest.raises(pf.InvalidDescription, match="routing: must be a routing.RoutingPolicy"):
+    with pytest.raises(pf.InvalidDescription, match=r"routing: must be a routing\.RoutingPolicy"):
         pf.PilotDescription(routing=lambda traits: "builtin")  # type: ignore[arg-type]
     unpicklable = pf.RoutingPolicy()
     unpicklable.lock = threading.Lock()  # type: ignore[attr-defined]
