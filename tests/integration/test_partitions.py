@@ -143,3 +143,22 @@ def test_an_idle_partition_takes_queued_tasks_from_a_backlogged_one(session: pf.
     m = session.metrics()
     # 32 cores: (800 + 200) x 10 s of work ends well before Dragon's 8 cores alone would.
     assert m.makespan_s is not None and m.makespan_s < 1000 * 10 / 8 * 0.75
+
+
+class AllToFirst(pf.RoutingPolicy):
+    def choose(self, traits: pf.TaskTraits, able: Sequence[Partition],
+               load: Mapping[str, float]) -> Partition:
+        return min(able, key=lambda p: p.first)
+
+
+def test_a_partition_with_idle_cores_takes_even_a_single_waiting_task(
+        session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        backend="simulated", nodes=2, cores_per_node=2, routing=AllToFirst(),
+        partitions=[PS(backend="builtin", nodes=1, name="a"), PS(backend="builtin", name="b")]))
+    tasks = session.submit([TD(executable="sleep", arguments=["10"], duration=10.0)
+                            for _ in range(3)])
+    assert session.wait(timeout=60)
+    assert sorted(t.partition or "" for t in tasks) == ["a", "a", "b"]
+    m = session.metrics()
+    assert m.makespan_s is not None and m.makespan_s < 15  # not 20: the third ran at once

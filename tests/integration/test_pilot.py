@@ -157,6 +157,32 @@ def test_worker_death_fails_its_task_only(session: pf.Session) -> None:
     assert [t.result(timeout=30) for t in after] == [2**i for i in range(20)]
 
 
+def _workers_of(pid: int) -> int:
+    """How many function workers process `pid` has started."""
+    count = 0
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                count += ppid == pid and b"pilotfish.agent.worker" in f.read()
+        except (OSError, ValueError):
+            continue
+    return count
+
+
+def test_function_workers_asked_for_start_with_the_pilot(session: pf.Session) -> None:
+    lazy = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=3))
+    eager = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=3,
+                                                    function_workers=3))
+    assert lazy.process is not None and eager.process is not None
+    deadline = time.monotonic() + 30
+    while _workers_of(eager.process.pid) < 3:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
+    assert _workers_of(lazy.process.pid) == 0  # by default: at their first task
+
+
 def test_task_that_can_never_fit_fails_at_once(session: pf.Session, pilot: pf.Pilot) -> None:
     big = session.submit(TD(executable="/bin/true", ranks=3, cores_per_rank=4,
                             ranks_per_node=3))

@@ -586,7 +586,8 @@ class Agent:
     def _balance(self) -> None:
         """Late binding: a partition with nothing queued takes queued tasks it can run
         from the most backlogged other one (the newest half of its queue, in bounded
-        steps), so a fast partition is never idle while a slow one holds a backlog. One
+        steps; a single waiting task if it has a free core), so a fast partition is never
+        idle while a slow one holds a backlog. One
         whose queued tasks wait while some of its cores idle (functions waiting for its
         few pool workers, a big task waiting for room) takes tasks that run on cores of
         their own, up to its size. Pinned tasks stay where they are."""
@@ -598,9 +599,11 @@ class Agent:
             if slots_only and not thief.scheduler.alloc.has_free_core():
                 continue
             victim = max((p for p in live if p is not thief), key=lambda p: p.scheduler.queued)
-            if victim.scheduler.queued < STEAL_MIN_QUEUE:
+            # With a core free, even one waiting task is worth taking: it starts at once.
+            idle = thief.scheduler.alloc.has_free_core()
+            if victim.scheduler.queued < (1 if idle else STEAL_MIN_QUEUE):
                 continue
-            n = min(victim.scheduler.queued // 2, STEAL_MAX)
+            n = min(max(victim.scheduler.queued // 2, 1), STEAL_MAX)
             if slots_only:
                 n = min(n, thief.cores)
             movable = functools.partial(self._movable, to=thief, slots_only=slots_only)
