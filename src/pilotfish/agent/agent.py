@@ -586,21 +586,20 @@ class Agent:
     def _balance(self) -> None:
         """Late binding: a partition with nothing queued takes queued tasks it can run
         from the most backlogged other one (the newest half of its queue, in bounded
-        steps; a single waiting task if it has a free core), so a fast partition is never
-        idle while a slow one holds a backlog. One
-        whose queued tasks wait while some of its cores idle (functions waiting for its
-        few pool workers, a big task waiting for room) takes tasks that run on cores of
-        their own, up to its size. Pinned tasks stay where they are."""
+        steps; even a single waiting task if it has a free core), so a fast partition is
+        never idle while a slow one holds a backlog. One whose queued tasks wait while
+        some of its cores idle (functions waiting for its few pool workers, a big task
+        waiting for room) takes tasks that run on cores of their own, up to its size.
+        Pinned tasks stay where they are."""
         live = [p for p in self.partitions.values() if p.lost is None]
         if len(live) < 2:
             return
         for thief in live:
+            idle = thief.scheduler.alloc.has_free_core()
             slots_only = thief.scheduler.queued > 0
-            if slots_only and not thief.scheduler.alloc.has_free_core():
+            if slots_only and not idle:
                 continue
             victim = max((p for p in live if p is not thief), key=lambda p: p.scheduler.queued)
-            # With a core free, even one waiting task is worth taking: it starts at once.
-            idle = thief.scheduler.alloc.has_free_core()
             if victim.scheduler.queued < (1 if idle else STEAL_MIN_QUEUE):
                 continue
             n = min(max(victim.scheduler.queued // 2, 1), STEAL_MAX)
