@@ -12,7 +12,7 @@ import pytest
 
 import pilotfish as pf
 from pilotfish.backends.dragon import dragon_available
-from tests.conftest import process_gone
+from tests.conftest import children, process_gone
 
 pytestmark = pytest.mark.skipif(dragon_available() is not None,
                                 reason=f"no Dragon here: {dragon_available()}")
@@ -51,24 +51,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the direct children of `pid`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-        if ppid == pid:
-            found.append((int(name), cmdline))
-    return found
 
 
 def dragon_launcher(pilot: pf.Pilot) -> int:

@@ -16,7 +16,7 @@ import pilotfish as pf
 from pilotfish import TaskDescription as TD
 from pilotfish import TaskState
 
-from ..conftest import process_gone
+from ..conftest import children, process_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,16 +159,7 @@ def test_worker_death_fails_its_task_only(session: pf.Session) -> None:
 
 def _workers_of(pid: int) -> int:
     """How many function workers process `pid` has started."""
-    count = 0
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                count += ppid == pid and b"pilotfish.agent.worker" in f.read()
-        except (OSError, ValueError):
-            continue
-    return count
+    return sum("pilotfish.agent.worker" in cmd for _, cmd in children(pid))
 
 
 def test_function_workers_asked_for_start_with_the_pilot(session: pf.Session) -> None:
