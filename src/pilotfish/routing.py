@@ -10,10 +10,14 @@ Default rules (`RoutingPolicy`):
    it fails at once, saying why each partition cannot.
 3. Functions go to the first backend kind of `function_backends` present (Dragon before
    the built-in function workers); tasks of several ranks to the first of
-   `parallel_backends` (Flux first); each among partitions of that kind, and anything
-   else among all candidates, to the least loaded (unfinished tasks per core).
+   `parallel_backends` (Flux first); each among partitions of that kind. Other tasks
+   (single-rank executables) go to partitions of `executable_backends` if there are
+   any: Dragon starts each process through its runtime's services (about 25/s on a
+   workstation, against 1,700/s for the built-in launcher), so it gets executables by
+   routing only when nothing else can run them (and by late binding when it idles).
+   In each case, the least loaded (unfinished tasks per core) of those.
 
-Subclass `RoutingPolicy` and override `choose` (or the two preference tuples) to change
+Subclass `RoutingPolicy` and override `choose` (or the preference tuples) to change
 the rules; the agent gives every task to `route`.
 """
 
@@ -23,6 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .partitions import Partition
+
+# Late binding takes at most STEAL_MAX tasks per look, and from a partition with all its
+# cores busy at least STEAL_MIN_QUEUE.
+STEAL_MIN_QUEUE, STEAL_MAX = 2, 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,7 @@ def why_not(traits: TaskTraits, backend: str) -> str | None:
 class RoutingPolicy:
     function_backends: tuple[str, ...] = ("dragon", "builtin", "simulated")
     parallel_backends: tuple[str, ...] = ("flux", "dragon", "builtin", "simulated")
+    executable_backends: tuple[str, ...] = ("flux", "builtin", "simulated")
 
     def route(self, traits: TaskTraits, partitions: Sequence[Partition],
               load: Mapping[str, float],
@@ -113,4 +122,29 @@ class RoutingPolicy:
             if of_kind:
                 able = of_kind
                 break
+        if not order:
+            able = [p for p in able if p.backend in self.executable_backends] or able
         return min(able, key=lambda p: (load.get(p.name, 0.0), p.first))
+
+
+def steal_count(thief_queued: int, thief_idle: bool, thief_cores: int, victim_queued: int,
+                victim_cores: int) -> int:
+    """Late binding: how many queued tasks a partition (the thief) takes from the most
+    backlogged other one (the victim), so that a fast partition never idles while a slow
+    one holds a backlog. Routing decides where work starts; this moves what waits.
+
+    - A thief with nothing queued takes the newest half of the victim's queue (at most
+      STEAL_MAX per look); with a free core, even a single waiting task. With all its
+      cores busy, only when the victim's queue is longer than the victim's cores: a
+      shorter one starts as the victim's running tasks end, and moved behind the thief's
+      it could start later than it would have (at the end of a run of equal tasks, one
+      core ran a task more while another idled).
+    - A thief whose queued tasks wait while some of its cores idle (functions waiting for
+      its few pool workers, a big task waiting for room) takes up to its core count.
+    """
+    if thief_queued and not thief_idle:
+        return 0
+    if victim_queued < (1 if thief_idle else max(STEAL_MIN_QUEUE, victim_cores + 1)):
+        return 0
+    n = min(max(victim_queued // 2, 1), STEAL_MAX)
+    return min(n, thief_cores) if thief_queued else n

@@ -40,6 +40,10 @@ from .resources import Shape, Slot
 # Prefetch: keep about this much work queued at each worker, within these bounds.
 TARGET_QUEUED_SECONDS = 0.01
 MIN_PREFETCH, MAX_PREFETCH = 2, 512
+# Tasks this long (seconds) are not fed ahead: the round trip to start the next one is
+# lost time of a few ms, while a task queued behind one still running could have started
+# at once on a core that frees first (at the end of a run: a whole task's time).
+LONG_TASK = 0.5
 RESERVE_AFTER = 30.0  # seconds a passed-over task waits before nodes are drained for it
 _ONE_CORE = Shape()
 _NO_BOUND = 1 << 62
@@ -342,6 +346,8 @@ class Scheduler:
 
     @property
     def prefetch_depth(self) -> int:
+        if self._mean_runtime >= LONG_TASK:
+            return 1
         depth = int(TARGET_QUEUED_SECONDS / max(self._mean_runtime, 1e-6))
         return max(MIN_PREFETCH, min(MAX_PREFETCH, depth))
 

@@ -162,3 +162,4 @@ def test_a_partition_with_idle_cores_takes_even_a_single_waiting_task(
     assert sorted(t.partition or "" for t in tasks) == ["a", "a", "b"]
     m = session.metrics()
     assert m.makespan_s is not None and m.makespan_s < 15  # not 20: the third ran at once
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pilotfish.partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
-from pilotfish.routing import Reject, RoutingPolicy, TaskTraits
+from pilotfish.routing import STEAL_MAX, Reject, RoutingPolicy, TaskTraits, steal_count
 
 S = PartitionSpec
 
@@ -72,6 +72,11 @@ def test_default_rules() -> None:
     assert route(kind="executable", ranks=16, load={"flux.0": 2.0}) == "flux.1"
     assert route(kind="executable") == "flux.0"  # the rest by load, first on ties
     assert route(kind="executable", load={"flux.0": 1, "flux.1": 1, "dragon": 0.5}) == "builtin"
+    # Single-rank executables stay off Dragon while another partition can run them.
+    loaded = {"flux.0": 9, "flux.1": 9, "builtin": 9, "dragon": 0}
+    assert route(kind="executable", load=loaded) == "flux.0"
+    only_dragon = resolve_partitions((S(backend="dragon"),), 2)
+    assert RoutingPolicy().route(TaskTraits(kind="executable"), only_dragon, {}) == "dragon"
     # Shared GPUs: only the built-in backend can.
     assert route(kind="executable", ranks=2, gpus_per_rank=0.5) == "builtin"
 
@@ -96,3 +101,26 @@ def test_the_policy_is_overridable() -> None:
         function_backends = ("builtin",)
 
     assert FunctionsToBuiltin().route(TaskTraits(kind="function"), PARTS, {}) == "builtin"
+
+
+def test_late_binding_takes_half_a_backlog_into_an_empty_queue() -> None:
+    assert steal_count(0, False, 32, 100, 32) == 50
+    assert steal_count(0, False, 32, 10 * STEAL_MAX, 32) == STEAL_MAX
+    assert steal_count(0, True, 32, 100, 32) == 50
+
+
+def test_a_free_core_takes_even_one_waiting_task() -> None:
+    assert steal_count(0, True, 32, 1, 32) == 1
+    assert steal_count(0, False, 32, 1, 32) == 0
+
+
+def test_a_busy_partition_leaves_a_short_queue_to_cores_that_free_sooner() -> None:
+    # 32 queued on 32 busy cores start as those end: moved behind the thief's busy
+    # cores they could start later than they would have.
+    assert steal_count(0, False, 32, 32, 32) == 0
+    assert steal_count(0, False, 32, 33, 32) == 16
+
+
+def test_a_partition_with_waiting_tasks_takes_only_with_idle_cores_up_to_its_size() -> None:
+    assert steal_count(5, False, 4, 100, 32) == 0
+    assert steal_count(5, True, 4, 100, 32) == 4

@@ -47,7 +47,7 @@ from ..backends.simulated import SimulatedBackend
 from ..gcpause import without_gc
 from ..partitions import Partition
 from ..resources import Shape
-from ..routing import Reject, RoutingPolicy, TaskTraits, why_not
+from ..routing import Reject, RoutingPolicy, TaskTraits, steal_count, why_not
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
 from ..states import TaskState, check_transition
 from .reactor import Reactor, readable
@@ -58,9 +58,6 @@ MAX_UPDATES_PER_MESSAGE = 10_000
 POLL_INTERVAL = 0.001  # seconds: while events keep coming, look at sockets this often
 MESSAGES_PER_TURN = 4  # client messages (of up to 5,000 tasks) taken per loop turn
 SIM_FLUSH_INTERVAL, SIM_FLUSH_BATCH = 0.01, 10_000  # simulated pilots: seconds, updates
-# An idle partition takes queued tasks from another holding at least STEAL_MIN_QUEUE,
-# at most STEAL_MAX per round (a round looks at twice as many).
-STEAL_MIN_QUEUE, STEAL_MAX = 2, 1024
 BALANCE_INTERVAL = 0.01  # seconds between looks (a look may scan 2 x STEAL_MAX tasks)
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
@@ -584,31 +581,21 @@ class Agent:
                 self._balance()
 
     def _balance(self) -> None:
-        """Late binding: a partition with nothing queued takes queued tasks it can run
-        from the most backlogged other one (the newest half of its queue, in bounded
-        steps; even a single waiting task if it has a free core), so a fast partition is
-        never idle while a slow one holds a backlog. One whose queued tasks wait while
-        some of its cores idle (functions waiting for its few pool workers, a big task
-        waiting for room) takes tasks that run on cores of their own, up to its size.
-        Pinned tasks stay where they are."""
+        """Late binding: each partition may take queued tasks it can run from the most
+        backlogged other one (`routing.steal_count` says how many). Pinned tasks stay."""
         live = [p for p in self.partitions.values() if p.lost is None]
         if len(live) < 2:
             return
         for thief in live:
-            idle = thief.scheduler.alloc.has_free_core()
-            slots_only = thief.scheduler.queued > 0
-            if slots_only and not idle:
-                continue
             victim = max((p for p in live if p is not thief), key=lambda p: p.scheduler.queued)
-            if victim.scheduler.queued < (1 if idle else STEAL_MIN_QUEUE):
-                continue
-            n = min(max(victim.scheduler.queued // 2, 1), STEAL_MAX)
-            if slots_only:
-                n = min(n, thief.cores)
-            movable = functools.partial(self._movable, to=thief, slots_only=slots_only)
-            taken = victim.scheduler.take_queued(n, movable, 2 * n)
-            if taken:
-                self._move_to(thief, [self.tasks[r.uid] for r in taken])
+            n = steal_count(thief.scheduler.queued, thief.scheduler.alloc.has_free_core(),
+                            thief.cores, victim.scheduler.queued, victim.cores)
+            if n:
+                slots_only = thief.scheduler.queued > 0
+                movable = functools.partial(self._movable, to=thief, slots_only=slots_only)
+                taken = victim.scheduler.take_queued(n, movable, 2 * n)
+                if taken:
+                    self._move_to(thief, [self.tasks[r.uid] for r in taken])
 
     def _movable(self, request: Request, to: _Partition, slots_only: bool) -> bool:
         spec = self.tasks[request.uid].spec
