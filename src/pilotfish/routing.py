@@ -126,6 +126,17 @@ class RoutingPolicy:
             able = [p for p in able if p.backend in self.executable_backends] or able
         return min(able, key=lambda p: (load.get(p.name, 0.0), p.first))
 
+    def may_move(self, traits: TaskTraits, source: Partition, target: Partition) -> bool:
+        """Whether late binding may move a queued task from `source` to an idle `target`
+        (both can run it). By default what routing avoids, this does too: a single-rank
+        executable does not leave a partition of `executable_backends` for one of
+        another backend (on a shared machine Dragon's slow launches also take the CPU
+        the built-in launcher needed: h1 in benchmarks/README.md)."""
+        if traits.kind == "function" or traits.ranks > 1:
+            return True
+        return (target.backend in self.executable_backends
+                or source.backend not in self.executable_backends)
+
 
 def steal_count(thief_queued: int, thief_idle: bool, thief_cores: int, victim_queued: int,
                 victim_cores: int) -> int:

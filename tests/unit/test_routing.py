@@ -124,3 +124,13 @@ def test_a_busy_partition_leaves_a_short_queue_to_cores_that_free_sooner() -> No
 def test_a_partition_with_waiting_tasks_takes_only_with_idle_cores_up_to_its_size() -> None:
     assert steal_count(5, False, 4, 100, 32) == 0
     assert steal_count(5, True, 4, 100, 32) == 4
+
+
+def test_late_binding_keeps_single_executables_where_routing_would() -> None:
+    flux, dragon, builtin = PARTS[0], PARTS[2], PARTS[3]
+    policy = RoutingPolicy()
+    one = TaskTraits(kind="executable")
+    assert not policy.may_move(one, builtin, dragon)
+    assert policy.may_move(one, dragon, builtin) and policy.may_move(one, builtin, flux)
+    assert policy.may_move(TaskTraits(kind="executable", ranks=4), builtin, dragon)
+    assert policy.may_move(TaskTraits(kind="function"), dragon, builtin)

@@ -592,12 +592,14 @@ class Agent:
                             thief.cores, victim.scheduler.queued, victim.cores)
             if n:
                 slots_only = thief.scheduler.queued > 0
-                movable = functools.partial(self._movable, to=thief, slots_only=slots_only)
+                movable = functools.partial(self._movable, source=victim, to=thief,
+                                            slots_only=slots_only)
                 taken = victim.scheduler.take_queued(n, movable, 2 * n)
                 if taken:
                     self._move_to(thief, [self.tasks[r.uid] for r in taken])
 
-    def _movable(self, request: Request, to: _Partition, slots_only: bool) -> bool:
+    def _movable(self, request: Request, source: _Partition, to: _Partition,
+                 slots_only: bool) -> bool:
         spec = self.tasks[request.uid].spec
         if slots_only and spec.kind == "function" and to.pool_functions and (
                 _request(spec, 0, request.shape, to).pooled):
@@ -606,6 +608,7 @@ class Agent:
             return False
         traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank)
         return why_not(traits, to.layout.backend) is None and (
+            self.router.may_move(traits, source.layout, to.layout)) and (
             to.scheduler.alloc.never_fits(request.shape) is None)
 
     def _move_to(self, part: _Partition, tasks: list[_Task]) -> None:

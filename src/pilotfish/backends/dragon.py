@@ -298,8 +298,9 @@ class DragonBackend:
                 if key not in self._sent_functions:
                     new_functions[key] = self.functions[key]
                     self._sent_functions.add(key)
+                worker = placed.worker if isinstance(placed, DispatchedTask) else -1
                 calls.append((spec.uid, key, spec.args_blob, spec.timeout,
-                              self._gpu_env(placed)))
+                              self._gpu_env(placed), worker))
             else:
                 assert isinstance(placed, PlacedTask)  # executables have slots
                 execs.append(self._exec_message(placed))
