@@ -169,6 +169,38 @@ def test_cancel_and_timeout_in_dragon(session: pf.Session) -> None:
     assert sleeper.state is pf.TaskState.CANCELED
 
 
+def test_executables_canceled_while_dragon_starts_them_end_canceled(
+        session: pf.Session) -> None:
+    # Dragon starts processes one at a time on the executor's launcher thread: a cancel
+    # finds tasks waiting to start, one starting, and some running.
+    pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=16,
+                                                    partitions=[PS(backend="dragon")]))
+    sleepers = session.submit([TD(executable="/bin/sleep", arguments=["60"])
+                               for _ in range(16)])
+    wait_until(lambda: any(t.state is pf.TaskState.RUNNING for t in sleepers))
+    assert sleeping_in(dragon_launcher(pilot))
+    for task in sleepers:
+        task.cancel()
+    assert session.wait(timeout=30)
+    assert {t.state for t in sleepers} == {pf.TaskState.CANCELED}
+    group = dragon_launcher(pilot)  # it leads the runtime's process group
+    wait_until(lambda: not sleeping_in(group), timeout=10)
+
+
+def sleeping_in(pgid: int) -> list[int]:
+    """The `sleep 60` processes of process group `pgid`."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:2] == [b"/bin/sleep", b"60"] and (
+                        os.getpgid(int(name)) == pgid):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
 def test_a_lost_dragon_partition_fails_or_moves_only_its_tasks(session: pf.Session,
                                                                 tmp_path: Path) -> None:
     pilot = session.start_pilot(pf.PilotDescription(

@@ -106,6 +106,13 @@ class Executor:
         self.dropped: set[str] = set()  # pool calls already reported: ignore their result
         self.stopping = False
         self.woken = False  # a wake-up byte is in the pipe, unread
+        # Processes start on a thread of their own: a Dragon process start takes tens of
+        # ms, which would hold back every function result behind it.
+        self.launches: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.unlaunched: set[str] = set()  # queued to start; canceled ones leave it early
+        self.launching: str | None = None  # the task the launcher thread is starting
+        self.launch_lock = threading.Lock()  # over the three above and `procs`
+        self.started: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
         self.hosts = _hostnames()  # a task's node index picks its host (modulo: virtual nodes)
 
     def _post(self, result: tuple[Any, ...]) -> None:
@@ -118,6 +125,7 @@ class Executor:
             os.write(self.wake_w, b"x")
 
     def run(self) -> None:
+        threading.Thread(target=self._launch_loop, daemon=True).start()
         self.sock.send(_encode(("ready", os.getpid())))
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
@@ -133,6 +141,7 @@ class Executor:
                 self._handle(_decode(self.sock.recv()))
             self._expire()
             self._send_results()
+        self.launches.put(None)
         if self.pool is not None:
             self.pool.terminate()
         for proc in [*self.procs.values(), *self.workers.values()]:
@@ -146,9 +155,10 @@ class Executor:
             self._call(msg[1])
         elif kind == "exec":
             for task in msg[1]:
-                self._start_process(*task)
+                self.unlaunched.add(task[0])
+                self.launches.put(("exec", *task))
         elif kind == "worker":
-            self._start_worker(*msg[1:])
+            self.launches.put(msg)
         elif kind == "signal":
             worker = self.workers.get(msg[1])
             if worker is not None:
@@ -177,15 +187,28 @@ class Executor:
                                                              [c[0] for c in chunk]))
 
     def _called(self, uids: list[str], results: list[tuple[Any, ...]]) -> None:
-        for uid, result in zip(uids, results):
+        for uid, result in zip(uids, results, strict=True):
             self.results.put((uid, *result, None))
         self._wake()
+
+    def _launch_loop(self) -> None:
+        """The launcher thread: executables and function workers, in order."""
+        while (item := self.launches.get()) is not None:
+            if item[0] == "worker":
+                self._start_worker(*item[1:])
+            else:
+                self._start_process(*item[1:])
 
     def _start_process(self, uid: str, ranks: list[tuple[list[str], dict[str, str], int,
                                                       list[int]]],
                        cwd: str, out: str, err: str, timeout: float | None,
                        pmi: str | None) -> None:
         """Start one task: a Dragon Process, or a ProcessGroup of one process per rank."""
+        with self.launch_lock:
+            if uid not in self.unlaunched:
+                return  # canceled while it waited
+            self.unlaunched.discard(uid)
+            self.launching = uid
         start = time.time()
         try:
             if len(ranks) == 1:
@@ -200,13 +223,21 @@ class Executor:
                 proc.init()
                 proc.start()
         except Exception as exc:
+            with self.launch_lock:
+                self.launching = None
             self._post((uid, ERROR, None, f"cannot start the process in Dragon: {exc}",
                         None, time.time(), None))
             return
-        self.procs[uid] = proc
-        self.sock.send(_encode(("started", uid, start)))
-        if timeout:
+        with self.launch_lock:
+            self.launching = None
+            self.procs[uid] = proc
+            killed = uid in self.killed  # canceled while it started
+        if killed:
+            proc.terminate()
+        elif timeout:
             self.deadlines[uid] = start + timeout
+        self.started.put((uid, start))
+        self._wake()
         threading.Thread(target=self._wait, args=(uid, proc, start), daemon=True).start()
 
     def _start_worker(self, ident: str, argv: list[str], env: dict[str, str], cwd: str,
@@ -259,8 +290,15 @@ class Executor:
 
     def _kill(self, uid: str, why: int, reason: str) -> None:
         self.deadlines.pop(uid, None)
-        proc = self.procs.get(uid)
-        if proc is not None:
+        with self.launch_lock:
+            proc = self.procs.get(uid)
+            unlaunched = uid in self.unlaunched
+            self.unlaunched.discard(uid)  # the launcher thread skips it
+            if uid == self.launching:
+                self.killed[uid] = (why, reason)  # ended once it has started
+        if unlaunched:
+            self._post((uid, why, None, reason, None, time.time(), None))
+        elif proc is not None:
             self.killed[uid] = (why, reason)
             proc.terminate()
         elif uid in self.calls:
@@ -278,6 +316,8 @@ class Executor:
                 self._kill(uid, TIMEOUT, "timed out (Dragon)")
 
     def _send_results(self) -> None:
+        while not self.started.empty():
+            self.sock.send(_encode(("started", *self.started.get_nowait())))
         done = []
         while True:
             try:
