@@ -158,7 +158,7 @@ class Executor:
                 self.unlaunched.add(task[0])
                 self.launches.put(("exec", *task))
         elif kind == "worker":
-            self.launches.put(msg)
+            self.launches.put(tuple(msg))
         elif kind == "signal":
             worker = self.workers.get(msg[1])
             if worker is not None:
