@@ -10,8 +10,10 @@ absolute time). Cases:
            `ProcessPoolExecutor(2).submit` (targets: >= 20,000 tasks/s, ratio >= 2)
   e3       1,024 `sleep 1` tasks, 1 node x 64 virtual cores: utilization over the
            execution window (target >= 99.5%); ratio: ideal 16 s / actual window
-  d1       20,000 no-op functions through a Dragon partition (1 node x 2 cores), vs the
-           same Dragon pool driven directly by a plain script (target: ratio >= 0.90)
+  d1       20,000 no-op functions through a Dragon partition (1 node x 2 cores) with
+           `functions="pool"`, vs the same Dragon pool driven directly by a plain
+           script (target: ratio >= 0.90)
+  d1-workers  the same through the default Dragon partition (pilotfish's workers)
   h1       10,000 `/bin/true` + 50,000 no-op functions on a pilot of a built-in and a
            Dragon partition (1 node x 32 cores each), vs the same on the built-in
            partition alone (target: ratio > 1)
@@ -111,13 +113,15 @@ def run_startup(tmp: str) -> tuple[float, float]:
     return ours, time.perf_counter() - start
 
 
-def run_d1(tmp: str, n: int = 20_000) -> tuple[float, float]:
-    """Function tasks per second through a Dragon partition, and through the same Dragon
-    pool driven by a plain script (`dragon_pool.py`); both timed after start-up."""
+def run_d1(tmp: str, n: int = 20_000, functions: str = "pool") -> tuple[float, float]:
+    """Function tasks per second through a Dragon partition whose functions run in a
+    Dragon pool (or `functions`), and through the same Dragon pool driven by a plain
+    script (`dragon_pool.py`); both timed after start-up."""
     workers = min(2, os.cpu_count() or 1)  # the pool size the partition gets here
+    spec = pf.PartitionSpec(backend="dragon", functions=functions)
     with _session(tmp) as session:
         session.start_pilot(pf.PilotDescription(
-            nodes=1, cores_per_node=workers, partitions=[pf.PartitionSpec(backend="dragon")]))
+            nodes=1, cores_per_node=workers, partitions=[spec]))
         session.submit(TD(function=noop)).result(timeout=120)  # the runtime is up
         start = time.perf_counter()
         tasks = session.submit([TD(function=noop) for _ in range(n)])
@@ -205,6 +209,8 @@ CASES: dict[str, tuple[Callable[[str], tuple[float, float]], str, str,
     "e3": (run_e3, "% utilization", "s execution window (ideal 16 s)",
            lambda a, b: 16.0 / b),
     "d1": (run_d1, "tasks/s", "plain Dragon pool script tasks/s", lambda a, b: a / b),
+    "d1-workers": (lambda tmp: run_d1(tmp, functions="workers"), "tasks/s",
+                   "plain Dragon pool script tasks/s", lambda a, b: a / b),
     "h1": (run_h1, "tasks/s", "tasks/s of the built-in partition alone", lambda a, b: a / b),
     "h1-dragon": (run_h1_dragon, "tasks/s", "tasks/s of the hybrid", lambda a, b: b / a),
     "h2": (run_h2, "% utilization", "tasks/s (ideal 64)", lambda a, b: b / 64),

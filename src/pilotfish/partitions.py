@@ -4,7 +4,10 @@
 is a count, a fraction of the pilot's nodes (0 < f < 1), or None for what is left
 (split evenly between the specs that say None). A spec with `instances=k` becomes k
 partitions over consecutive slices of its nodes, named `name.0` .. `name.k-1` (e.g.
-two Flux instances over halves of a Flux partition).
+two Flux instances over halves of a Flux partition). `functions` says how a Dragon
+partition runs plain Python functions: "workers" (the default: pilotfish's function
+workers, started as Dragon processes) or "pool" (a Dragon `multiprocessing` pool); see
+backends/dragon.py for what each costs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 BACKEND_KINDS = ("builtin", "simulated", "dragon", "flux")
+FUNCTION_RUNNERS = {"dragon": ("workers", "pool")}  # the choices, the default first
 
 
 class PartitionError(ValueError):
@@ -25,6 +29,7 @@ class PartitionSpec:
     nodes: int | float | None = None
     instances: int = 1
     name: str | None = None
+    functions: str | None = None  # Dragon: "workers" (default) or "pool"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKEND_KINDS:
@@ -45,6 +50,11 @@ class PartitionSpec:
                                       or "." in self.name):
             raise PartitionError(f"PartitionSpec.name: a non-empty str without '.', got "
                                  f"{self.name!r}")
+        runners = FUNCTION_RUNNERS.get(self.backend, ())
+        if self.functions is not None and self.functions not in runners:
+            choices = (f"one of {', '.join(map(repr, runners))}" if runners
+                       else "None (only Dragon partitions choose)")
+            raise PartitionError(f"PartitionSpec.functions: {choices}, got {self.functions!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,7 @@ class Partition:
     backend: str
     first: int
     nodes: int
+    functions: str | None = None  # how plain functions run (Dragon: "workers" or "pool")
 
     @property
     def node_ids(self) -> range:
@@ -101,6 +112,7 @@ def resolve_partitions(specs: tuple[PartitionSpec, ...], nodes: int) -> list[Par
         for k in range(spec.instances):
             share = count // spec.instances + (1 if k < count % spec.instances else 0)
             name = base if spec.instances == 1 else f"{base}.{k}"
-            out.append(Partition(name, spec.backend, first, share))
+            runner = spec.functions or next(iter(FUNCTION_RUNNERS.get(spec.backend, ())), None)
+            out.append(Partition(name, spec.backend, first, share, runner))
             first += share
     return out

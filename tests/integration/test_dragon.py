@@ -60,10 +60,12 @@ def dragon_launcher(pilot: pf.Pilot) -> int:
     return launchers[0]
 
 
-def test_functions_and_executables_run_in_dragon(session: pf.Session) -> None:
+@pytest.mark.parametrize("functions", ["workers", "pool"])
+def test_functions_and_executables_run_in_dragon(session: pf.Session, functions: str) -> None:
     shm_before = set(os.listdir("/dev/shm"))
     pilot = session.start_pilot(pf.PilotDescription(
-        nodes=2, cores_per_node=2, gpus_per_node=2, partitions=[PS(backend="dragon")]))
+        nodes=2, cores_per_node=2, gpus_per_node=2,
+        partitions=[PS(backend="dragon", functions=functions)]))
     squares = session.submit([TD(function=square, args=(i,)) for i in range(100)])
     gpus = session.submit([TD(function=visible_gpus, gpus_per_rank=1) for _ in range(4)])
     broken = session.submit(TD(function=fail, args=("boom",)))
@@ -101,10 +103,10 @@ def write_pid_and_nap(path: str) -> None:
     time.sleep(60)
 
 
-def test_more_workers_than_cpus_run_functions_in_pilotfish_workers_inside_dragon(
+def test_functions_run_in_pilotfish_workers_inside_dragon(
         session: pf.Session, tmp_path: Path) -> None:
     shm_before = set(os.listdir("/dev/shm"))
-    workers = (os.cpu_count() or 1) + 2  # more than the CPUs: not a Dragon pool
+    workers = (os.cpu_count() or 1) + 2  # more than the CPUs, all at once
     pilot = session.start_pilot(pf.PilotDescription(
         nodes=1, cores_per_node=workers, gpus_per_node=1, function_workers=workers,
         partitions=[PS(backend="dragon")]))
@@ -155,9 +157,10 @@ def test_two_dragon_instances_run_side_by_side_and_clean_up_their_own(
     assert set(os.listdir("/dev/shm")) <= shm_before
 
 
-def test_cancel_and_timeout_in_dragon(session: pf.Session) -> None:
-    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4,
-                                            partitions=[PS(backend="dragon")]))
+@pytest.mark.parametrize("functions", ["workers", "pool"])
+def test_cancel_and_timeout_in_dragon(session: pf.Session, functions: str) -> None:
+    session.start_pilot(pf.PilotDescription(
+        nodes=1, cores_per_node=4, partitions=[PS(backend="dragon", functions=functions)]))
     late = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=1))
     napping = session.submit(TD(function=nap, args=(60,), timeout=1))
     sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))

@@ -26,6 +26,12 @@ def test_counts_fractions_and_the_rest() -> None:
     assert list(parts[1].node_ids) == [3, 4]
 
 
+def test_dragon_partitions_run_functions_in_workers_unless_asked_for_a_pool() -> None:
+    parts = resolve_partitions((S(backend="dragon", nodes=1),
+                                S(backend="dragon", functions="pool"), S(backend="builtin")), 3)
+    assert [p.functions for p in parts] == ["workers", "pool", None]
+
+
 def test_the_rest_is_split_evenly_and_unnamed_twins_are_numbered() -> None:
     parts = resolve_partitions((S(backend="builtin"), S(backend="builtin")), 5)
     assert layout(parts) == [("builtin-1", "builtin", 0, 3), ("builtin-2", "builtin", 3, 2)]
@@ -52,6 +58,8 @@ def test_impossible_splits_say_why(specs: tuple[PartitionSpec, ...], nodes: int,
     ({"backend": "flux", "nodes": 0}, "must be >= 1"),
     ({"backend": "flux", "instances": 0}, "instances"),
     ({"backend": "flux", "name": "a.b"}, "without '.'"),
+    ({"backend": "dragon", "functions": "threads"}, "one of 'workers', 'pool', got 'threads'"),
+    ({"backend": "builtin", "functions": "pool"}, r"None \(only Dragon partitions choose\)"),
 ])
 def test_a_bad_spec_is_refused_naming_the_field(kwargs: dict, match: str) -> None:
     with pytest.raises(PartitionError, match=match):

@@ -59,6 +59,7 @@ POLL_INTERVAL = 0.001  # seconds: while events keep coming, look at sockets this
 MESSAGES_PER_TURN = 4  # client messages (of up to 5,000 tasks) taken per loop turn
 SIM_FLUSH_INTERVAL, SIM_FLUSH_BATCH = 0.01, 10_000  # simulated pilots: seconds, updates
 BALANCE_INTERVAL = 0.01  # seconds between looks (a look may scan 2 x STEAL_MAX tasks)
+LOOK_BACKOFF_MAX = 0.5  # seconds: a partition that found nothing it could take looks less
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
 SUBMITTED, SCHEDULED, RUNNING = TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
@@ -79,7 +80,8 @@ class AgentConfig:
     core_ids: list[int] | None = None  # physical id of each usable core (None: 0, 1, ...)
     gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # how a rank is told its GPUs
     backend: str = "builtin"  # or "simulated"
-    partitions: list[tuple[str, str, int, int]] = dataclasses.field(default_factory=list)
+    partitions: list[tuple[str, str, int, int, str | None]] = dataclasses.field(
+        default_factory=list)
     reserve_after: float = 30.0  # seconds a passed-over task waits for a reservation
     heartbeat_timeout: float = 5.0
     runtime: float | None = None
@@ -189,6 +191,8 @@ class _Partition:
         self.pool_functions = pool_functions  # plain functions go to function workers
         self.cores = max(1, layout.nodes * scheduler.alloc.cores)
         self.lost: str | None = None  # why its runtime died; then it takes no more tasks
+        self.look_interval = BALANCE_INTERVAL  # late binding: between its looks for work
+        self.next_look = 0.0  # monotonic
 
 
 class _Task:
@@ -266,7 +270,8 @@ class Agent:
     def _make_partition(self, layout: Partition) -> _Partition:
         cfg = self.cfg
         workers = cfg.workers_per_node
-        if layout.backend == "dragon" and self._simulated is None and cfg.function_workers is None:
+        dragon_pool = layout.backend == "dragon" and layout.functions == "pool"
+        if dragon_pool and self._simulated is None and cfg.function_workers is None:
             # Idle Dragon pool workers spin (no-op calls through Pool(8) on 2 CPUs ran 30x
             # slower than through Pool(2)): unless told otherwise, no more than the CPUs.
             workers = max(1, min(workers, (os.cpu_count() or 1) // layout.nodes))
@@ -284,7 +289,8 @@ class Agent:
             return _Partition(layout, scheduler, flux, False)
         if layout.backend == "dragon":
             dragon = DragonBackend(layout.name, self.task_sandbox, nodes, self.functions,
-                                   cfg.sandbox, layout.nodes, workers, cfg.python_path)
+                                   cfg.sandbox, layout.nodes, workers, cfg.python_path,
+                                   pool=dragon_pool)
             return _Partition(layout, scheduler, dragon, True)
         # Workers the user asked for are started with the pilot; by default, on first use.
         backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,
@@ -586,7 +592,10 @@ class Agent:
         live = [p for p in self.partitions.values() if p.lost is None]
         if len(live) < 2:
             return
+        now = time.monotonic()
         for thief in live:
+            if now < thief.next_look:
+                continue
             victim = max((p for p in live if p is not thief), key=lambda p: p.scheduler.queued)
             n = steal_count(thief.scheduler.queued, thief.scheduler.alloc.has_free_core(),
                             thief.cores, victim.scheduler.queued, victim.cores)
@@ -597,6 +606,11 @@ class Agent:
                 taken = victim.scheduler.take_queued(n, movable, 2 * n)
                 if taken:
                     self._move_to(thief, [self.tasks[r.uid] for r in taken])
+                # Nothing it could take (say, a backlog of executables an idle Dragon
+                # partition does not take): look less often, not 2 x n tasks every 10 ms.
+                thief.look_interval = (BALANCE_INTERVAL if taken else
+                                       min(2 * thief.look_interval, LOOK_BACKOFF_MAX))
+                thief.next_look = now + thief.look_interval
 
     def _movable(self, request: Request, source: _Partition, to: _Partition,
                  slots_only: bool) -> bool:

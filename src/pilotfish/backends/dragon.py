@@ -7,13 +7,19 @@ back and says it is ready, and tasks placed before then wait for it. Executables
 Dragon processes, multi-rank tasks as process groups.
 
 Functions are fed ahead like the built-in function workers, to one of two kinds of
-workers. Where each worker has a CPU of its own, a Dragon `multiprocessing` pool. Where
-workers would share CPUs (more workers than the host has CPUs, as in a pilot of many
-virtual cores), pilotfish's own function workers (agent/worker.py), started as Dragon
-processes: Dragon's pool workers spin while they wait for work, and on 2 CPUs a pool of
-32 took from 10.5 s to 167 s, run to run, for 320 one-second functions (ideal: 10 s),
-while pilotfish's workers block. (They also give functions what the pool cannot: cancel
-and timeout interrupt the function, and a dead worker fails only its task.)
+workers (`PartitionSpec(functions=...)`):
+
+- "workers" (the default): pilotfish's own function workers (agent/worker.py), started
+  as Dragon processes on the partition's nodes, fed by the agent directly. They block
+  while they wait (a Dragon runtime with 32 of them idles at 0.08 CPU here), and give
+  functions what the pool cannot: cancel and timeout interrupt the function, and a dead
+  worker fails only its task.
+- "pool": a Dragon `multiprocessing` pool in the executor; the tasks fed ahead to one
+  worker in one message go as one pool call (a pool call costs ~2.4 ms of its own).
+  Its workers spin while they wait for work: a runtime with a pool of 2 idles at 0.88
+  CPU here, and on 2 CPUs a pool of 32 took 10.5 s to 167 s, run to run, for 320
+  one-second functions (ideal: 10 s). So unless `function_workers` says otherwise the
+  pool has no more workers than the host has CPUs.
 
 `stop` asks the executor to stop, then ends the runtime's whole process group by its id
 and removes the `/dev/shm` segments it made (named after its launcher's pid, and new
@@ -134,8 +140,8 @@ class DragonBackend:
     function_workers = True  # plain functions are fed ahead to the workers
 
     def __init__(self, name: str, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
-                 log_dir: str, nodes: int, workers_per_node: int, python_path: list[str]
-                 ) -> None:
+                 log_dir: str, nodes: int, workers_per_node: int, python_path: list[str],
+                 pool: bool = False) -> None:
         self.name = name
         self.sandbox = sandbox
         self.layout = layout
@@ -143,10 +149,10 @@ class DragonBackend:
         self.log_dir = log_dir
         self.workers_per_node = workers_per_node
         self.workers = nodes * workers_per_node
-        # Dragon's pool only where each worker has a CPU (see the module docstring).
+        # pilotfish's workers as Dragon processes, unless asked for Dragon's pool.
         self.processes: DragonProcesses | None = None
         self.pool: FunctionPool | None = None
-        if self.workers > (os.cpu_count() or 1):
+        if not pool:
             self.processes = DragonProcesses(self)
             self.pool = FunctionPool(log_dir, functions, python_path, self.processes)
         self.python_path = python_path
