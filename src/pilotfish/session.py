@@ -369,6 +369,10 @@ class Session:
         self._kill_agent(pilot)
         if pilot.process is not None:  # and everything it started, by session id
             kill_session(pilot.process.pid)
+            if any(p.backend == "dragon" for p in pilot.description.layout):
+                from .backends.dragon import remove_listed_segments
+
+                remove_listed_segments(pilot.sandbox)
         self._end_pilot(pilot, "FAILED", reason)
 
     def _end_pilot(self, pilot: Pilot, state: str, reason: str) -> None:

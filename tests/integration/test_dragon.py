@@ -232,6 +232,25 @@ def test_a_lost_dragon_partition_fails_or_moves_only_its_tasks(session: pf.Sessi
         pinned.result(timeout=30)
 
 
+def test_a_dead_agents_dragon_runtime_and_segments_are_cleaned_up(
+        session: pf.Session) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2,
+                                                    partitions=[PS(backend="dragon")]))
+    assert session.submit(TD(function=square, args=(3,))).result(timeout=90) == 9
+    sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
+    wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
+    launcher = dragon_launcher(pilot)
+    assert set(os.listdir("/dev/shm")) - shm_before  # the runtime's segments
+    assert pilot.process is not None
+    os.kill(pilot.process.pid, signal.SIGKILL)
+    with pytest.raises(pf.TaskFailed, match="agent"):
+        sleeper.result(timeout=30)
+    assert process_gone(launcher, 10)
+    assert not sleeping_in(launcher)
+    assert set(os.listdir("/dev/shm")) <= shm_before
+
+
 def test_dragon_partitions_need_dragon(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pilotfish.backends.dragon.dragon_available", lambda: "not here")
     with pytest.raises(pf.InvalidDescription, match="partitions: no Dragon here: not here"):

@@ -88,19 +88,40 @@ def shm_entries() -> set[str]:
         return set()
 
 
-def remove_segments(launcher_pid: int, before: set[str]) -> None:
-    """Remove the `/dev/shm` segments of the runtime started by `launcher_pid`.
+def segments_of(launcher_pid: int, before: set[str]) -> list[str]:
+    """The `/dev/shm` segments of the runtime started by `launcher_pid`.
 
     Dragon names them DD<launcher pid mod 1000, 4 digits>...; only those that appeared
     since `before` are this runtime's (others may be another partition's).
     """
     prefix = f"DD{launcher_pid % 1000:04d}"
-    for name in shm_entries() - before:
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join("/dev/shm", name))
-            except OSError:
-                pass
+    return sorted(name for name in shm_entries() - before if name.startswith(prefix))
+
+
+def remove_segments(launcher_pid: int, before: set[str]) -> None:
+    _unlink(segments_of(launcher_pid, before))
+
+
+def _unlink(names: list[str]) -> None:
+    for name in names:
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+        except OSError:
+            pass
+
+
+def remove_listed_segments(sandbox: str | os.PathLike[str]) -> None:
+    """Remove the segments that the Dragon runtimes of a pilot whose agent died had made
+    (listed in its sandbox once each runtime was up: Dragon makes them as it starts)."""
+    try:
+        entries = list(os.scandir(sandbox))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("dragon-") and entry.name.endswith(".segments"):
+            with open(entry.path) as f:
+                _unlink([name for name in f.read().split() if name.startswith("DD")])
+            os.unlink(entry.path)
 
 
 class DragonProcesses:
@@ -167,6 +188,7 @@ class DragonBackend:
         self._emit: Callable[[BackendEvent], None] = lambda e: None
         self._pidfd: int | None = None
         self._dead: str | None = None
+        self._segments_file = os.path.join(log_dir, f"dragon-{name}.segments")
         # Bind ranks to their cores only where those cores exist (not on virtual nodes).
         self._bind = set(layout.core_ids) <= os.sched_getaffinity(0)
 
@@ -217,6 +239,10 @@ class DragonBackend:
                 pass
         if self._proc is not None:
             remove_segments(self._proc.pid, self._shm_before)
+            try:
+                os.unlink(self._segments_file)
+            except OSError:
+                pass
         if self._sock is not None:
             self._sock.close(0)
 
@@ -326,6 +352,7 @@ class DragonBackend:
             kind = msg[0]
             if kind == "ready":
                 self._ready = True
+                self._list_segments()
                 if self.pool is not None and self.processes is not None:
                     per_node = self.workers_per_node
                     idents = [f"w{i}" for i in range(self.workers)]
@@ -345,6 +372,14 @@ class DragonBackend:
                     self._finish(uid, outcome, blob, error, start, stop, code)
             elif kind == "exited" and self.processes is not None:
                 self.processes.exited(msg[1], msg[2])
+
+    def _list_segments(self) -> None:
+        """Write down the runtime's segments: if the agent dies, the client removes them
+        (remove_listed_segments) after it ended the agent's process session."""
+        assert self._proc is not None
+        with open(self._segments_file + ".tmp", "w") as f:
+            f.write("\n".join(segments_of(self._proc.pid, self._shm_before)))
+        os.replace(self._segments_file + ".tmp", self._segments_file)
 
     def _finish(self, uid: str, outcome: int, blob: bytes | None, error: str | None,
                 start: float | None, stop: float, code: int | None) -> None:
