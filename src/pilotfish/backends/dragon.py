@@ -34,6 +34,7 @@ Dragon's segments are sized with `DRAGON_DEFAULT_SEG_SZ` and `DRAGON_INF_SEG_SZ`
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -189,6 +190,7 @@ class DragonBackend:
         self._pidfd: int | None = None
         self._dead: str | None = None
         self._segments_file = os.path.join(log_dir, f"dragon-{name}.segments")
+        self._calls_dir = os.path.join(log_dir, f"dragon-{name}.calls")  # pool calls' markers
         # Bind ranks to their cores only where those cores exist (not on virtual nodes).
         self._bind = set(layout.core_ids) <= os.sched_getaffinity(0)
 
@@ -199,6 +201,7 @@ class DragonBackend:
         if self.pool is not None:
             self.pool.start(reactor, emit)
         os.makedirs(self.sandbox, exist_ok=True)
+        os.makedirs(self._calls_dir, exist_ok=True)
         self._sock = zmq.Context.instance().socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
         port: int = self._sock.bind_to_random_port("tcp://127.0.0.1")
@@ -213,7 +216,8 @@ class DragonBackend:
         with open(os.path.join(self.log_dir, f"dragon-{self.name}.log"), "ab") as log:
             self._proc = subprocess.Popen(
                 [launcher(), "-s", sys.executable, "-m", EXECUTOR,
-                 f"tcp://127.0.0.1:{port}", str(0 if self.pool else self.workers)],
+                 f"tcp://127.0.0.1:{port}", str(0 if self.pool else self.workers),
+                 self._calls_dir],
                 stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.sandbox, env=env,
                 process_group=0)
@@ -243,6 +247,7 @@ class DragonBackend:
                 os.unlink(self._segments_file)
             except OSError:
                 pass
+        shutil.rmtree(self._calls_dir, ignore_errors=True)
         if self._sock is not None:
             self._sock.close(0)
 

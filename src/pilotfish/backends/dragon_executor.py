@@ -1,8 +1,9 @@
 """The executor inside a Dragon runtime:
-`dragon -s PYTHON -m pilotfish.backends.dragon_executor ADDRESS WORKERS`.
+`dragon -s PYTHON -m pilotfish.backends.dragon_executor ADDRESS WORKERS CALLS_DIR`.
 
 It connects back to the agent's Dragon backend over ZeroMQ and runs what it is sent:
-Python functions in a Dragon `multiprocessing` pool of WORKERS processes (none if 0),
+Python functions in a Dragon `multiprocessing` pool of WORKERS processes (none if 0;
+each pool call leaves a marker in CALLS_DIR while it runs, see call_many),
 executables as Dragon processes (their output appended to the task's files), and
 pilotfish's own function workers as Dragon processes (they talk to the agent directly;
 see backends/dragon.py for when). It reports each task's end with its times,
@@ -32,6 +33,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import shutil
 import socket
 import sys
 import threading
@@ -46,16 +48,47 @@ from pilotfish.agent.worker import CANCELED, ERROR, OK, TIMEOUT, _format, _pickl
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 _functions: dict[str, Any] = {}  # per pool worker: unpickled functions by key
+WATCH_INTERVAL = 0.5  # seconds between looks for pool workers that died
 
 
-def call_many(blobs: dict[str, bytes], calls: list[tuple[str, bytes | None,
-                                                        dict[str, str] | None]]
+def call_many(marker: str, blobs: dict[str, bytes],
+              calls: list[tuple[str, bytes | None, dict[str, str] | None]]
               ) -> list[tuple[Any, ...]]:
     """Run function tasks one after the other in a pool worker: a Dragon pool call costs
     about 2.4 ms of its own (400 no-op calls/s through Pool(2) on 2 CPUs), so the tasks
     the agent fed ahead to one worker in one message go as one call (they would have run
-    one after the other there anyway; their results come back together)."""
+    one after the other there anyway; their results come back together).
+
+    First the worker writes who it is to `marker`: the pool never reports a worker that
+    died, and the executor's watchdog fails the call's tasks when this one has."""
+    with open(marker, "w") as f:
+        f.write(_whoami())
     return [call(key, blobs[key], args_blob, env) for key, args_blob, env in calls]
+
+
+def _whoami() -> str:
+    """'PID START': a process id and its start time (a reused pid has another)."""
+    return f"{os.getpid()} {_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _has_died(marker: str) -> int | None:
+    """The pid of the pool worker that took this call and has died since; else None."""
+    try:
+        with open(marker) as f:
+            pid, start = f.read().split()
+    except (OSError, ValueError):
+        return None  # not taken yet, or being written
+    return int(pid) if _start_time(int(pid)) != start else None
 
 
 def call(key: str, blob: bytes, args_blob: bytes | None,
@@ -89,11 +122,15 @@ def call(key: str, blob: bytes, args_blob: bytes | None,
 
 
 class Executor:
-    def __init__(self, address: str, workers: int) -> None:
+    def __init__(self, address: str, workers: int, calls_dir: str) -> None:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(address)
         self.pool = mp.Pool(workers) if workers else None
+        self.calls_dir = calls_dir  # markers of the pool calls in flight (call_many)
+        self.in_flight: dict[str, list[str]] = {}  # marker -> its call's task uids
+        self.next_call = 0
+        self.next_watch = 0.0  # monotonic
         self.workers: dict[str, Any] = {}  # function worker ident -> dragon Process
         self.exits: queue.SimpleQueue[tuple[str, int | None]] = queue.SimpleQueue()
         self.blobs: dict[str, bytes] = {}
@@ -140,10 +177,14 @@ class Executor:
             while self.sock.poll(0):
                 self._handle(_decode(self.sock.recv()))
             self._expire()
+            if self.in_flight and time.monotonic() >= self.next_watch:
+                self.next_watch = time.monotonic() + WATCH_INTERVAL
+                self._watch_pool()
             self._send_results()
         self.launches.put(None)
         if self.pool is not None:
             self.pool.terminate()
+            shutil.rmtree(self.calls_dir, ignore_errors=True)
         for proc in [*self.procs.values(), *self.workers.values()]:
             proc.kill()
 
@@ -182,14 +223,36 @@ class Executor:
             chunks.setdefault(group, []).append((uid, key, args_blob, env))
         for chunk in chunks.values():
             blobs = {key: self.blobs[key] for _, key, _, _ in chunk}
-            self.pool.apply_async(call_many, (blobs, [c[1:] for c in chunk]),
-                                  callback=functools.partial(self._called,
-                                                             [c[0] for c in chunk]))
+            marker = os.path.join(self.calls_dir, str(self.next_call))
+            self.next_call += 1
+            uids = [c[0] for c in chunk]
+            self.in_flight[marker] = uids
+            self.pool.apply_async(call_many, (marker, blobs, [c[1:] for c in chunk]),
+                                  callback=functools.partial(self._called, marker, uids))
 
-    def _called(self, uids: list[str], results: list[tuple[Any, ...]]) -> None:
+    def _called(self, marker: str, uids: list[str], results: list[tuple[Any, ...]]) -> None:
         for uid, result in zip(uids, results, strict=True):
             self.results.put((uid, *result, None))
+        self._done_call(marker)
         self._wake()
+
+    def _done_call(self, marker: str) -> None:
+        self.in_flight.pop(marker, None)
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
+
+    def _watch_pool(self) -> None:
+        """Fail the tasks of pool calls whose worker died (the pool never says)."""
+        for marker, uids in list(self.in_flight.items()):
+            pid = _has_died(marker)
+            if pid is not None:
+                self._done_call(marker)
+                now = time.time()
+                for uid in uids:
+                    self._post((uid, ERROR, None, f"the Dragon pool worker running it "
+                                f"died (pid {pid})", None, now, None))
 
     def _launch_loop(self) -> None:
         """The launcher thread: executables and function workers, in order."""
@@ -355,7 +418,7 @@ def main(argv: list[str]) -> None:
     # Run as the importable module, not as __main__, so the pool's workers find `call`.
     from pilotfish.backends import dragon_executor
 
-    dragon_executor.Executor(argv[0], int(argv[1])).run()
+    dragon_executor.Executor(argv[0], int(argv[1]), argv[2]).run()
 
 
 if __name__ == "__main__":
