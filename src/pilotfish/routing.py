@@ -13,9 +13,10 @@ Default rules (`RoutingPolicy`):
    `parallel_backends` (Flux first); each among partitions of that kind. Other tasks
    (single-rank executables) go to partitions of `executable_backends` if there are
    any: Dragon starts each process through its runtime's services (about 25/s on a
-   workstation, against 1,700/s for the built-in launcher), so it gets executables by
-   routing only when nothing else can run them (and by late binding when it idles).
-   In each case, the least loaded (unfinished tasks per core) of those.
+   workstation, against 1,700/s for the built-in launcher), so it gets them only when
+   nothing else can run them. In each case, the least loaded (unfinished tasks per
+   core) of those. Late binding between partitions follows the same preference
+   (`may_move`) and moves what waits (`steal_count`).
 
 Subclass `RoutingPolicy` and override `choose` (or the preference tuples) to change
 the rules; the agent gives every task to `route`.

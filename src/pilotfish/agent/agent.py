@@ -290,7 +290,7 @@ class Agent:
         if layout.backend == "dragon":
             dragon = DragonBackend(layout.name, self.task_sandbox, nodes, self.functions,
                                    cfg.sandbox, layout.nodes, workers, cfg.python_path,
-                                   pool=dragon_pool)
+                                   dragon_pool=dragon_pool)
             return _Partition(layout, scheduler, dragon, True)
         # Workers the user asked for are started with the pilot; by default, on first use.
         backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,

@@ -163,7 +163,7 @@ class DragonBackend:
 
     def __init__(self, name: str, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, nodes: int, workers_per_node: int, python_path: list[str],
-                 pool: bool = False) -> None:
+                 dragon_pool: bool = False) -> None:
         self.name = name
         self.sandbox = sandbox
         self.layout = layout
@@ -171,10 +171,11 @@ class DragonBackend:
         self.log_dir = log_dir
         self.workers_per_node = workers_per_node
         self.workers = nodes * workers_per_node
-        # pilotfish's workers as Dragon processes, unless asked for Dragon's pool.
+        # pilotfish's workers as Dragon processes (self.pool feeds them), unless asked
+        # for Dragon's own pool (in the executor).
         self.processes: DragonProcesses | None = None
         self.pool: FunctionPool | None = None
-        if not pool:
+        if not dragon_pool:
             self.processes = DragonProcesses(self)
             self.pool = FunctionPool(log_dir, functions, python_path, self.processes)
         self.python_path = python_path
