@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
-_PGRP, _SESSION = 2, 3  # fields of /proc/PID/stat after the command name
+# Fields of /proc/PID/stat, counted after the command name.
+_PGRP, _SESSION, START_TIME = 2, 3, 19
 
 
 def kill_session(sid: int, passes: int = 3) -> int:
@@ -26,7 +27,7 @@ def kill_group(pgid: int, passes: int = 3) -> int:
 def _kill_where(field: int, value: int, passes: int) -> int:
     killed = 0
     for _ in range(passes):
-        found = [pid for pid in _pids() if _stat_field(pid, field) == value]
+        found = [pid for pid in _pids() if stat_field(pid, field) == value]
         for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -42,7 +43,9 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def _stat_field(pid: int, field: int) -> int | None:
+def stat_field(pid: int, field: int) -> int | None:
+    """A field of /proc/PID/stat (counted after the command name); None if the process
+    is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()

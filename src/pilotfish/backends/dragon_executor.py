@@ -44,6 +44,7 @@ import msgspec
 import zmq
 
 from pilotfish.agent.worker import CANCELED, ERROR, OK, TIMEOUT, _format, _pickle_exception
+from pilotfish.proctree import START_TIME, stat_field
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -68,17 +69,7 @@ def call_many(marker: str, blobs: dict[str, bytes],
 
 def _whoami() -> str:
     """'PID START': a process id and its start time (a reused pid has another)."""
-    return f"{os.getpid()} {_start_time(os.getpid())}"
-
-
-def _start_time(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot), None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+    return f"{os.getpid()} {stat_field(os.getpid(), START_TIME)}"
 
 
 def _has_died(marker: str) -> int | None:
@@ -88,7 +79,7 @@ def _has_died(marker: str) -> int | None:
             pid, start = f.read().split()
     except (OSError, ValueError):
         return None  # not taken yet, or being written
-    return int(pid) if _start_time(int(pid)) != start else None
+    return int(pid) if str(stat_field(int(pid), START_TIME)) != start else None
 
 
 def call(key: str, blob: bytes, args_blob: bytes | None,
