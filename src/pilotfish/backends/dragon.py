@@ -202,7 +202,8 @@ class DragonBackend:
         if self.pool is not None:
             self.pool.start(reactor, emit)
         os.makedirs(self.sandbox, exist_ok=True)
-        os.makedirs(self._calls_dir, exist_ok=True)
+        if self.pool is None:  # Dragon's pool: its calls leave markers there
+            os.makedirs(self._calls_dir, exist_ok=True)
         self._sock = zmq.Context.instance().socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
         port: int = self._sock.bind_to_random_port("tcp://127.0.0.1")
