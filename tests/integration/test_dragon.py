@@ -60,12 +60,21 @@ def dragon_launcher(pilot: pf.Pilot) -> int:
     return launchers[0]
 
 
-@pytest.mark.parametrize("functions", ["workers", "pool"])
-def test_functions_and_executables_run_in_dragon(session: pf.Session, functions: str) -> None:
+def program() -> str:
+    """The command line of the process a function runs in."""
+    with open("/proc/self/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.parametrize("functions", [None, "pool"])  # None: the default, the workers
+def test_functions_and_executables_run_in_dragon(session: pf.Session,
+                                                 functions: str | None) -> None:
     shm_before = set(os.listdir("/dev/shm"))
     pilot = session.start_pilot(pf.PilotDescription(
         nodes=2, cores_per_node=2, gpus_per_node=2,
         partitions=[PS(backend="dragon", functions=functions)]))
+    where = session.submit(TD(function=program)).result(timeout=90)
+    assert ("pilotfish.agent.worker" in where) is (functions is None), where
     squares = session.submit([TD(function=square, args=(i,)) for i in range(100)])
     gpus = session.submit([TD(function=visible_gpus, gpus_per_rank=1) for _ in range(4)])
     broken = session.submit(TD(function=fail, args=("boom",)))

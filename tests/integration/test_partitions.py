@@ -145,6 +145,18 @@ def test_an_idle_partition_takes_queued_tasks_from_a_backlogged_one(session: pf.
     assert m.makespan_s is not None and m.makespan_s < 1000 * 10 / 8 * 0.75
 
 
+def test_an_idle_dragon_partition_leaves_executables_to_the_built_in_one(
+        session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(
+        backend="simulated", nodes=2, cores_per_node=4,
+        partitions=[PS(backend="builtin", nodes=1), PS(backend="dragon", nodes=1)]))
+    executables = session.submit([TD(executable="sleep", arguments=["10"], duration=10.0)
+                                  for _ in range(40)])
+    assert session.wait(timeout=60)
+    # Routed there, and late binding does not move them to Dragon's idle cores.
+    assert {t.partition for t in executables} == {"builtin"}
+
+
 class AllToFirst(pf.RoutingPolicy):
     def choose(self, traits: pf.TaskTraits, able: Sequence[Partition],
                load: Mapping[str, float]) -> Partition:

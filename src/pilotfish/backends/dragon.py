@@ -271,8 +271,8 @@ class DragonBackend:
             self._send_tasks(tasks)
 
     def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
-        """Plain functions queued ahead for a worker (a Dragon pool schedules them itself:
-        there the worker index is only the scheduler's bookkeeping)."""
+        """Plain functions queued ahead for a worker (in a Dragon pool, the tasks queued
+        for one worker in one message go as one pool call; the pool picks its worker)."""
         self.launch(tasks)
 
     def _to_worker(self, task: PlacedTask | DispatchedTask, pool: FunctionPool,
