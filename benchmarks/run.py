@@ -13,6 +13,8 @@ absolute time). Cases:
   d1       20,000 no-op functions through a Dragon partition (1 node x 2 cores) with
            `functions="pool"`, vs the same Dragon pool driven directly by a plain
            script (target: ratio >= 0.90)
+  d1-map   d1 against the same pool's `pool.map` over all 20,000 calls at once (no
+           target: how far per-task tracking is from a pool's bulk path)
   d1-workers  the same through the default Dragon partition (pilotfish's workers)
   h1       10,000 `/bin/true` + 50,000 no-op functions on a pilot of a built-in and a
            Dragon partition (1 node x 32 cores each), vs the same on the built-in
@@ -113,10 +115,11 @@ def run_startup(tmp: str) -> tuple[float, float]:
     return ours, time.perf_counter() - start
 
 
-def run_d1(tmp: str, n: int = 20_000, functions: str = "pool") -> tuple[float, float]:
+def run_d1(tmp: str, n: int = 20_000, functions: str = "pool", baseline: str = "apply"
+           ) -> tuple[float, float]:
     """Function tasks per second through a Dragon partition whose functions run in a
     Dragon pool (or `functions`), and through the same Dragon pool driven by a plain
-    script (`dragon_pool.py`); both timed after start-up."""
+    script (`dragon_pool.py`, in its `baseline` mode); both timed after start-up."""
     workers = min(2, os.cpu_count() or 1)  # the pool size the partition gets here
     spec = pf.PartitionSpec(backend="dragon", functions=functions)
     with _session(tmp) as session:
@@ -128,10 +131,10 @@ def run_d1(tmp: str, n: int = 20_000, functions: str = "pool") -> tuple[float, f
         assert session.wait(timeout=600)
         ours = n / (time.perf_counter() - start)
         assert all(t.state is pf.TaskState.DONE for t in tasks)
-    return ours, _dragon_pool_rate(n, workers)
+    return ours, _dragon_pool_rate(n, workers, baseline)
 
 
-def _dragon_pool_rate(n: int, workers: int) -> float:
+def _dragon_pool_rate(n: int, workers: int, mode: str) -> float:
     from pilotfish.backends.dragon import SEGMENT_BYTES, launcher, remove_segments, shm_entries
 
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dragon_pool.py")
@@ -139,7 +142,7 @@ def _dragon_pool_rate(n: int, workers: int) -> float:
                DRAGON_INF_SEG_SZ=str(SEGMENT_BYTES))
     env["PATH"] = os.path.dirname(launcher()) + os.pathsep + env.get("PATH", "")
     shm = shm_entries()
-    proc = subprocess.Popen([launcher(), "-s", script, str(n), str(workers)],
+    proc = subprocess.Popen([launcher(), "-s", script, str(n), str(workers), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, process_group=0)
     try:
@@ -209,6 +212,8 @@ CASES: dict[str, tuple[Callable[[str], tuple[float, float]], str, str,
     "e3": (run_e3, "% utilization", "s execution window (ideal 16 s)",
            lambda a, b: 16.0 / b),
     "d1": (run_d1, "tasks/s", "plain Dragon pool script tasks/s", lambda a, b: a / b),
+    "d1-map": (lambda tmp: run_d1(tmp, baseline="map"), "tasks/s",
+               "plain Dragon pool.map tasks/s", lambda a, b: a / b),
     "d1-workers": (lambda tmp: run_d1(tmp, functions="workers"), "tasks/s",
                    "plain Dragon pool script tasks/s", lambda a, b: a / b),
     "h1": (run_h1, "tasks/s", "tasks/s of the built-in partition alone", lambda a, b: a / b),
