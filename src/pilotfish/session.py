@@ -140,14 +140,15 @@ class Session:
         )
         pilot.process = start_local_agent(cfg)
         self._channel.watch_process(uid, pilot.process.pid)
+        log = pilot.sandbox / "agent.log"
         if not pilot.ready.wait(timeout):
             self._kill_agent(pilot)
-            raise TimeoutError(f"{uid}: agent not ready within {timeout} s; see "
-                               f"{pilot.sandbox / 'agent.log'}")
+            raise TimeoutError(f"{uid}: agent not ready within {timeout} s "
+                               f"({_last_line(log)}); see {log}")
         if not pilot.active:
             self._kill_agent(pilot)
-            raise RuntimeError(f"{uid}: agent failed to start: {pilot.reason}; see "
-                               f"{pilot.sandbox / 'agent.log'}")
+            raise RuntimeError(f"{uid}: agent failed to start: {pilot.reason} "
+                               f"({_last_line(log)}); see {log}")
         return pilot
 
     # ---- tasks ------------------------------------------------------------------------
@@ -448,6 +449,17 @@ class Session:
                 self._done.notify_all()
         if callbacks:
             self._callbacks.run(callbacks)
+
+
+def _last_line(log: Path) -> str:
+    """The last line an agent wrote to its log (a failed start ends with its cause)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError as exc:
+        return f"its log cannot be read: {exc}"
+    return f"its log ends: {lines[-1]}" if lines else "its log is empty"
 
 
 def _journal_row(task: Task, final: float, extra: list[tuple[int, str, float]]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +118,19 @@ def test_routing_must_be_a_policy_that_can_travel() -> None:
     unpicklable.lock = threading.Lock()  # type: ignore[attr-defined]
     with pytest.raises(pf.InvalidDescription, match="routing: cannot be pickled"):
         pf.PilotDescription(routing=unpicklable)
+
+
+def test_a_policy_the_agent_cannot_import_fails_the_start_with_the_cause(
+        session: pf.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "gone_policy.py").write_text(
+        "import pilotfish as pf\nclass Gone(pf.RoutingPolicy):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gone_policy", raising=False)
+    policy = importlib.import_module("gone_policy").Gone()
+    desc = pf.PilotDescription(nodes=1, cores_per_node=2, routing=policy)
+    (tmp_path / "gone_policy.py").unlink()  # pickled by reference: the agent imports it
+    with pytest.raises(RuntimeError, match="No module named 'gone_policy'"):
+        session.start_pilot(desc)
 
 
 def test_partition_specs_are_checked_with_the_pilot() -> None:
