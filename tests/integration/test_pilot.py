@@ -72,6 +72,7 @@ def test_function_exception_carries_remote_traceback(session: pf.Session, pilot:
         t.result(timeout=30)
     assert t.state == TaskState.FAILED
     assert "fail_with" in str(info.value.__cause__)  # the remote traceback
+    assert "worker.py" not in t.error  # from the user's code on, not the worker's
     assert any("Traceback" in note for note in info.value.__notes__)
 
 

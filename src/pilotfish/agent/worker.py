@@ -198,8 +198,16 @@ class FunctionWorker:
         self._send_results()
 
 
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pilotfish's files
+
+
 def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()
+    """The traceback as the user wants it: from their code on, not from the worker's."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and \
+            tb.tb_frame.f_code.co_filename.startswith(_OURS):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 
 def _pickle_exception(exc: BaseException) -> bytes | None:
