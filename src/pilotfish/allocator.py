@@ -71,7 +71,7 @@ class Allocator:
             return f"asks for {shape.mem_per_rank} MiB per rank, a node has {self.mem} MiB"
         group = self.groups.get(colocate) if colocate is not None else None
         nodes = len(group) if group is not None else len(self.nodes)
-        where = f"colocate group {colocate!r} has" if group is not None else "the pilot has"
+        where = f"colocate group {colocate!r} has" if group is not None else "there are"
         per_node, why = self.rank_limit(shape)
         if shape.ranks_per_node:
             on_one = min(shape.ranks_per_node, shape.ranks)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .description import PilotDescription
+from .partitions import PartitionSpec
 from .session import Session
 from .states import TaskState
 
@@ -36,11 +37,30 @@ def wait_with_progress(session: Session, total: int, started: float, stream: Tex
             return
 
 
+def parse_partitions(text: str) -> list[PartitionSpec]:
+    """`dragon:1,builtin`: BACKEND[:NODES] each, NODES a count, a fraction or (none) the
+    nodes the others leave. ValueError says what is wrong."""
+    specs = []
+    for item in text.split(","):
+        backend, _, nodes = item.strip().partition(":")
+        try:
+            count = (None if not nodes else float(nodes) if "." in nodes else int(nodes))
+        except ValueError:
+            raise ValueError(f"{item!r}: NODES must be a count or a fraction") from None
+        specs.append(PartitionSpec(backend=backend, nodes=count))
+    return specs
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .workloads.demo import demo_tasks
 
-    desc = PilotDescription(nodes=args.nodes, cores_per_node=args.cores,
-                            gpus_per_node=args.gpus)
+    try:
+        partitions = parse_partitions(args.partitions) if args.partitions else []
+        desc = PilotDescription(nodes=args.nodes, cores_per_node=args.cores,
+                                gpus_per_node=args.gpus, partitions=partitions)
+    except ValueError as exc:  # InvalidDescription and PartitionError too
+        print(f"pilotfish run: {exc}", file=sys.stderr)
+        return 2
     with Session(path=args.sessions) as session:
         print(f"session {session.uid} ({session.path})")
         t0 = time.monotonic()
@@ -57,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if t.state is TaskState.FAILED:
                 print(f"first failure: {t.uid} ({t.description.name}): {t.error}")
                 break
-        print(session.metrics())
+        print(session.metrics(by="partition" if partitions else None))
         print(f"report: pilotfish report {session.path}")
         return 0 if counts["DONE"] == len(tasks) else 1
 
@@ -125,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cores", type=int, default=16, help="cores per node (default 16)")
     run.add_argument("--gpus", type=int, default=4, help="GPUs per node (default 4)")
     run.add_argument("--tasks", type=int, default=2000, help="number of tasks (default 2000)")
+    run.add_argument("--partitions", metavar="BACKEND[:NODES],...",
+                     help="split the pilot, e.g. dragon:1,builtin (metrics then by partition)")
     run.add_argument("--sessions", default="pilotfish-sessions",
                      help="where session directories go")
     run.set_defaults(func=cmd_run)

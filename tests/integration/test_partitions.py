@@ -12,6 +12,7 @@ import pytest
 
 import pilotfish as pf
 from pilotfish.backends.flux import flux_available
+from pilotfish.cli import main
 from pilotfish.partitions import Partition
 
 TD = pf.TaskDescription
@@ -56,7 +57,8 @@ def test_tasks_no_partition_can_take_fail_at_once_with_the_reason(session: pf.Se
         ghost.result(timeout=30)
     wide = session.submit(TD(executable="/bin/true", ranks=2, ranks_per_node=1,
                              partition="small"))
-    with pytest.raises(pf.TaskFailed, match=r"needs 2 nodes .* the pilot has 1"):
+    with pytest.raises(pf.TaskFailed,
+                       match=r"partition 'small' \(builtin\) needs 2 nodes .* there are 1"):
         wide.result(timeout=30)
     assert session.submit(TD(executable="/bin/true", ranks=2, ranks_per_node=1)).result(
         timeout=30) == 0
@@ -191,3 +193,19 @@ def test_a_partition_with_idle_cores_takes_even_a_single_waiting_task(
     m = session.metrics()
     assert m.makespan_s is not None and m.makespan_s < 15  # not 20: the third ran at once
 
+
+
+def test_pilotfish_run_splits_the_pilot_and_reports_by_partition(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "--nodes", "3", "--cores", "8", "--gpus", "0", "--tasks", "60",
+            "--sessions", str(tmp_path)]
+    assert main([*argv, "--partitions", "builtin:1,builtin:0.5,builtin"]) == 0
+    out = capsys.readouterr().out
+    assert "tasks: 60 DONE" in out
+    for name in ("builtin-1", "builtin-2", "builtin-3"):
+        assert f"[partition = {name}]" in out
+    for bad, why in [("builtin:x", "'builtin:x': NODES must be a count or a fraction"),
+                     ("bogus", "unknown backend 'bogus'"),
+                     ("builtin:4", "partitions ask for 4 node")]:
+        assert main([*argv, "--partitions", bad]) == 2
+        assert why in capsys.readouterr().err
