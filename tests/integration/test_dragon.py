@@ -194,8 +194,8 @@ def test_cancel_and_timeout_in_dragon(session: pf.Session, functions: str) -> No
     wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
     sleeper.cancel()
     assert session.wait(timeout=60)
-    assert late.state is pf.TaskState.FAILED and "timed out" in (late.error or "")
-    assert napping.state is pf.TaskState.FAILED and "timed out" in (napping.error or "")
+    assert late.state is pf.TaskState.FAILED and "timed out after 1" in (late.error or "")
+    assert napping.state is pf.TaskState.FAILED and "timed out after 1" in (napping.error or "")
     assert sleeper.state is pf.TaskState.CANCELED
 
 

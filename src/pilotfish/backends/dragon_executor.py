@@ -127,7 +127,7 @@ class Executor:
         self.blobs: dict[str, bytes] = {}
         self.results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()  # results from other threads wake the loop
-        self.deadlines: dict[str, float] = {}  # uid -> when its timeout ends it
+        self.deadlines: dict[str, tuple[float, float]] = {}  # uid -> when it ends, timeout
         self.calls: set[str] = set()  # functions running in the pool
         self.procs: dict[str, Any] = {}  # running executable uid -> dragon Process
         self.killed: dict[str, tuple[int, str]] = {}  # uid -> why we killed it
@@ -160,7 +160,7 @@ class Executor:
         poller.register(self.wake_r, zmq.POLLIN)
         while not self.stopping:
             deadlines = self.deadlines.values()
-            wait = max(0.0, min(deadlines) - time.time()) if deadlines else 1.0
+            wait = max(0.0, min(deadlines)[0] - time.time()) if deadlines else 1.0
             ready = dict(poller.poll(int(min(wait, 1.0) * 1000) + 1))
             if self.wake_r in ready:
                 os.read(self.wake_r, 65536)
@@ -209,7 +209,7 @@ class Executor:
         for uid, key, args_blob, timeout, env, worker in calls:
             self.calls.add(uid)
             if timeout:
-                self.deadlines[uid] = now + timeout
+                self.deadlines[uid] = (now + timeout, timeout)
             group = worker if worker >= 0 else uid  # a one-off: a pool call of its own
             chunks.setdefault(group, []).append((uid, key, args_blob, env))
         for chunk in chunks.values():
@@ -289,7 +289,7 @@ class Executor:
         if killed:
             proc.terminate()
         elif timeout:
-            self.deadlines[uid] = start + timeout
+            self.deadlines[uid] = (start + timeout, timeout)
         self.started.put((uid, start))
         self._wake()
         threading.Thread(target=self._wait, args=(uid, proc, start), daemon=True).start()
@@ -365,9 +365,9 @@ class Executor:
 
     def _expire(self) -> None:
         now = time.time()
-        for uid, deadline in list(self.deadlines.items()):
+        for uid, (deadline, timeout) in list(self.deadlines.items()):
             if deadline <= now:
-                self._kill(uid, TIMEOUT, "timed out (Dragon)")
+                self._kill(uid, TIMEOUT, f"timed out after {timeout} s")
 
     def _send_results(self) -> None:
         while not self.started.empty():
