@@ -259,6 +259,26 @@ def test_a_lost_dragon_partition_fails_or_moves_only_its_tasks(session: pf.Sessi
         pinned.result(timeout=30)
 
 
+def test_tasks_waiting_in_a_lost_partitions_queue_move_too(session: pf.Session) -> None:
+    pilot = session.start_pilot(pf.PilotDescription(
+        nodes=2, cores_per_node=2,
+        partitions=[PS(backend="dragon", nodes=1), PS(backend="builtin", nodes=1)]))
+    assert session.submit(TD(function=square, args=(3,), partition="dragon")).result(
+        timeout=90) == 9
+    # The built-in partition busy with a queue of its own: it takes nothing from Dragon's.
+    busy = session.submit([TD(executable="/bin/sleep", arguments=["2"], partition="builtin")
+                           for _ in range(3)])
+    # Each takes the whole Dragon node: one runs, the others wait in its queue.
+    naps = session.submit([TD(function=nap, args=(0.2,), cores_per_rank=2, retries=1)
+                           for _ in range(4)])
+    wait_until(lambda: any(t.state is pf.TaskState.RUNNING for t in naps))
+    os.killpg(dragon_launcher(pilot), signal.SIGKILL)
+    assert [t.result(timeout=60) for t in naps] == [0.2] * 4
+    assert {t.partition for t in naps} == {"builtin"}
+    assert [t.result(timeout=30) for t in busy] == [0, 0, 0]
+    assert pilot.active
+
+
 def test_a_dead_agents_dragon_runtime_and_segments_are_cleaned_up(
         session: pf.Session) -> None:
     shm_before = set(os.listdir("/dev/shm"))

@@ -657,7 +657,8 @@ class Agent:
                                                 error=error))
                 continue
             self._progress.discard(spec.uid)
-            _move(task, SUBMITTED)  # placed again from the start, on other nodes
+            if task.state is not SUBMITTED:  # placed again from the start, on other nodes
+                _move(task, SUBMITTED)
             task.retried += 1
             task.events.append(("requeued", now))
             per_partition.setdefault(routed.name, []).append(task)
