@@ -104,16 +104,19 @@ def exit_at_once() -> None:
     os._exit(3)
 
 
-def test_a_dragon_pool_worker_that_dies_fails_its_tasks(session: pf.Session) -> None:
-    # The pool never reports a worker that died; the executor's watchdog does.
+def test_a_dragon_pool_worker_that_dies_fails_its_task_only(session: pf.Session) -> None:
+    # The pool never reports a worker that died; the executor's watchdog does. The tasks
+    # sent to that worker in the same pool call as the dying one are placed again.
     session.start_pilot(pf.PilotDescription(
         nodes=1, cores_per_node=2, partitions=[PS(backend="dragon", functions="pool")]))
     assert session.submit(TD(function=square, args=(2,))).result(timeout=90) == 4
     start = time.monotonic()
-    dying = session.submit(TD(function=exit_at_once))
+    dying, *mates = session.submit([TD(function=exit_at_once)]
+                                   + [TD(function=square, args=(i,)) for i in range(20)])
     with pytest.raises(pf.TaskFailed, match=r"the Dragon pool worker running it died"):
         dying.result(timeout=30)
     assert time.monotonic() - start < 10
+    assert [t.result(timeout=30) for t in mates] == [i * i for i in range(20)]
     after = session.submit([TD(function=square, args=(i,)) for i in range(20)])
     assert [t.result(timeout=30) for t in after] == [i * i for i in range(20)]
 

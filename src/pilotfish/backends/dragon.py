@@ -55,6 +55,7 @@ from .base import (
     DispatchedTask,
     PlacedTask,
     TaskFinished,
+    TaskRequeued,
     TaskStarted,
 )
 from .function_pool import FunctionPool
@@ -377,6 +378,10 @@ class DragonBackend:
             elif kind == "done":
                 for uid, outcome, blob, error, start, stop, code in msg[1]:
                     self._finish(uid, outcome, blob, error, start, stop, code)
+            elif kind == "requeued":  # fed to a pool worker that died before it began
+                for uid in msg[1]:
+                    if self._tasks.pop(uid, None) is not None:
+                        self._emit(TaskRequeued(uid))
             elif kind == "exited" and self.processes is not None:
                 self.processes.exited(msg[1], msg[2])
 

@@ -60,11 +60,17 @@ def call_many(marker: str, blobs: dict[str, bytes],
     the agent fed ahead to one worker in one message go as one call (they would have run
     one after the other there anyway; their results come back together).
 
-    First the worker writes who it is to `marker`: the pool never reports a worker that
-    died, and the executor's watchdog fails the call's tasks when this one has."""
-    with open(marker, "w") as f:
-        f.write(_whoami())
-    return [call(key, blobs[key], args_blob, env) for key, args_blob, env in calls]
+    The worker writes who it is to `marker` (a line), then a byte as it starts each
+    task: the pool never reports a worker that died, and the executor's watchdog then
+    fails the task it was running and gives the others back to be placed again (those
+    it ran too: their results died with it), as the built-in function pool does."""
+    results = []
+    with open(marker, "wb", buffering=0) as f:
+        f.write(_whoami().encode() + b"\n")
+        for key, args_blob, env in calls:
+            f.write(b".")
+            results.append(call(key, blobs[key], args_blob, env))
+    return results
 
 
 def _whoami() -> str:
@@ -72,14 +78,18 @@ def _whoami() -> str:
     return f"{os.getpid()} {stat_field(os.getpid(), START_TIME)}"
 
 
-def _has_died(marker: str) -> int | None:
-    """The pid of the pool worker that took this call and has died since; else None."""
+def _has_died(marker: str) -> tuple[int, int] | None:
+    """The pid of the pool worker that took this call and has died since, and how many
+    of the call's tasks it had started; else None."""
     try:
-        with open(marker) as f:
-            pid, start = f.read().split()
+        with open(marker, "rb") as f:
+            who, _, started = f.read().partition(b"\n")
+            pid, start = who.split()
     except (OSError, ValueError):
         return None  # not taken yet, or being written
-    return int(pid) if str(stat_field(int(pid), START_TIME)) != start else None
+    if str(stat_field(int(pid), START_TIME)) == start.decode():
+        return None
+    return int(pid), len(started)
 
 
 def call(key: str, blob: bytes, args_blob: bytes | None,
@@ -235,15 +245,26 @@ class Executor:
             pass
 
     def _watch_pool(self) -> None:
-        """Fail the tasks of pool calls whose worker died (the pool never says)."""
+        """End the tasks of pool calls whose worker died (the pool never says): the one
+        it was running fails, the others go back to the agent to be placed again."""
         for marker, uids in list(self.in_flight.items()):
-            pid = _has_died(marker)
-            if pid is not None:
-                self._done_call(marker)
-                now = time.time()
-                for uid in uids:
-                    self._post((uid, ERROR, None, f"the Dragon pool worker running it "
-                                f"died (pid {pid})", None, now, None))
+            died = _has_died(marker)
+            if died is None:
+                continue
+            pid, started = died
+            self._done_call(marker)
+            running = uids[started - 1] if started else None
+            if running is not None:
+                self._post((running, ERROR, None, f"the Dragon pool worker running it died "
+                            f"(pid {pid})", None, time.time(), None))
+            others = [uid for uid in uids if uid != running]
+            requeued = [uid for uid in others if uid not in self.dropped]
+            self.dropped.difference_update(others)
+            for uid in requeued:
+                self.calls.discard(uid)
+                self.deadlines.pop(uid, None)
+            if requeued:
+                self.sock.send(_encode(("requeued", requeued)))
 
     def _launch_loop(self) -> None:
         """The launcher thread: executables and function workers, in order."""
