@@ -282,6 +282,24 @@ def test_tasks_waiting_in_a_lost_partitions_queue_move_too(session: pf.Session) 
     assert pilot.active
 
 
+def test_executables_dragon_cannot_start_fail_with_the_reason(session: pf.Session,
+                                                              tmp_path: Path) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2,
+                                            partitions=[PS(backend="dragon")]))
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $PWD\n")
+    script.chmod(0o755)
+    bad = session.submit([TD(executable="/no/such/program"), TD(executable="no-such-program"),
+                          TD(executable=str(tmp_path / "hello.sh"), sandbox="/proc/no/dir")])
+    for task, why in zip(bad, ["'/no/such/program': no such executable file",
+                               "'no-such-program': no such executable file in PATH",
+                               "No such file or directory: '/proc/no'"], strict=True):
+        with pytest.raises(pf.TaskFailed, match=f"cannot launch .*{why}"):
+            task.result(timeout=90)
+    relative = session.submit(TD(executable="./hello.sh", sandbox=str(tmp_path)))
+    assert relative.result(timeout=60) == 0 and relative.stdout == f"hello from {tmp_path}\n"
+
+
 def test_a_dead_agents_dragon_runtime_and_segments_are_cleaned_up(
         session: pf.Session) -> None:
     shm_before = set(os.listdir("/dev/shm"))

@@ -45,7 +45,7 @@ import zmq
 
 from ..agent.reactor import Reactor
 from ..agent.worker import CANCELED, ERROR, OK, TIMEOUT
-from ..messages import decode_plain, encode_plain
+from ..messages import TaskSpec, decode_plain, encode_plain
 from ..proctree import kill_group
 from ..states import TaskState
 from .base import (
@@ -77,6 +77,28 @@ def dragon_available() -> str | None:
     if not os.path.exists(launcher()):
         return f"the dragon launcher is not at {launcher()}"
     return None
+
+
+def launch_problem(spec: TaskSpec, sandbox: str) -> str | None:
+    """Why an executable task cannot start, found before Dragon is asked (which would
+    say it far less clearly: a shell's exit code 127, a global services error); None if
+    it can. Checked on this host, where the runtime runs (`dragon -s`)."""
+    if spec.kind != "executable" or spec.executable is None:
+        return None
+    cwd = spec.sandbox or sandbox
+    try:
+        os.makedirs(cwd, exist_ok=True)
+    except OSError as exc:
+        return f"cannot launch {spec.executable!r}: {exc}"
+    exe = spec.executable
+    if "/" in exe:
+        path = os.path.join(cwd, exe)  # an absolute one stays as it is
+        found = os.path.isfile(path) and os.access(path, os.X_OK)
+    else:
+        search = spec.environment.get("PATH", os.environ.get("PATH", ""))
+        found = shutil.which(exe, path=search) is not None
+    return None if found else (f"cannot launch {exe!r}: no such executable file"
+                               + ("" if "/" in exe else " in PATH"))
 
 
 def launcher() -> str:
@@ -262,8 +284,16 @@ class DragonBackend:
             tasks = [t for t in tasks if t.spec.kind != "function"]
             for task in functions:
                 self._to_worker(task, self.pool, self.processes)
+        runnable = []
         for placed in tasks:
-            self._tasks[placed.spec.uid] = placed
+            problem = launch_problem(placed.spec, self.sandbox)
+            if problem is None:
+                self._tasks[placed.spec.uid] = placed
+                runnable.append(placed)
+            else:
+                self._emit(TaskFinished(placed.spec.uid, TaskState.FAILED, None, time.time(),
+                                        error=problem))
+        tasks = runnable
         if self._dead is not None:
             return  # the agent moves or fails them when it hears the runtime is lost
         if not self._ready:
