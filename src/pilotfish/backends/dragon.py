@@ -282,8 +282,7 @@ class DragonBackend:
         if self.pool is not None and self.processes is not None:
             functions = [t for t in tasks if t.spec.kind == "function"]
             tasks = [t for t in tasks if t.spec.kind != "function"]
-            for task in functions:
-                self._to_worker(task, self.pool, self.processes)
+            self._to_workers(functions, self.pool, self.processes)
         runnable = []
         for placed in tasks:
             problem = launch_problem(placed.spec, self.sandbox)
@@ -306,18 +305,22 @@ class DragonBackend:
         for one worker in one message go as one pool call; the pool picks its worker)."""
         self.launch(tasks)
 
-    def _to_worker(self, task: PlacedTask | DispatchedTask, pool: FunctionPool,
-                   processes: DragonProcesses) -> None:
-        """A function for pilotfish's workers: its pooled worker, or a one-off worker
-        that sees only the task's GPUs if it has a slot of its own."""
-        if isinstance(task, DispatchedTask):
-            ident = f"w{task.worker}"
-            processes.node_of[ident] = task.node
-            pool.dispatch([(task.spec, ident)])
-        else:
-            ident = f"task-{task.spec.uid}"
-            processes.node_of[ident] = task.slot.nodes[0]
-            pool.dispatch([(task.spec, ident)], env=self._gpu_env(task))
+    def _to_workers(self, tasks: Sequence[PlacedTask | DispatchedTask], pool: FunctionPool,
+                    processes: DragonProcesses) -> None:
+        """Functions for pilotfish's workers: each to its pooled worker (all in one go),
+        or to a one-off worker that sees only the task's GPUs if it has a slot of its own."""
+        pooled = []
+        for task in tasks:
+            if isinstance(task, DispatchedTask):
+                ident = f"w{task.worker}"
+                processes.node_of[ident] = task.node
+                pooled.append((task.spec, ident))
+            else:
+                ident = f"task-{task.spec.uid}"
+                processes.node_of[ident] = task.slot.nodes[0]
+                pool.dispatch([(task.spec, ident)], env=self._gpu_env(task))
+        if pooled:
+            pool.dispatch(pooled)
 
     def cancel(self, uids: Sequence[str]) -> None:
         if self.pool is not None:
