@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -209,3 +210,21 @@ def test_pilotfish_run_splits_the_pilot_and_reports_by_partition(
                      ("builtin:4", "partitions ask for 4 node")]:
         assert main([*argv, "--partitions", bad]) == 2
         assert why in capsys.readouterr().err
+
+
+def whoami() -> int:
+    return os.getpid()
+
+
+def test_each_partitions_function_workers_have_files_of_their_own(
+        session: pf.Session) -> None:
+    # Two pools' "w0" once shared a counter file: one truncating it as the other's
+    # worker mapped it made that worker fail to start.
+    pilot = session.start_pilot(pf.PilotDescription(
+        nodes=2, cores_per_node=1, function_workers=1,
+        partitions=[PS(backend="builtin", nodes=1), PS(backend="builtin", nodes=1)]))
+    pids = session.submit([TD(function=whoami, partition=f"builtin-{i}") for i in (1, 2)])
+    assert len({t.result(timeout=30) for t in pids}) == 2
+    files = sorted(p.name for p in pilot.sandbox.glob("worker.*"))
+    assert files == [f"worker.builtin-{i}.w0.{kind}" for i in (1, 2)
+                     for kind in ("log", "started")]

@@ -296,7 +296,8 @@ class Agent:
         backend = BuiltinBackend(self.task_sandbox, nodes, self.functions,
                                  log_dir=cfg.sandbox, python_path=cfg.python_path,
                                  cores=layout.nodes * cfg.cores_per_node,
-                                 prestart=layout.nodes * workers if cfg.function_workers else 0)
+                                 prestart=layout.nodes * workers if cfg.function_workers else 0,
+                                 name=layout.name)
         return _Partition(layout, scheduler, backend, True)
 
     @property

@@ -19,9 +19,9 @@ class BuiltinBackend:
 
     def __init__(self, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, python_path: list[str] | None = None, cores: int = 0,
-                 prestart: int = 0) -> None:
+                 prestart: int = 0, name: str = "builtin") -> None:
         self.processes = ProcessRunner(sandbox, layout, slots=cores)
-        self.pool = FunctionPool(log_dir, functions, python_path or [])
+        self.pool = FunctionPool(log_dir, functions, python_path or [], name=name)
         self.layout = layout
         self.prestart = prestart  # function workers to start now, not at their first task
 

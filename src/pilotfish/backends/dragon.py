@@ -200,7 +200,7 @@ class DragonBackend:
         self.pool: FunctionPool | None = None
         if not dragon_pool:
             self.processes = DragonProcesses(self)
-            self.pool = FunctionPool(log_dir, functions, python_path, self.processes)
+            self.pool = FunctionPool(log_dir, functions, python_path, self.processes, name)
         self.python_path = python_path
         self._sent_functions: set[str] = set()
         self._tasks: dict[str, PlacedTask | DispatchedTask] = {}  # sent or waiting, not ended

@@ -6,10 +6,11 @@ GPU) gets a one-off worker started with that slot's environment. If a worker die
 task it was running fails with the reason and the tasks queued behind it are requeued;
 a worker that dies before it ever became ready fails all its tasks (it would again).
 
-Each worker counts the tasks it has started in a small shared file (`worker.<id>.started`,
-8 bytes, mapped in memory): when it dies, that count names the task that was running,
-which fails; the others it held go back to the queue, including any that finished in
-the last milliseconds without their result reaching the agent (they run again).
+Each worker counts the tasks it has started in a small shared file (8 bytes, mapped in
+memory; `worker.<partition>.<id>.started`, next to its log): when it dies, that count
+names the task that was running, which fails; the others it held go back to the queue,
+including any that finished in the last milliseconds without their result reaching the
+agent (they run again).
 
 A task that outlives its timeout, or a cancel, by `FORCE_GRACE` seconds (code stuck in C
 never sees the worker's signals) has its worker killed: it fails (or ends CANCELED) with
@@ -129,8 +130,9 @@ class _Worker:
 
 class FunctionPool:
     def __init__(self, sandbox: str, functions: dict[str, bytes], python_path: list[str],
-                 processes: WorkerProcesses | None = None) -> None:
+                 processes: WorkerProcesses | None = None, name: str = "builtin") -> None:
         self.sandbox = sandbox
+        self.name = name  # the partition's: its workers' files are its own
         self.processes = processes or LocalProcesses()
         # Workers import functions pickled by reference from the client's own modules.
         self._env = dict(os.environ)
@@ -184,8 +186,8 @@ class FunctionPool:
     def _spawn(self, ident: str, env: dict[str, str] | None, one_off: bool) -> _Worker:
         assert self._reactor is not None
         os.makedirs(self.sandbox, exist_ok=True)
-        log = os.path.join(self.sandbox, f"worker.{ident}.log")
-        counter = os.path.join(self.sandbox, f"worker.{ident}.started")
+        log = os.path.join(self.sandbox, f"worker.{self.name}.{ident}.log")
+        counter = os.path.join(self.sandbox, f"worker.{self.name}.{ident}.started")
         with open(counter, "wb") as f:
             f.write(bytes(8))
         worker = _Worker(ident, log, counter, one_off=one_off)
