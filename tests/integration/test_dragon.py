@@ -192,12 +192,15 @@ def test_cancel_and_timeout_in_dragon(session: pf.Session, functions: str) -> No
     session.start_pilot(pf.PilotDescription(
         nodes=1, cores_per_node=4, partitions=[PS(backend="dragon", functions=functions)]))
     late = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=1))
+    deaf = session.submit(TD(executable="/bin/sh", arguments=["-c", "trap '' TERM; sleep 600"],
+                             timeout=1))  # SIGKILL follows
     napping = session.submit(TD(function=nap, args=(60,), timeout=1))
     sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
     wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
     sleeper.cancel()
     assert session.wait(timeout=60)
     assert late.state is pf.TaskState.FAILED and "timed out after 1" in (late.error or "")
+    assert deaf.state is pf.TaskState.FAILED and "timed out after 1" in (deaf.error or "")
     assert napping.state is pf.TaskState.FAILED and "timed out after 1" in (napping.error or "")
     assert sleeper.state is pf.TaskState.CANCELED
 

@@ -44,6 +44,7 @@ import msgspec
 import zmq
 
 from pilotfish.agent.worker import CANCELED, ERROR, OK, TIMEOUT, _format, _pickle_exception
+from pilotfish.backends.processes import KILL_GRACE
 from pilotfish.proctree import START_TIME, stat_field
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -141,6 +142,7 @@ class Executor:
         self.calls: set[str] = set()  # functions running in the pool
         self.procs: dict[str, Any] = {}  # running executable uid -> dragon Process
         self.killed: dict[str, tuple[int, str]] = {}  # uid -> why we killed it
+        self.hard_kills: dict[str, float] = {}  # uid -> when SIGKILL follows its SIGTERM
         self.dropped: set[str] = set()  # pool calls already reported: ignore their result
         self.stopping = False
         self.woken = False  # a wake-up byte is in the pipe, unread
@@ -169,8 +171,8 @@ class Executor:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         while not self.stopping:
-            deadlines = self.deadlines.values()
-            wait = max(0.0, min(deadlines)[0] - time.time()) if deadlines else 1.0
+            due = [d for d, _ in self.deadlines.values()] + list(self.hard_kills.values())
+            wait = max(0.0, min(due) - time.time()) if due else 1.0
             ready = dict(poller.poll(int(min(wait, 1.0) * 1000) + 1))
             if self.wake_r in ready:
                 os.read(self.wake_r, 65536)
@@ -308,7 +310,7 @@ class Executor:
             self.procs[uid] = proc
             killed = uid in self.killed  # canceled while it started
         if killed:
-            proc.terminate()
+            self._terminate(uid, proc)
         elif timeout:
             self.deadlines[uid] = (start + timeout, timeout)
         self.started.put((uid, start))
@@ -375,7 +377,7 @@ class Executor:
             self._post((uid, why, None, reason, None, time.time(), None))
         elif proc is not None:
             self.killed[uid] = (why, reason)
-            proc.terminate()
+            self._terminate(uid, proc)
         elif uid in self.calls:
             # A pool task cannot be stopped: it ends now for the agent, and its worker's
             # result is dropped when it comes.
@@ -384,11 +386,23 @@ class Executor:
             self.sock.send(_encode(("done", [(uid, why, None, reason, None, time.time(),
                                                None)])))
 
+    def _terminate(self, uid: str, proc: Any) -> None:
+        """SIGTERM now, SIGKILL in KILL_GRACE seconds if it has not ended (`_expire`)."""
+        self.hard_kills[uid] = time.time() + KILL_GRACE
+        proc.terminate()
+
     def _expire(self) -> None:
         now = time.time()
         for uid, (deadline, timeout) in list(self.deadlines.items()):
             if deadline <= now:
                 self._kill(uid, TIMEOUT, f"timed out after {timeout} s")
+        for uid, when in list(self.hard_kills.items()):
+            if when <= now:
+                del self.hard_kills[uid]
+                with self.launch_lock:
+                    proc = self.procs.get(uid)
+                if proc is not None:
+                    proc.kill()
 
     def _send_results(self) -> None:
         while not self.started.empty():
@@ -406,6 +420,7 @@ class Executor:
             if killed is not None:
                 outcome, error = killed
             self.procs.pop(uid, None)
+            self.hard_kills.pop(uid, None)
             self.calls.discard(uid)
             self.deadlines.pop(uid, None)
             done.append((uid, outcome, blob, error, start, stop, code))
