@@ -83,6 +83,8 @@ def test_functions_and_executables_run_in_dragon(session: pf.Session,
     group = session.submit(TD(executable="/bin/sh", arguments=[
         "-c", 'echo "$PILOTFISH_RANK:$PILOTFISH_NODE"'], ranks=4, ranks_per_node=2))
     false = session.submit(TD(executable="/bin/false"))
+    one_fails = session.submit(TD(executable="/bin/sh", arguments=[
+        "-c", '[ "$PILOTFISH_RANK" = 1 ] && exit 3; exec sleep 600'], ranks=3))
     assert session.wait(timeout=90)
     assert [t.result() for t in squares] == [i * i for i in range(100)]
     assert {t.partition for t in squares} == {"dragon"}
@@ -95,6 +97,8 @@ def test_functions_and_executables_run_in_dragon(session: pf.Session,
     assert sorted(node_of) == ["0", "1", "2", "3"]  # two ranks on each of two nodes
     assert node_of["0"] == node_of["1"] != node_of["2"] == node_of["3"]
     assert false.state is pf.TaskState.FAILED and false.error == "exit code 1"
+    assert one_fails.state is pf.TaskState.FAILED and one_fails.error == (
+        "a rank failed with exit code 3; the other ranks were killed")
     session.close()
     assert process_gone(pilot.process.pid, 30) if pilot.process else True
     assert set(os.listdir("/dev/shm")) <= shm_before  # Dragon's segments removed

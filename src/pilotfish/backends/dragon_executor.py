@@ -51,6 +51,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 _functions: dict[str, Any] = {}  # per pool worker: unpickled functions by key
 WATCH_INTERVAL = 0.5  # seconds between looks for pool workers that died
+GROUP_LOOK_INTERVAL = 0.2  # seconds between looks for a failed rank of a running group
 
 
 def call_many(marker: str, blobs: dict[str, bytes],
@@ -356,14 +357,35 @@ class Executor:
         return make(target="/bin/sh", args=shell, cwd=cwd, env=env, policy=policy)
 
     def _wait(self, uid: str, proc: Any, start: float) -> None:
-        proc.join()
         if hasattr(proc, "returncode"):
+            proc.join()
             code = proc.returncode
-        else:  # a group: the first failing rank's code, and the group is released
-            codes = [c for _, c in proc.inactive_puids]
-            code = next((c for c in codes if c != 0), 0)
-            proc.close()
+        else:
+            code = self._wait_group(uid, proc)
         self._post((uid, OK if code == 0 else ERROR, None, None, start, time.time(), code))
+
+    def _wait_group(self, uid: str, group: Any) -> int:
+        """Wait for a multi-rank task; its first failing rank's exit code. A rank that
+        fails gets the others killed, as on the built-in backend (the rest of an MPI job
+        whose rank died would wait for it forever)."""
+        from dragon.native.process import Process as DragonProcess
+
+        ranks = [DragonProcess(None, ident=puid) for puid in group.puids]
+        interval = GROUP_LOOK_INTERVAL * max(1.0, len(ranks) / 8)  # a look asks per rank
+        while True:
+            try:
+                group.join(timeout=interval)
+                break
+            except TimeoutError:  # (the group's inactive_puids stay empty until it ends)
+                codes = [rank.returncode for rank in ranks]  # None: still running
+                failed = [code for code in codes if code not in (None, 0)]
+                if failed:
+                    why = f"a rank failed with exit code {failed[0]}; the other ranks were killed"
+                    self.killed.setdefault(uid, (ERROR, why))
+                    group.kill()
+        codes = [code for _, code in group.inactive_puids]
+        group.close()
+        return next((code for code in codes if code != 0), 0)
 
     def _kill(self, uid: str, why: int, reason: str) -> None:
         self.deadlines.pop(uid, None)
