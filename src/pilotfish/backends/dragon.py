@@ -411,7 +411,7 @@ class DragonBackend:
             elif kind == "done":
                 for uid, outcome, blob, error, start, stop, code in msg[1]:
                     self._finish(uid, outcome, blob, error, start, stop, code)
-            elif kind == "requeued":  # fed to a pool worker that died before it began
+            elif kind == "requeued":  # in the pool call of a worker that died: again
                 for uid in msg[1]:
                     if self._tasks.pop(uid, None) is not None:
                         self._emit(TaskRequeued(uid))

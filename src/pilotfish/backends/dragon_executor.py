@@ -372,17 +372,21 @@ class Executor:
 
         ranks = [DragonProcess(None, ident=puid) for puid in group.puids]
         interval = GROUP_LOOK_INTERVAL * max(1.0, len(ranks) / 8)  # a look asks per rank
+        killing = False
         while True:
             try:
                 group.join(timeout=interval)
                 break
             except TimeoutError:  # (the group's inactive_puids stay empty until it ends)
+                if killing:
+                    continue  # killed: waiting for it to end
                 codes = [rank.returncode for rank in ranks]  # None: still running
                 failed = [code for code in codes if code not in (None, 0)]
                 if failed:
                     why = f"a rank failed with exit code {failed[0]}; the other ranks were killed"
                     self.killed.setdefault(uid, (ERROR, why))
                     group.kill()
+                    killing = True
         codes = [code for _, code in group.inactive_puids]
         group.close()
         return next((code for code in codes if code != 0), 0)
