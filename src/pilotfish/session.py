@@ -27,6 +27,7 @@ import msgspec
 
 from . import messages as m
 from .agent.agent import AgentConfig
+from .backends.processes import read_tail
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
 from .gcpause import without_gc
@@ -453,13 +454,8 @@ class Session:
 
 def _last_line(log: Path) -> str:
     """The last line an agent wrote to its log (a failed start ends with its cause)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = f.read().decode(errors="replace").strip().splitlines()
-    except OSError as exc:
-        return f"its log cannot be read: {exc}"
-    return f"its log ends: {lines[-1]}" if lines else "its log is empty"
+    lines = (read_tail(str(log)) or "").strip().splitlines()
+    return f"its log ends: {lines[-1]}" if lines else "its log is empty or unreadable"
 
 
 def _journal_row(task: Task, final: float, extra: list[tuple[int, str, float]]
