@@ -113,8 +113,9 @@ decode_to_client = msgspec.msgpack.Decoder(ToClient).decode  # type: ignore[arg-
 # Agent <-> function worker. Kept as plain tuples: the hot path of function tasks.
 #   to worker:   ("run", [(uid, function_key, args_blob, timeout), ...], {key: blob})
 #                ("cancel", [uid, ...])   ("stop",)
-#   from worker: ("ready", pid)    ("started", uid, ts)  (a task running for 10 ms)
+#   from worker: ("ready", pid)
 #                ("done", [(uid, ok, result_blob, error_text, exec_start, exec_stop), ...])
+#   from its announcer: ("started", uid, ts)  (a task running for 10 ms), and "done"
 def encode_plain(message: Any) -> bytes:
     return _encoder.encode(message)
 

@@ -478,3 +478,20 @@ def test_a_function_deaf_to_signals_still_times_out(session: pf.Session) -> None
     with pytest.raises(pf.TaskFailed, match=r"did not stop.*worker was killed"):
         stuck.result(timeout=30)
     assert queued.result(timeout=30) == 8  # on a new worker
+
+
+def c_sleep(seconds: int) -> float:
+    """Sleeps in C (libc `sleep`, which returns early, not retried, if a signal arrives)."""
+    import ctypes
+
+    start = time.monotonic()
+    ctypes.CDLL(None).sleep(seconds)
+    return time.monotonic() - start
+
+
+def test_a_function_blocked_in_c_is_announced_without_a_signal(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    task = session.submit(TD(function=c_sleep, args=(2,)))
+    while task.state is not TaskState.RUNNING:  # announced while it sleeps in C
+        assert session.wait([task], timeout=0.1) is False
+    assert task.result(timeout=30) >= 1.9  # the announcement did not cut it short

@@ -4,12 +4,15 @@ Started once per pilot by the built-in backend (`python -m pilotfish.agent.worke
 IDENT`), it receives batches of tasks over ZeroMQ and sends results back in batches,
 flushing at least every few milliseconds so results do not wait behind long tasks.
 
-A timer (SIGALRM) fires `ANNOUNCE_AFTER` into every task: if the task still runs, the
-worker sends the results it holds and says the task is RUNNING; the same timer enforces
-the task's timeout. Cancelling the running task uses SIGUSR1 after a cancel message.
-Both raise inside the task's own code (between bytecodes, or when a blocking call such as
-`time.sleep` is interrupted); code stuck in C without checking signals is not
-interrupted. (So a task should not use SIGALRM or `setitimer` itself.)
+A task still running `ANNOUNCE_AFTER` after it started is announced as RUNNING, with the
+results the worker holds, by a thread with a socket of its own (`_Announcer`): a signal
+would cut the task's blocking C calls short (EINTR; e.g. libc `sleep` returns early).
+Signals are kept for what must interrupt the task: its timeout (SIGALRM, from
+`setitimer`, only for tasks that have one) and a cancel (SIGUSR1, after a cancel
+message). Both raise inside the task's own code (between bytecodes, or when a blocking
+call such as `time.sleep` is interrupted); code stuck in C without checking signals is
+not interrupted. (So a task with a timeout should not use SIGALRM or `setitimer`
+itself.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -33,6 +37,7 @@ from .reactor import readable
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
 CANCEL_MESSAGE_WAIT_MS = 1000
 ANNOUNCE_AFTER = 0.01  # a task still running after this is announced as RUNNING
+ANNOUNCER_SUFFIX = "+announcer"  # the announcer's identity: the worker's, then this
 
 # Outcomes reported per task.
 OK, ERROR, CANCELED, TIMEOUT = 0, 1, 2, 3
@@ -48,20 +53,16 @@ class _Interrupt(BaseException):
 class FunctionWorker:
     def __init__(self, address: str, ident: str, counter_path: str | None = None) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, ident.encode())
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.connect(address)
+        self.sock = _connect(self.ctx, address, ident)
         self.functions: dict[str, Any] = {}
         self.blobs: dict[str, bytes] = {}
         self.queue: deque[tuple[str, str, bytes | None, float | None]] = deque()
         self.canceled: set[str] = set()
-        self.current: str | None = None
-        self.current_start = 0.0
         self.deadline: float | None = None  # of the current task's timeout
-        self.announced = False
-        self.results: list[tuple[Any, ...]] = []  # finished, not yet sent
+        # The running task as (number, uid, start), read by the announcer; None between.
+        self.running: tuple[int, str, float] | None = None
+        self._results: list[tuple[Any, ...]] = []  # finished, not yet sent
+        self._results_lock = threading.Lock()  # the announcer sends them too
         self.in_task = False
         self.stopping = False
         # Tasks started so far, in a file the agent reads if this worker dies.
@@ -70,6 +71,7 @@ class FunctionWorker:
         if counter_path:
             with open(counter_path, "r+b") as f:
                 self.counter = mmap.mmap(f.fileno(), 8)
+        self.announcer = _Announcer(self, address, ident)
 
     # ---- messages ---------------------------------------------------------------------
 
@@ -88,31 +90,38 @@ class FunctionWorker:
         while readable(self.sock):
             self._handle(self.sock.recv())
 
+    def _hold(self, result: tuple[Any, ...]) -> int:
+        """Keep a finished task's result for the next message; return how many are held."""
+        with self._results_lock:
+            self._results.append(result)
+            return len(self._results)
+
+    def take_results(self) -> list[tuple[Any, ...]]:
+        with self._results_lock:
+            results, self._results = self._results, []
+        return results
+
     def _send_results(self) -> None:
-        if self.results:
-            self.sock.send(encode_plain(("done", self.results)))
-            self.results = []
+        results = self.take_results()
+        if results:
+            self.sock.send(encode_plain(("done", results)))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self.in_task:
             return  # the loop is between tasks (maybe inside zmq): it checks by itself
-        # Safe to use the socket: the main thread is in user code, not in a zmq call.
         if signum == signal.SIGALRM:
             now = time.time()
             if self.deadline is not None and now >= self.deadline - 0.001:
                 raise _Interrupt(TIMEOUT)
-            if not self.announced:
-                self.announced = True
-                self._send_results()
-                self.sock.send(encode_plain(("started", self.current, self.current_start)))
-            if self.deadline is not None:
+            if self.deadline is not None:  # early (the clock moved): wait again
                 signal.setitimer(signal.ITIMER_REAL, max(0.001, self.deadline - now))
             return
-        # The agent sends the
-        # cancel message before the signal, but the signal may overtake it: wait for it.
+        # Safe to use the socket: the main thread is in user code, not in a zmq call. The
+        # agent sends the cancel message before the signal, but the signal may overtake
+        # it: wait for it.
         if self.sock.poll(CANCEL_MESSAGE_WAIT_MS):
             self._drain()
-        if self.current in self.canceled:
+        if self.running is not None and self.running[1] in self.canceled:
             raise _Interrupt(CANCELED)
 
     # ---- running ----------------------------------------------------------------------
@@ -137,11 +146,11 @@ class FunctionWorker:
             args, kwargs = pickle.loads(args_blob) if args_blob else ((), {})
         except Exception as exc:
             return (uid, ERROR, _pickle_exception(exc), _format(exc), start, time.time())
-        self.current = uid
-        self.announced = False
-        start = self.current_start = time.time()
+        start = time.time()
+        self.running = (self.started, uid, start)
         self.deadline = start + timeout if timeout else None
-        signal.setitimer(signal.ITIMER_REAL, min(ANNOUNCE_AFTER, timeout or ANNOUNCE_AFTER))
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
             self.in_task = True
             value = fn(*args, **kwargs)
@@ -158,8 +167,10 @@ class FunctionWorker:
             return (uid, ERROR, _pickle_exception(exc), _format(exc), start, stop)
         finally:
             self.in_task = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self.current = None
+            if timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            self.running = None
+            self.announcer.task_ended(self.started)
             self.canceled.discard(uid)
         try:
             blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -175,27 +186,110 @@ class FunctionWorker:
         signal.signal(signal.SIGALRM, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.announcer.start()
         self.sock.send(encode_plain(("ready", os.getpid())))
         parent = os.getppid()
         first_result = 0.0
         while not self.stopping:
             if not self.queue:
                 self._send_results()
+                self.announcer.busy.clear()
                 if not self.sock.poll(1000):
                     if os.getppid() != parent:
                         return  # the agent is gone
                     continue
             self._drain()
+            if self.queue and not self.announcer.busy.is_set():
+                self.announcer.busy.set()
             while self.queue and not self.stopping:
                 result = self._run_one(*self.queue.popleft())
-                self.results.append(result)
-                if len(self.results) == 1:
+                if self._hold(result) == 1:
                     first_result = result[5]
                 elif result[5] - first_result > FLUSH_INTERVAL:
                     self._send_results()
                 if readable(self.sock):
                     self._drain()
         self._send_results()
+
+    def close(self) -> bool:
+        """Close the sockets; False if the announcer did not stop (then leave zmq be)."""
+        stopped = self.announcer.stop()
+        self.sock.close(linger=2000)
+        return stopped
+
+
+class _Announcer:
+    """Says the worker's task is RUNNING once it has run `ANNOUNCE_AFTER`, sending the
+    results held before it first, so they do not wait behind a long task.
+
+    A thread with a socket of its own (zmq sockets are not thread-safe). It sleeps while
+    the worker is idle (`busy` clear) and, once it has announced a task, until that task
+    ends, so a worker busy with long tasks wakes it once a task, and with short ones at
+    most every `ANNOUNCE_AFTER`.
+    """
+
+    def __init__(self, worker: FunctionWorker, address: str, ident: str) -> None:
+        self.worker = worker
+        self.sock = _connect(worker.ctx, address, ident + ANNOUNCER_SUFFIX)
+        self.busy = threading.Event()
+        self._ended = threading.Event()
+        self._announced = -1  # number of the task announced last
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="announcer", daemon=True)
+
+    def start(self) -> None:
+        # The task's timeout and cancel signals must reach the main thread, which runs
+        # the task: the announcer's thread is born with them blocked.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGUSR1})
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def task_ended(self, number: int) -> None:
+        if self._announced == number:
+            self._ended.set()
+
+    def stop(self) -> bool:
+        self._closing = True
+        self.busy.set()
+        self._ended.set()
+        self._thread.join(2.0)
+        if self._thread.is_alive():
+            return False
+        self.sock.close(linger=2000)
+        return True
+
+    def _loop(self) -> None:
+        while not self._closing:
+            self.busy.wait()
+            running = self.worker.running
+            if running is None or running[0] == self._announced:
+                time.sleep(ANNOUNCE_AFTER)
+                continue
+            number, uid, start = running
+            wait = start + ANNOUNCE_AFTER - time.time()
+            if wait > 0:
+                time.sleep(wait)
+                continue
+            self._ended.clear()
+            self._announced = number
+            results = self.worker.take_results()
+            if results:
+                self.sock.send(encode_plain(("done", results)))
+            self.sock.send(encode_plain(("started", uid, start)))
+            while self.worker.running is running and not self._closing:
+                self._ended.wait(0.1)  # a timeout: the task may end as it is announced
+
+
+def _connect(ctx: zmq.Context[zmq.Socket[bytes]], address: str,
+             ident: str) -> zmq.Socket[bytes]:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, ident.encode())
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.connect(address)
+    return sock
 
 
 _OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pilotfish's files
@@ -240,8 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         worker.run()
     finally:
-        worker.sock.close(linger=2000)
-        worker.ctx.term()
+        if worker.close():
+            worker.ctx.term()
 
 
 if __name__ == "__main__":

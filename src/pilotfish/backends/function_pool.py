@@ -222,7 +222,9 @@ class FunctionPool:
     def _on_message(self) -> None:
         while readable(self._sock):
             ident_raw, raw = self._sock.recv_multipart()
-            worker = self._workers.get(ident_raw.decode())
+            # A worker's announcer thread has a socket of its own.
+            worker = self._workers.get(
+                ident_raw.decode().removesuffix(worker_module.ANNOUNCER_SUFFIX))
             if worker is None:
                 continue
             msg = decode_plain(raw)
@@ -233,13 +235,15 @@ class FunctionPool:
                     worker.unsent = []
             elif msg[0] == "done":
                 self._on_done(worker, msg[1])
-            elif msg[0] == "started":
+            elif msg[0] == "started" and msg[1] in worker.outstanding:
+                # (Not if its result, sent from the other socket, overtook it.)
                 self._emit(TaskStarted(msg[1], msg[2]))
 
     def _on_done(self, worker: _Worker, results: list[Any]) -> None:
         emit = self._emit
         for uid, outcome, blob, error, exec_start, exec_stop in results:
-            worker.outstanding.pop(uid, None)
+            if worker.outstanding.pop(uid, None) is None:
+                continue  # from a worker that died and was replaced: requeued already
             self._forget(uid)
             emit(TaskFinished(uid, _OUTCOME[outcome], exec_start, exec_stop,
                               error=error, result=blob))
