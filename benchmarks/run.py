@@ -15,6 +15,9 @@ absolute time). Cases:
            script (target: ratio >= 0.90)
   d1-map   d1 against the same pool's `pool.map` over all 20,000 calls at once (no
            target: how far per-task tracking is from a pool's bulk path)
+  d1-chunks  1,000,000 no-op calls through the same partition as `executor.map(...,
+           chunksize=)` in the chunks `pool.map` makes, vs that `pool.map` (no target;
+           20,000 calls take ~20 ms either way, too short to measure here)
   d1-workers  the same through the default Dragon partition (pilotfish's workers)
   h1       10,000 `/bin/true` + 50,000 no-op functions on a pilot of a built-in and a
            Dragon partition (1 node x 32 cores each), vs the same on the built-in
@@ -44,7 +47,7 @@ from pilotfish.proctree import kill_group
 TD = pf.TaskDescription
 
 
-def noop() -> None:
+def noop(_: object = None) -> None:
     return None
 
 
@@ -115,22 +118,32 @@ def run_startup(tmp: str) -> tuple[float, float]:
     return ours, time.perf_counter() - start
 
 
-def run_d1(tmp: str, n: int = 20_000, functions: str = "pool", baseline: str = "apply"
-           ) -> tuple[float, float]:
-    """Function tasks per second through a Dragon partition whose functions run in a
+def run_d1(tmp: str, n: int = 20_000, functions: str = "pool", baseline: str = "apply",
+           chunked: bool = False) -> tuple[float, float]:
+    """Function calls per second through a Dragon partition whose functions run in a
     Dragon pool (or `functions`), and through the same Dragon pool driven by a plain
-    script (`dragon_pool.py`, in its `baseline` mode); both timed after start-up."""
+    script (`dragon_pool.py`, in its `baseline` mode); both timed after start-up.
+    `chunked`: the calls go through `executor.map` in the chunks `pool.map` makes, not
+    as a task each."""
     workers = min(2, os.cpu_count() or 1)  # the pool size the partition gets here
     spec = pf.PartitionSpec(backend="dragon", functions=functions)
     with _session(tmp) as session:
         session.start_pilot(pf.PilotDescription(
             nodes=1, cores_per_node=workers, partitions=[spec]))
         session.submit(TD(function=noop)).result(timeout=120)  # the runtime is up
+        chunksize = max(1, n // (4 * workers))
+        if chunked:  # every pool worker has run a chunk once (the script's ran its noop)
+            assert len(list(session.executor().map(noop, range(n), chunksize=chunksize))) == n
         start = time.perf_counter()
-        tasks = session.submit([TD(function=noop) for _ in range(n)])
-        assert session.wait(timeout=600)
+        if chunked:
+            results = session.executor().map(noop, range(n), timeout=600,
+                                             chunksize=chunksize)
+            assert len(list(results)) == n
+        else:
+            tasks = session.submit([TD(function=noop) for _ in range(n)])
+            assert session.wait(timeout=600)
+            assert all(t.state is pf.TaskState.DONE for t in tasks)
         ours = n / (time.perf_counter() - start)
-        assert all(t.state is pf.TaskState.DONE for t in tasks)
     return ours, _dragon_pool_rate(n, workers, baseline)
 
 
@@ -214,6 +227,9 @@ CASES: dict[str, tuple[Callable[[str], tuple[float, float]], str, str,
     "d1": (run_d1, "tasks/s", "plain Dragon pool script tasks/s", lambda a, b: a / b),
     "d1-map": (lambda tmp: run_d1(tmp, baseline="map"), "tasks/s",
                "plain Dragon pool.map tasks/s", lambda a, b: a / b),
+    "d1-chunks": (lambda tmp: run_d1(tmp, n=1_000_000, baseline="map", chunked=True),
+                  "calls/s",
+                  "plain Dragon pool.map calls/s", lambda a, b: a / b),
     "d1-workers": (lambda tmp: run_d1(tmp, functions="workers"), "tasks/s",
                    "plain Dragon pool script tasks/s", lambda a, b: a / b),
     "h1": (run_h1, "tasks/s", "tasks/s of the built-in partition alone", lambda a, b: a / b),

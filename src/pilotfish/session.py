@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import datetime
+import itertools
 import os
 import queue
 import secrets
@@ -500,7 +501,8 @@ class CallbackThread:
 
 
 class PilotExecutor(concurrent.futures.Executor):
-    """`concurrent.futures.Executor` over a session: each call is one function task."""
+    """`concurrent.futures.Executor` over a session: each call is one function task, or,
+    through `map` with a `chunksize`, each chunk of calls."""
 
     def __init__(self, session: Session, pilot: Pilot | None = None) -> None:
         self._session = session
@@ -516,9 +518,58 @@ class PilotExecutor(concurrent.futures.Executor):
         self._tasks.append(task)
         return task
 
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
+        """`fn` over the iterables' items, in order, as `ProcessPoolExecutor.map`: all
+        tasks are submitted at once (in one batch), `chunksize` calls to a task. A call
+        that raises fails its whole chunk: the error is raised where the chunk's first
+        result would be. Many tiny calls should come in chunks: each task costs the pilot
+        tens of microseconds, a call in a chunk well under one."""
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if chunksize == 1:
+            descriptions = [TaskDescription(function=fn, args=args)
+                            for args in zip(*iterables, strict=False)]
+        else:  # one iterable: its items are the arguments (not 1-tuples of them)
+            calls = list(iterables[0] if len(iterables) == 1
+                         else zip(*iterables, strict=False))
+            chunked = _Chunk(fn, spread=len(iterables) > 1)
+            descriptions = [TaskDescription(function=chunked, args=calls[i:i + chunksize])
+                            for i in range(0, len(calls), chunksize)]
+        tasks = self._session.submit(descriptions, pilot=self._pilot)
+        self._tasks.extend(tasks)
+        end = None if timeout is None else time.monotonic() + timeout
+        return self._results(tasks, end, chunksize > 1)
+
+    def _results(self, tasks: list[Task], end: float | None, chunked: bool) -> Iterator[Any]:
+        try:
+            for task in tasks:
+                left = None if end is None else max(0.0, end - time.monotonic())
+                if chunked:
+                    yield from task.result(timeout=left)
+                else:
+                    yield task.result(timeout=left)
+        finally:  # stopped early (an error, a timeout, or the caller): drop the rest
+            self._session.cancel([task for task in tasks if not task.done()])
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True
         if cancel_futures:
             self._session.cancel([t for t in self._tasks if not t.done()])
         if wait:
             self._session.wait(self._tasks)
+
+
+class _Chunk:
+    """A task that makes several calls of one function (`PilotExecutor.map`)."""
+
+    def __init__(self, fn: Callable[..., Any], spread: bool) -> None:
+        self.fn = fn
+        self.spread = spread  # each call's arguments come as a tuple, else as one item
+
+    def __call__(self, *calls: Any) -> list[Any]:
+        if self.spread:
+            return list(itertools.starmap(self.fn, calls))
+        return list(map(self.fn, calls))

@@ -229,6 +229,30 @@ def test_executor_futures_callbacks(session: pf.Session, pilot: pf.Pilot) -> Non
     assert seen == [1]
 
 
+def inverse(x: int, scale: int) -> float:
+    return scale / x
+
+
+def test_executor_map_in_chunks(session: pf.Session, pilot: pf.Pilot) -> None:
+    with session.executor() as ex:
+        assert list(ex.map(inverse, [1, 2, 4, 5, 8], [40] * 5, chunksize=2)) == [
+            40, 20, 10, 8, 5]
+        assert len(ex._tasks) == 3  # a task per chunk
+        assert list(ex.map(abs, range(-5, 0), chunksize=4)) == [5, 4, 3, 2, 1]
+        assert list(ex.map(abs, [], chunksize=4)) == list(ex.map(abs, [])) == []
+        results = ex.map(inverse, [1, 2, 4, 0], [1] * 4, chunksize=2)
+        assert next(results) == 1 and next(results) == 0.5
+        with pytest.raises(ZeroDivisionError):  # the failing call's chunk fails whole
+            next(results)
+        with pytest.raises(ValueError, match="chunksize"):
+            ex.map(abs, [1], chunksize=0)
+        slow = ex.map(sleep_for, [30, 30], timeout=0.5)
+        with pytest.raises(TimeoutError):
+            next(slow)
+        assert session.wait(ex._tasks[-2:], timeout=10)  # the rest are canceled
+        assert {t.state for t in ex._tasks[-2:]} == {TaskState.CANCELED}
+
+
 def test_agent_killed_mid_run_fails_every_task(session: pf.Session, tmp_path: Path) -> None:
     pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4,
                                                     heartbeat_timeout=5))
