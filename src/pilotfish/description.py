@@ -55,9 +55,11 @@ _FUNCTION_CACHE_SIZE = 256
 
 def pickle_function(function: Callable[..., Any]) -> tuple[str, bytes]:
     """Return (content key, pickled bytes) for a function; raise TypeError if it cannot be."""
-    # Only plain functions are cached: a callable object or a closure may change state.
+    # Only plain functions are cached: a callable object or a closure may change state
+    # (unless it says it does not, as `PilotExecutor.map`'s chunks do).
     cacheable = (isinstance(function, types.BuiltinFunctionType)
-                 or (isinstance(function, types.FunctionType) and function.__closure__ is None))
+                 or (isinstance(function, types.FunctionType) and function.__closure__ is None)
+                 or getattr(function, "pickle_once", False) is True)
     hit = _FUNCTION_CACHE.get(function) if cacheable else None
     if hit is not None:
         return hit

@@ -565,6 +565,8 @@ class PilotExecutor(concurrent.futures.Executor):
 class _Chunk:
     """A task that makes several calls of one function (`PilotExecutor.map`)."""
 
+    pickle_once = True  # never changes: one pickling serves all of a map's chunks
+
     def __init__(self, fn: Callable[..., Any], spread: bool) -> None:
         self.fn = fn
         self.spread = spread  # each call's arguments come as a tuple, else as one item
