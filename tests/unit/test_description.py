@@ -11,7 +11,12 @@ from collections.abc import Iterator
 import cloudpickle
 import pytest
 
-from pilotfish.description import InvalidDescription, PilotDescription, TaskDescription
+from pilotfish.description import (
+    InvalidDescription,
+    PilotDescription,
+    TaskDescription,
+    pickle_function,
+)
 
 
 def square(x: int) -> int:
@@ -298,3 +303,24 @@ def test_pilot_counts_must_be_ints() -> None:
         PilotDescription(nodes=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         PilotDescription(cpus=4)  # type: ignore[call-arg]
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        self.n += 1
+        return self.n
+
+
+class _Fixed(_Counter):
+    pickle_once = True
+
+
+def test_only_callables_that_say_they_never_change_are_pickled_once() -> None:
+    counter, fixed = _Counter(), _Fixed()
+    first = pickle_function(counter)
+    counter()
+    assert pickle_function(counter) != first  # its state changed: pickled again
+    assert pickle_function(fixed) is pickle_function(fixed)
