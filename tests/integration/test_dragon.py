@@ -83,8 +83,9 @@ def test_functions_and_executables_run_in_dragon(session: pf.Session,
     group = session.submit(TD(executable="/bin/sh", arguments=[
         "-c", 'echo "$PILOTFISH_RANK:$PILOTFISH_NODE"'], ranks=4, ranks_per_node=2))
     false = session.submit(TD(executable="/bin/false"))
-    one_fails = session.submit(TD(executable="/bin/sh", arguments=[
-        "-c", '[ "$PILOTFISH_RANK" = 1 ] && exit 3; exec sleep 600'], ranks=3))
+    one_fails, one_fails_in_group = session.submit([TD(executable="/bin/sh", arguments=[
+        "-c", '[ "$PILOTFISH_RANK" = 1 ] && exit 3; exec sleep 600'], ranks=3, tags=tags)
+        for tags in ({}, {"pmi": "cray"})])  # a process each; a PMI group
     assert session.wait(timeout=90)
     assert [t.result() for t in squares] == [i * i for i in range(100)]
     assert {t.partition for t in squares} == {"dragon"}
@@ -97,8 +98,9 @@ def test_functions_and_executables_run_in_dragon(session: pf.Session,
     assert sorted(node_of) == ["0", "1", "2", "3"]  # two ranks on each of two nodes
     assert node_of["0"] == node_of["1"] != node_of["2"] == node_of["3"]
     assert false.state is pf.TaskState.FAILED and false.error == "exit code 1"
-    assert one_fails.state is pf.TaskState.FAILED and one_fails.error == (
-        "a rank failed with exit code 3; the other ranks were killed")
+    for task in (one_fails, one_fails_in_group):
+        assert task.state is pf.TaskState.FAILED and task.error == (
+            "a rank failed with exit code 3; the other ranks were killed")
     session.close()
     assert process_gone(pilot.process.pid, 30) if pilot.process else True
     assert set(os.listdir("/dev/shm")) <= shm_before  # Dragon's segments removed
@@ -194,17 +196,18 @@ def test_two_dragon_instances_run_side_by_side_and_clean_up_their_own(
 @pytest.mark.parametrize("functions", ["workers", "pool"])
 def test_cancel_and_timeout_in_dragon(session: pf.Session, functions: str) -> None:
     session.start_pilot(pf.PilotDescription(
-        nodes=1, cores_per_node=4, partitions=[PS(backend="dragon", functions=functions)]))
+        nodes=1, cores_per_node=6, partitions=[PS(backend="dragon", functions=functions)]))
     late = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=1))
-    deaf = session.submit(TD(executable="/bin/sh", arguments=["-c", "trap '' TERM; sleep 600"],
-                             timeout=1))  # SIGKILL follows
+    deaf, deaf_ranks = session.submit([TD(executable="/bin/sh", arguments=[
+        "-c", "trap '' TERM; sleep 600"], timeout=1, ranks=ranks) for ranks in (1, 2)])
     napping = session.submit(TD(function=nap, args=(60,), timeout=1))
     sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
     wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
     sleeper.cancel()
     assert session.wait(timeout=60)
     assert late.state is pf.TaskState.FAILED and "timed out after 1" in (late.error or "")
-    assert deaf.state is pf.TaskState.FAILED and "timed out after 1" in (deaf.error or "")
+    for task in (deaf, deaf_ranks):  # SIGKILL followed
+        assert task.state is pf.TaskState.FAILED and "timed out after 1" in (task.error or "")
     assert napping.state is pf.TaskState.FAILED and "timed out after 1" in (napping.error or "")
     assert sleeper.state is pf.TaskState.CANCELED
 
@@ -265,8 +268,21 @@ def test_a_lost_dragon_partition_fails_or_moves_only_its_tasks(session: pf.Sessi
     assert [t.result(timeout=30) for t in after] == [9, 0]
     assert {t.partition for t in after} == {"builtin"}
     pinned = session.submit(TD(executable="/bin/true", partition="dragon"))
-    with pytest.raises(pf.TaskFailed, match="no partition 'dragon'"):
+    with pytest.raises(pf.TaskFailed, match="partition 'dragon' lost: the Dragon runtime "):
         pinned.result(timeout=30)
+
+
+def test_a_pilot_whose_every_partition_was_lost_says_so(session: pf.Session) -> None:
+    pilot = session.start_pilot(pf.PilotDescription(
+        nodes=1, cores_per_node=2, partitions=[PS(backend="dragon")]))
+    assert session.submit(TD(function=square, args=(3,))).result(timeout=90) == 9
+    os.killpg(dragon_launcher(pilot), signal.SIGKILL)
+    wait_until(lambda: (session.submit(TD(function=square, args=(1,))).exception(timeout=30)
+                        is not None))
+    late = session.submit(TD(executable="/bin/true"))
+    with pytest.raises(pf.TaskFailed, match="every partition was lost: 'dragon': the Dragon "
+                                            "runtime exited"):
+        late.result(timeout=30)
 
 
 def test_tasks_waiting_in_a_lost_partitions_queue_move_too(session: pf.Session) -> None:

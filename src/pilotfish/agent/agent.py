@@ -474,6 +474,12 @@ class Agent:
     def _route(self, spec: m.TaskSpec, load: dict[str, float]) -> _Partition | str:
         """The partition for a task, or why none can run it; counts it in `load`."""
         pinned = spec.partition or (spec.tags.get("partition") if spec.tags else None)
+        lost = {p.name: p.lost for p in self.partitions.values() if p.lost is not None}
+        if pinned in lost:
+            return f"partition {pinned!r} lost: {lost[pinned]}"
+        if not self._layouts:
+            return "every partition was lost: " + "; ".join(
+                f"{name!r}: {reason}" for name, reason in lost.items())
         traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank, pinned)
         if not load:
             for p in self.partitions.values():
@@ -653,7 +659,7 @@ class Agent:
             spec = task.spec
             routed = self._route(spec, load) if task.retried < spec.retries else why
             if isinstance(routed, str):
-                error = why if routed is why else f"{why}; cannot run elsewhere: {routed}"
+                error = why if routed == why else f"{why}; cannot run elsewhere: {routed}"
                 self._finish(task, TaskFinished(spec.uid, TaskState.FAILED, None, now,
                                                 error=error))
                 continue
