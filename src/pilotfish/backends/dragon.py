@@ -24,7 +24,8 @@ workers (`PartitionSpec(functions=...)`):
 `stop` asks the executor to stop, then ends the runtime's whole process group by its id
 and removes the `/dev/shm` segments it made (named after its launcher's pid, and new
 since it started: Dragon leaves them when it is killed, and its own clean-up tool would
-remove every segment of the user). If the runtime dies, the agent hears `BackendLost`
+remove every segment of the user), and Dragon segments new since it started that no
+process uses any more. If the runtime dies, the agent hears `BackendLost`
 and fails or moves its tasks.
 
 Dragon's segments are sized with `DRAGON_DEFAULT_SEG_SZ` and `DRAGON_INF_SEG_SZ`
@@ -101,6 +102,16 @@ def launch_problem(spec: TaskSpec, sandbox: str) -> str | None:
                                + ("" if "/" in exe else " in PATH"))
 
 
+_ABNORMAL = "Abnormal Termination of Dragon run-time with message:"
+
+
+def abnormal_termination(log_tail: str) -> str | None:
+    """The message Dragon gives when its runtime ends abnormally, from its output."""
+    _, found, after = log_tail.rpartition(_ABNORMAL)
+    lines = [line.strip() for line in after.splitlines() if line.strip()]
+    return lines[0][:300] if found and lines else None
+
+
 def launcher() -> str:
     return os.path.join(os.path.dirname(sys.executable), "dragon")
 
@@ -123,7 +134,44 @@ def segments_of(launcher_pid: int, before: set[str]) -> list[str]:
 
 
 def remove_segments(launcher_pid: int, before: set[str]) -> None:
+    """Remove a stopped runtime's segments, and Dragon segments that appeared while it
+    ran and that no process maps any more: a runtime that crashes can leave some not
+    named after it (e.g. `DDD6zu3c9yj2e_0429423430D` where PMIx could not start), and a
+    live runtime maps all of its own."""
     _unlink(segments_of(launcher_pid, before))
+    new = {name for name in shm_entries() - before if name.startswith("DD") and _ours(name)}
+    _unlink(sorted(new - _in_use(new)))
+
+
+def _ours(name: str) -> bool:
+    try:
+        return os.stat(os.path.join("/dev/shm", name)).st_uid == os.getuid()
+    except OSError:
+        return False
+
+
+def _in_use(names: set[str]) -> set[str]:
+    """Those of these `/dev/shm` entries that some process maps or holds open."""
+    wanted = {os.path.join("/dev/shm", name): name for name in names}
+    found: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                paths = [line.partition(" /dev/shm/")[2].rstrip("\n") for line in f]
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # it ended (or is not ours: then neither are its segments)
+        for path in paths:
+            if path:
+                found.add("/dev/shm/" + path.removesuffix(" (deleted)"))
+        for fd in fds:
+            try:
+                found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass  # closed meanwhile
+    return {name for path, name in wanted.items() if path in found}
 
 
 def _unlink(names: list[str]) -> None:
@@ -451,7 +499,10 @@ class DragonBackend:
         if self._proc is not None:
             code = self._proc.wait()
             kill_group(self._proc.pid)  # the runtime's processes outlive its launcher
-        self._lost(f"the Dragon runtime exited (code {code}); see dragon-{self.name}.log")
+        log = os.path.join(self.log_dir, f"dragon-{self.name}.log")
+        why = abnormal_termination(read_tail(log) or "")
+        self._lost(f"the Dragon runtime exited (code {code}){': ' + why if why else ''}; "
+                   f"see dragon-{self.name}.log")
 
     def _check_started(self) -> None:
         if not self._ready and self._dead is None:
