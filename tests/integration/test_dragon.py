@@ -196,17 +196,18 @@ def test_two_dragon_instances_run_side_by_side_and_clean_up_their_own(
 @pytest.mark.parametrize("functions", ["workers", "pool"])
 def test_cancel_and_timeout_in_dragon(session: pf.Session, functions: str) -> None:
     session.start_pilot(pf.PilotDescription(
-        nodes=1, cores_per_node=6, partitions=[PS(backend="dragon", functions=functions)]))
+        nodes=1, cores_per_node=8, partitions=[PS(backend="dragon", functions=functions)]))
     late = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=1))
-    deaf, deaf_ranks = session.submit([TD(executable="/bin/sh", arguments=[
-        "-c", "trap '' TERM; sleep 600"], timeout=1, ranks=ranks) for ranks in (1, 2)])
+    deaf = session.submit([TD(executable="/bin/sh", arguments=[
+        "-c", "trap '' TERM; sleep 600"], timeout=1, ranks=ranks, tags=tags)
+        for ranks, tags in ((1, {}), (2, {}), (2, {"pmi": "cray"}))])  # the last: a group
     napping = session.submit(TD(function=nap, args=(60,), timeout=1))
     sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
     wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
     sleeper.cancel()
     assert session.wait(timeout=60)
     assert late.state is pf.TaskState.FAILED and "timed out after 1" in (late.error or "")
-    for task in (deaf, deaf_ranks):  # SIGKILL followed
+    for task in deaf:  # SIGKILL followed
         assert task.state is pf.TaskState.FAILED and "timed out after 1" in (task.error or "")
     assert napping.state is pf.TaskState.FAILED and "timed out after 1" in (napping.error or "")
     assert sleeper.state is pf.TaskState.CANCELED
