@@ -1,14 +1,15 @@
 """The session store: one SQLite file holding pilots, tasks and every timestamped event.
 
 Writes are batched by one writer thread (many rows per transaction), so the client's hot
-path only appends to a queue. Schema (see docs/journal.md):
+path only appends to a queue. Schema:
 
 - `session(key, value)`: session id, creation time, pilotfish version.
 - `pilots(uid, description, nodes, cores_per_node, gpus_per_node, started, ready,
   stopped, state, error)`: times are Unix seconds.
 - `tasks(id, uid, pilot, name, kind, cores, gpus, description, state, exit_code,
   error, NEW, SUBMITTED, SCHEDULED, RUNNING, exec_stop, final)`: `description` is the
-  task's JSON wire form; `cores`/`gpus` are its totals. The last six columns are the
+  task's JSON wire form (a function's pickled arguments only up to 4 KiB:
+  `session.JOURNAL_ARGS_MAX`); `cores`/`gpus` are its totals. The last six columns are the
   times of the lifecycle events, written when the task ends (NEW at submit): NEW (client
   submit), SUBMITTED (agent accepted), SCHEDULED (placed), RUNNING (execution starts),
   `exec_stop` (execution ends), and `final`, when the client learned its final state.

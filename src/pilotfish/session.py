@@ -43,6 +43,9 @@ __version__ = "0.1.0"
 _STATES = {s.value: s for s in TaskState}
 _LIFECYCLE = frozenset(LIFECYCLE)
 _json_encode = msgspec.json.Encoder().encode
+# A function's arguments are journaled with its description up to this size (pickled):
+# larger ones (arrays, chunks of a map) would make the journal their size again, and more.
+JOURNAL_ARGS_MAX = 4096
 
 
 class Pilot:
@@ -222,8 +225,11 @@ class Session:
             task.events.append(("NEW", now))
             specs.append(spec)
             tasks.append(task)
+            journaled = spec
+            if spec.args_blob is not None and len(spec.args_blob) > JOURNAL_ARGS_MAX:
+                journaled = msgspec.structs.replace(spec, args_blob=None)
             rows.append((seq, uid, pid, d.name, kind, d.ranks * d.cores_per_rank,
-                         d.ranks * d.gpus_per_rank, _json_encode(spec).decode(), now))
+                         d.ranks * d.gpus_per_rank, _json_encode(journaled).decode(), now))
         if functions:
             self.journal.add_functions(list(functions.items()))
         self.journal.add_tasks(rows)

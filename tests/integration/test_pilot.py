@@ -382,6 +382,20 @@ def test_journal_holds_descriptions_outcomes_and_events(session: pf.Session,
     assert [e for e, _ in events] == [e for e, _ in ok.events]
 
 
+def test_large_function_arguments_are_not_journaled(session: pf.Session,
+                                                    pilot: pf.Pilot) -> None:
+    small, large = session.submit([TD(function=len, args=(b"x" * n,)) for n in (10, 10**6)])
+    assert [small.result(timeout=30), large.result(timeout=30)] == [10, 10**6]
+    session.journal.flush()
+    db = sqlite3.connect(session.path / "session.db")
+    import json
+
+    args = {uid: json.loads(desc)[7] for uid, desc in db.execute(
+        "SELECT uid, description FROM tasks")}  # the pickled arguments, in base64
+    assert args[small.uid] is not None and args[large.uid] is None
+    assert sum(os.path.getsize(f) for f in session.path.glob("session.db*")) < 10**6
+
+
 def test_callbacks_run_off_the_channel_thread(session: pf.Session) -> None:
     """A slow callback, or one that waits on another task, stalls nothing else."""
     session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2, heartbeat_timeout=2))
