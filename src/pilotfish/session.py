@@ -542,7 +542,7 @@ class PilotExecutor(concurrent.futures.Executor):
             calls = list(iterables[0] if len(iterables) == 1
                          else zip(*iterables, strict=False))
             chunked = _Chunk(fn, spread=len(iterables) > 1)
-            descriptions = [TaskDescription(function=chunked, args=calls[i:i + chunksize])
+            descriptions = [TaskDescription(function=chunked, args=(calls[i:i + chunksize],))
                             for i in range(0, len(calls), chunksize)]
         tasks = self._session.submit(descriptions, pilot=self._pilot)
         self._tasks.extend(tasks)
@@ -577,7 +577,7 @@ class _Chunk:
         self.fn = fn
         self.spread = spread  # each call's arguments come as a tuple, else as one item
 
-    def __call__(self, *calls: Any) -> list[Any]:
+    def __call__(self, calls: list[Any]) -> list[Any]:
         if self.spread:
             return list(itertools.starmap(self.fn, calls))
         return list(map(self.fn, calls))
