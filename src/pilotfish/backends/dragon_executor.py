@@ -394,12 +394,7 @@ class Executor:
         running = {proc.puid for proc in ranks.procs}
         failed = 0
         while running:  # (a bounded wait: the loop also outlives a missed exit)
-            try:
-                exited, _ = multi_join(list(running), timeout=5.0, join_all=False)
-            except Exception as exc:  # Dragon lost them: do not wait forever
-                self.killed.setdefault(uid, (ERROR, f"Dragon lost track of its ranks: {exc}"))
-                ranks.kill()
-                return -1
+            exited, _ = multi_join(list(running), timeout=5.0, join_all=False)
             for puid, code in exited or []:
                 running.discard(puid)
                 if code != 0 and not failed:
