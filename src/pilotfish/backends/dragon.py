@@ -152,6 +152,8 @@ def _ours(name: str) -> bool:
 
 def _in_use(names: set[str]) -> set[str]:
     """Those of these `/dev/shm` entries that some process maps or holds open."""
+    if not names:
+        return set()  # (no need to read every process's maps)
     wanted = {os.path.join("/dev/shm", name): name for name in names}
     found: set[str] = set()
     for pid in os.listdir("/proc"):
