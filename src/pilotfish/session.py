@@ -517,12 +517,14 @@ class PilotExecutor(concurrent.futures.Executor):
         self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task:
+        return self._submit([TaskDescription(function=fn, args=args, kwargs=kwargs)])[0]
+
+    def _submit(self, descriptions: list[TaskDescription]) -> list[Task]:
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
-        task = self._session.submit(TaskDescription(function=fn, args=args, kwargs=kwargs),
-                                    pilot=self._pilot)
-        self._tasks.append(task)
-        return task
+        tasks = self._session.submit(descriptions, pilot=self._pilot)
+        self._tasks.extend(tasks)
+        return tasks
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
             timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
@@ -531,8 +533,6 @@ class PilotExecutor(concurrent.futures.Executor):
         that raises fails its whole chunk: the error is raised where the chunk's first
         result would be. Many tiny calls should come in chunks: each task costs the pilot
         tens of microseconds, a call in a chunk well under one."""
-        if self._shutdown:
-            raise RuntimeError("cannot submit after shutdown")
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
         if chunksize == 1:
@@ -544,8 +544,7 @@ class PilotExecutor(concurrent.futures.Executor):
             chunked = _Chunk(fn, spread=len(iterables) > 1)
             descriptions = [TaskDescription(function=chunked, args=(calls[i:i + chunksize],))
                             for i in range(0, len(calls), chunksize)]
-        tasks = self._session.submit(descriptions, pilot=self._pilot)
-        self._tasks.extend(tasks)
+        tasks = self._submit(descriptions)
         end = None if timeout is None else time.monotonic() + timeout
         return self._results(tasks, end, chunksize > 1)
 
