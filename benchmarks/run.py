@@ -148,7 +148,8 @@ def run_d1(tmp: str, n: int = 20_000, functions: str = "pool", baseline: str = "
 
 
 def _dragon_pool_rate(n: int, workers: int, mode: str) -> float:
-    from pilotfish.backends.dragon import SEGMENT_BYTES, launcher, remove_segments, shm_entries
+    from pilotfish.backends.dragon.backend import SEGMENT_BYTES, launcher
+    from pilotfish.backends.dragon.janitor import remove_segments, shm_entries
 
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dragon_pool.py")
     env = dict(os.environ, DRAGON_DEFAULT_SEG_SZ=str(SEGMENT_BYTES),

@@ -21,8 +21,8 @@ from typing import Any
 import zmq
 
 from . import messages as m
-from .agent.reactor import readable
 from .gcpause import without_gc
+from .reactor import readable
 
 log = logging.getLogger(__name__)
 

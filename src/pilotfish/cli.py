@@ -7,34 +7,12 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TextIO
 
 from .description import PilotDescription
 from .partitions import PartitionSpec
+from .progress import wait_with_progress
 from .session import Session
 from .states import TaskState
-
-
-def wait_with_progress(session: Session, total: int, started: float, stream: TextIO) -> None:
-    """Redraw a one-line progress bar until every task is final (waits, never sleeps).
-
-    On a terminal the line is redrawn five times a second; otherwise (a log file) a new
-    line is written every five seconds.
-    """
-    width = 30
-    tty = stream.isatty()
-    while True:
-        finished = session.wait(timeout=0.2 if tty else 5.0)
-        done = total - session.outstanding
-        filled = int(width * done / total) if total else width
-        rate = done / max(time.monotonic() - started, 1e-9)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks  {rate:,.0f}/s"
-        if tty:
-            print("\r" + line, end="\n" if finished else "", file=stream, flush=True)
-        else:
-            print(line, file=stream, flush=True)
-        if finished:
-            return
 
 
 def parse_partitions(text: str) -> list[PartitionSpec]:

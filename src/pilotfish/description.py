@@ -366,13 +366,13 @@ class PilotDescription:
             if self.backend != "builtin" or spec.backend == "builtin":
                 continue
             if spec.backend == "dragon":
-                from .backends.dragon import dragon_available
+                from .backends.dragon.backend import dragon_available
 
                 why = dragon_available()
                 if why is not None:
                     raise InvalidDescription(owner, "partitions", f"no Dragon here: {why}")
             elif spec.backend == "flux":
-                from .backends.flux import flux_available
+                from .backends.flux.backend import flux_available
 
                 why = flux_available()
                 if why is not None:

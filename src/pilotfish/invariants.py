@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from collections import Counter
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .resources import ONE
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
+from .resources import ONE, Node
 
 
-def check_scheduler(s: Scheduler) -> None:
-    from .scheduler import SchedulerError
+class SchedulerError(RuntimeError):
+    """A broken invariant of the scheduler: a bug."""
 
+
+def check_scheduler(s: Any) -> None:
+    """Raise SchedulerError naming the first broken invariant of a `Scheduler` (which
+    imports this module: its private parts are read here, so it is not imported back)."""
     alloc = s.alloc
     n = len(alloc.nodes)
     held: list[list[int]] = [[] for _ in range(n)]
@@ -97,11 +98,7 @@ def check_scheduler(s: Scheduler) -> None:
         raise SchedulerError(f"drained {sorted(alloc.drained)}, reservation {sorted(drained)}")
 
 
-def _check_indexed(s: Scheduler, node: object) -> None:
-    from .resources import Node
-    from .scheduler import SchedulerError
-
-    assert isinstance(node, Node)
+def _check_indexed(s: Any, node: Node) -> None:
     alloc = s.alloc
     i = node.index
     if i in alloc.drained:

@@ -7,7 +7,7 @@ partitions over consecutive slices of its nodes, named `name.0` .. `name.k-1` (e
 two Flux instances over halves of a Flux partition). `functions` says how a Dragon
 partition runs plain Python functions: "workers" (the default: pilotfish's function
 workers, started as Dragon processes) or "pool" (a Dragon `multiprocessing` pool); see
-backends/dragon.py for what each costs.
+backends/dragon/backend.py for what each costs.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .allocator import Allocator
+from .invariants import SchedulerError as SchedulerError  # re-exported
+from .invariants import check_scheduler
 from .resources import Shape, Slot
 
 # Prefetch: keep about this much work queued at each worker, within these bounds.
@@ -112,10 +114,6 @@ class _Group:
 class _Reservation:
     request: Request
     nodes: list[int]
-
-
-class SchedulerError(RuntimeError):
-    pass
 
 
 class Scheduler:
@@ -408,6 +406,4 @@ class Scheduler:
 
     def validate(self) -> None:
         """Check every invariant; raise SchedulerError naming the first one broken."""
-        from .invariants import check_scheduler
-
         check_scheduler(self)

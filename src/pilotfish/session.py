@@ -14,7 +14,6 @@ import itertools
 import os
 import queue
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -27,14 +26,13 @@ from typing import Any, cast, overload
 import msgspec
 
 from . import messages as m
-from .agent.agent import AgentConfig
+from .agent.config import AgentConfig
 from .backends.processes import read_tail
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal
-from .pilots.local import start_local_agent
-from .proctree import kill_session
+from .pilots.local import LocalAgent
 from .states import TaskState, is_stale
 from .task import Task
 
@@ -57,7 +55,7 @@ class Pilot:
         self.sandbox = sandbox
         self.state = "STARTING"  # -> ACTIVE -> DONE | FAILED
         self.reason: str | None = None
-        self.process: subprocess.Popen[bytes] | None = None
+        self.agent: LocalAgent | None = None
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self.outstanding = 0  # tasks submitted to it and not final yet
@@ -71,6 +69,11 @@ class Pilot:
     @property
     def active(self) -> bool:
         return self.state == "ACTIVE"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The agent's process (on this machine)."""
+        return self.agent.process if self.agent is not None else None
 
 
 class Session:
@@ -143,8 +146,8 @@ class Session:
             parent_pid=os.getpid(),
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
         )
-        pilot.process = start_local_agent(cfg)
-        self._channel.watch_process(uid, pilot.process.pid)
+        pilot.agent = LocalAgent(cfg)
+        self._channel.watch_process(uid, pilot.agent.pid)
         log = pilot.sandbox / "agent.log"
         if not pilot.ready.wait(timeout):
             self._kill_agent(pilot)
@@ -323,12 +326,10 @@ class Session:
             if not self._wait_stopped(pilot, deadline, timeout):
                 self._kill_agent(pilot)
                 self._on_lost(pilot.uid, "agent did not stop within the timeout; killed")
-            if pilot.process is not None:
-                try:
-                    pilot.process.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self._kill_agent(pilot)
-                    pilot.process.wait(5)
+            if pilot.agent is not None and not pilot.agent.wait(
+                    max(0.1, deadline - time.monotonic())):
+                pilot.agent.kill()
+                pilot.agent.wait(5)
         self._channel.close()
         self._fail_live(None, TaskState.CANCELED, "session closed")
         self._callbacks.close(timeout)
@@ -340,11 +341,8 @@ class Session:
 
     @staticmethod
     def _kill_agent(pilot: Pilot) -> None:
-        if pilot.process is not None and pilot.process.poll() is None:
-            try:
-                os.killpg(pilot.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if pilot.agent is not None:
+            pilot.agent.kill()
 
     # ---- called on the channel thread -------------------------------------------------
 
@@ -375,13 +373,8 @@ class Session:
         pilot = self.pilots[pilot_uid]
         if pilot.stopped.is_set():
             return
-        self._kill_agent(pilot)
-        if pilot.process is not None:  # and everything it started, by session id
-            kill_session(pilot.process.pid)
-            if any(p.backend == "dragon" for p in pilot.description.layout):
-                from .backends.dragon import remove_listed_segments
-
-                remove_listed_segments(pilot.sandbox)
+        if pilot.agent is not None:  # it, and everything it started
+            pilot.agent.clean_up()
         self._end_pilot(pilot, "FAILED", reason)
 
     def _end_pilot(self, pilot: Pilot, state: str, reason: str) -> None:

@@ -21,6 +21,7 @@ from typing import TextIO
 
 from .description import PilotDescription
 from .metrics import Metrics, session_metrics
+from .progress import wait_with_progress
 from .session import Session
 from .workloads.simulated import workload
 
@@ -76,8 +77,6 @@ def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
         # clock cannot start (see backends/simulated.py) before the whole bag is in.
         session.submit(list(work), pilot=pilot)
         if progress is not None:
-            from .cli import wait_with_progress
-
             wait_with_progress(session, tasks, t0, progress)
         else:
             session.wait()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import pilotfish as pf
-from pilotfish.backends.dragon import dragon_available
+from pilotfish.backends.dragon.backend import dragon_available
 from tests.conftest import children, process_gone
 
 pytestmark = pytest.mark.skipif(dragon_available() is not None,
@@ -74,7 +74,7 @@ def test_functions_and_executables_run_in_dragon(session: pf.Session,
         nodes=2, cores_per_node=2, gpus_per_node=2,
         partitions=[PS(backend="dragon", functions=functions)]))
     where = session.submit(TD(function=program)).result(timeout=90)
-    assert ("pilotfish.agent.worker" in where) is (functions is None), where
+    assert ("pilotfish.backends.functions.worker" in where) is (functions is None), where
     squares = session.submit([TD(function=square, args=(i,)) for i in range(100)])
     gpus = session.submit([TD(function=visible_gpus, gpus_per_rank=1) for _ in range(4)])
     broken = session.submit(TD(function=fail, args=("boom",)))
@@ -344,6 +344,6 @@ def test_a_dead_agents_dragon_runtime_and_segments_are_cleaned_up(
 
 
 def test_dragon_partitions_need_dragon(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pilotfish.backends.dragon.dragon_available", lambda: "not here")
+    monkeypatch.setattr("pilotfish.backends.dragon.backend.dragon_available", lambda: "not here")
     with pytest.raises(pf.InvalidDescription, match="partitions: no Dragon here: not here"):
         pf.PilotDescription(nodes=2, partitions=[PS(backend="dragon")])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import pilotfish as pf
-from pilotfish.backends.flux import flux_available
+from pilotfish.backends.flux.backend import flux_available
 from pilotfish.cli import main
 from pilotfish.partitions import Partition
 

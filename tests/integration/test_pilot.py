@@ -160,7 +160,7 @@ def test_worker_death_fails_its_task_only(session: pf.Session) -> None:
 
 def _workers_of(pid: int) -> int:
     """How many function workers process `pid` has started."""
-    return sum("pilotfish.agent.worker" in cmd for _, cmd in children(pid))
+    return sum("pilotfish.backends.functions.worker" in cmd for _, cmd in children(pid))
 
 
 def test_function_workers_asked_for_start_with_the_pilot(session: pf.Session) -> None:

@@ -7,12 +7,12 @@ import time
 import pytest
 
 import pilotfish as pf
-from pilotfish.agent.reactor import Reactor
 from pilotfish.backends.base import BackendEvent, PlacedTask, TaskFinished, TaskStarted
 from pilotfish.backends.simulated import SimulatedBackend, simulated_duration
 from pilotfish.cli import main
 from pilotfish.messages import TaskSpec
 from pilotfish.metrics import session_metrics
+from pilotfish.reactor import Reactor
 from pilotfish.resources import Slot
 
 TD = pf.TaskDescription

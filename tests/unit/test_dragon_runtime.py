@@ -5,7 +5,8 @@ from __future__ import annotations
 import mmap
 import os
 
-from pilotfish.backends.dragon import abnormal_termination, remove_segments, shm_entries
+from pilotfish.backends.dragon.backend import abnormal_termination
+from pilotfish.backends.dragon.janitor import remove_segments, shm_entries
 
 # The end of a runtime's output when PMIx could not start (dragonhpc 0.15, recorded).
 CRASH = """\

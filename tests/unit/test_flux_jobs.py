@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from pilotfish.backends.base import TaskFinished, TaskStarted
-from pilotfish.backends.flux import jobspec, start_command
-from pilotfish.backends.flux_jobs import FluxJobTracker, job_request, urgency
+from pilotfish.backends.flux.backend import jobspec, start_command
+from pilotfish.backends.flux.jobs import FluxJobTracker, job_request, urgency
 from pilotfish.messages import TaskSpec
 from pilotfish.states import TaskState
 
@@ -107,7 +107,7 @@ def test_urgency_keeps_clear_of_hold_and_expedite() -> None:
     assert [urgency(p) for p in (0, 5, 100, -15, -100)] == [16, 21, 30, 1, 1]
 
 
-# ---- the I/O side's pure helpers (backends/flux.py) ------------------------------------
+# ---- the I/O side's pure helpers (backends/flux/backend.py) ------------------------------------
 
 
 def test_instances_start_on_this_host_or_over_their_hosts_under_srun() -> None:

@@ -6,7 +6,8 @@ import os
 import signal
 import sys
 
-from .agent import Agent, AgentConfig
+from .agent import Agent
+from .config import AgentConfig
 
 
 def main() -> int:

@@ -11,7 +11,6 @@ update (SCHEDULED, RUNNING) goes out only for a task that stayed in that state f
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import json
 import math
@@ -40,17 +39,18 @@ from ..backends.base import (
     TaskStarted,
 )
 from ..backends.builtin import BuiltinBackend
-from ..backends.dragon import DragonBackend
-from ..backends.flux import FluxBackend
+from ..backends.dragon.backend import DragonBackend
+from ..backends.flux.backend import FluxBackend
 from ..backends.processes import NodeLayout
 from ..backends.simulated import SimulatedBackend
 from ..gcpause import without_gc
 from ..partitions import Partition
+from ..reactor import Reactor, readable
 from ..resources import Shape
 from ..routing import Reject, RoutingPolicy, TaskTraits, steal_count, why_not
 from ..scheduler import Action, Dequeued, Dispatch, Fail, Launch, Request, Scheduler
 from ..states import TaskState, check_transition
-from .reactor import Reactor, readable
+from .config import AgentConfig
 
 PROGRESS_INTERVAL = 0.05  # seconds
 HEARTBEAT_INTERVAL = 1.0
@@ -63,34 +63,6 @@ LOOK_BACKOFF_MAX = 0.5  # seconds: a partition that found nothing it could take 
 STOP_TIMEOUT = 1.0  # grace for tasks and workers at shutdown, each; then SIGKILL
 
 SUBMITTED, SCHEDULED, RUNNING = TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    client_address: str
-    pilot_uid: str
-    sandbox: str
-    nodes: int
-    cores_per_node: int
-    gpus_per_node: int
-    workers_per_node: int
-    function_workers: int | None = None  # the user's explicit choice, if any
-    routing: str | None = None  # base64 of the pickled RoutingPolicy (None: the default)
-    mem_per_node: int = 0  # MiB
-    core_ids: list[int] | None = None  # physical id of each usable core (None: 0, 1, ...)
-    gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # how a rank is told its GPUs
-    backend: str = "builtin"  # or "simulated"
-    partitions: list[tuple[str, str, int, int, str | None]] = dataclasses.field(
-        default_factory=list)
-    reserve_after: float = 30.0  # seconds a passed-over task waits for a reservation
-    heartbeat_timeout: float = 5.0
-    runtime: float | None = None
-    parent_pid: int | None = None  # exit at once if this process ends (local pilots)
-    python_path: list[str] = dataclasses.field(default_factory=list)  # for function workers
-
-    @classmethod
-    def from_json(cls, text: str) -> AgentConfig:
-        return cls(**json.loads(text))
 
 
 def _load_router(cfg: AgentConfig) -> RoutingPolicy:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from ..agent.reactor import Reactor
 from ..messages import TaskSpec
+from ..reactor import Reactor
 from ..resources import Slot
 from ..states import TaskState
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..agent.reactor import Reactor
+from ..reactor import Reactor
 from .base import BackendEvent, Capabilities, DispatchedTask, PlacedTask
-from .function_pool import FunctionPool
+from .functions.pool import FunctionPool
 from .processes import NodeLayout, ProcessRunner, task_environment
 
 

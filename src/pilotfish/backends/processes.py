@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..agent.reactor import Reactor
 from ..messages import TaskSpec
+from ..reactor import Reactor
 from ..resources import Slot
 from ..states import TaskState
 from .base import BackendEvent, PlacedTask, TaskFinished, TaskStarted

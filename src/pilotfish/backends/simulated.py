@@ -18,8 +18,8 @@ import heapq
 import time
 from collections.abc import Callable, Sequence
 
-from ..agent.reactor import Reactor
 from ..messages import TaskSpec
+from ..reactor import Reactor
 from ..states import TaskState
 from .base import BackendEvent, Capabilities, DispatchedTask, PlacedTask, TaskFinished, TaskStarted
 

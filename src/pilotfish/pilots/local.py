@@ -1,26 +1,63 @@
-"""Starting an agent on this machine: the `local` platform (virtual nodes, cores, GPUs)."""
+"""Pilots on this machine (the `local` mode): an agent process of virtual nodes.
+
+The agent runs in its own session: a terminal's Ctrl-C stays away from it and its tasks
+(the client stops it with a message, and it exits by itself when the client process
+ends), and when it is lost, everything it started is found by that session id and
+killed.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from ..agent.agent import AgentConfig
+from ..agent.config import AgentConfig
+from ..proctree import kill_session
 
 
-def start_local_agent(cfg: AgentConfig) -> subprocess.Popen[bytes]:
-    """Start `python -m pilotfish.agent` in its own session, logging to its sandbox.
+class LocalAgent:
+    """An agent process on this machine, logging to `<sandbox>/agent.log`."""
 
-    Its own session keeps a terminal's Ctrl-C away from it and its tasks: the client
-    stops it with a message, and it exits by itself when the client process ends.
-    """
-    os.makedirs(cfg.sandbox, exist_ok=True)
-    with open(os.path.join(cfg.sandbox, "agent.log"), "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pilotfish.agent", json.dumps(dataclasses.asdict(cfg))],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=cfg.sandbox,
-        )
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.sandbox = Path(cfg.sandbox)
+        self.sandbox.mkdir(parents=True, exist_ok=True)
+        self.dragon = any(p[1] == "dragon" for p in cfg.partitions)
+        with open(self.sandbox / "agent.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pilotfish.agent", cfg.to_json()],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=cfg.sandbox,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the agent to exit; True if it did."""
+        try:
+            self.process.wait(max(0.0, timeout))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the agent's process group (the agent and what is still in it)."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def clean_up(self) -> None:
+        """After a lost agent: kill everything of its session, and remove the `/dev/shm`
+        segments its Dragon runtimes listed."""
+        self.kill()
+        kill_session(self.process.pid)
+        if self.dragon:
+            from ..backends.dragon.janitor import remove_listed_segments
+
+            remove_listed_segments(self.sandbox)

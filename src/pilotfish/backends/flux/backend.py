@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..agent.reactor import Reactor
-from ..proctree import kill_group
-from ..states import TaskState
-from .base import (
+from ...proctree import kill_group
+from ...reactor import Reactor
+from ...states import TaskState
+from ..base import (
     BackendEvent,
     BackendLost,
     Capabilities,
@@ -37,8 +37,8 @@ from .base import (
     PlacedTask,
     TaskFinished,
 )
-from .flux_jobs import FluxJobTracker, JobRequest, job_request
-from .processes import read_tail
+from ..processes import read_tail
+from .jobs import FluxJobTracker, JobRequest, job_request
 
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
 POLL_SECONDS = 0.005  # the Flux thread's longest wait for journal events between submits

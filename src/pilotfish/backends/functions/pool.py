@@ -17,7 +17,7 @@ never sees the worker's signals) has its worker killed: it fails (or ends CANCEL
 that reason, and the worker is replaced.
 
 Where the workers run is pluggable (`WorkerProcesses`): local child processes here
-(`LocalProcesses`), Dragon processes for a Dragon partition (backends/dragon.py).
+(`LocalProcesses`), Dragon processes for a Dragon partition (backends/dragon/backend.py).
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from typing import Any, Protocol
 
 import zmq
 
-from ..agent import worker as worker_module
-from ..agent.reactor import Reactor, readable
-from ..messages import TaskSpec, decode_plain, encode_plain
-from ..states import TaskState
-from .base import BackendEvent, TaskFinished, TaskRequeued, TaskStarted
-from .processes import signal_group, wait_fd
+from ...messages import TaskSpec, decode_plain, encode_plain
+from ...reactor import Reactor, readable
+from ...states import TaskState
+from ..base import BackendEvent, TaskFinished, TaskRequeued, TaskStarted
+from ..processes import signal_group, wait_fd
+from . import worker as worker_module
 
+WORKER_MODULE = "pilotfish.backends.functions.worker"  # run as `python -m`
 FORCE_GRACE = 5.0  # seconds past a timeout or cancel before a worker is killed
 WATCH_INTERVAL = 1.0
 
@@ -194,7 +195,7 @@ class FunctionPool:
         self._workers[ident] = worker
         self.processes.start(
             self._reactor, ident,
-            [sys.executable, "-m", "pilotfish.agent.worker", self.address, ident, counter],
+            [sys.executable, "-m", WORKER_MODULE, self.address, ident, counter],
             {**self._env, **(env or {})}, self.sandbox, log,
             lambda code: self._on_exit(worker, code))
         return worker

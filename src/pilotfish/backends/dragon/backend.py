@@ -1,6 +1,6 @@
 """The Dragon backend: one Dragon runtime per partition, driven over ZeroMQ.
 
-`start` launches `dragon -s PYTHON -m ...dragon_executor ADDRESS WORKERS` in its own
+`start` launches `dragon -s PYTHON -m ...dragon.executor ADDRESS WORKERS` in its own
 process group (Dragon's launcher, its runtime and the executor inside it; not a new
 session: Dragon's launcher does not come up as a session leader); the executor connects
 back and says it is ready, and tasks placed before then wait for it. Executables run as
@@ -9,7 +9,7 @@ Dragon processes, multi-rank tasks as process groups.
 Functions are fed ahead like the built-in function workers, to one of two kinds of
 workers (`PartitionSpec(functions=...)`):
 
-- "workers" (the default): pilotfish's own function workers (agent/worker.py), started
+- "workers" (the default): pilotfish's own function workers (functions/worker.py), started
   as Dragon processes on the partition's nodes, fed by the agent directly. They block
   while they wait (a Dragon runtime with 32 of them idles at 0.08 CPU here), and give
   functions what the pool cannot: cancel and timeout interrupt the function, and a dead
@@ -44,12 +44,11 @@ from typing import Any
 
 import zmq
 
-from ..agent.reactor import Reactor
-from ..agent.worker import CANCELED, ERROR, OK, TIMEOUT
-from ..messages import TaskSpec, decode_plain, encode_plain
-from ..proctree import kill_group
-from ..states import TaskState
-from .base import (
+from ...messages import TaskSpec, decode_plain, encode_plain
+from ...proctree import kill_group
+from ...reactor import Reactor
+from ...states import TaskState
+from ..base import (
     BackendEvent,
     BackendLost,
     Capabilities,
@@ -59,12 +58,14 @@ from .base import (
     TaskRequeued,
     TaskStarted,
 )
-from .function_pool import FunctionPool
-from .processes import NodeLayout, read_tail, task_environment
+from ..functions.pool import FunctionPool
+from ..functions.worker import CANCELED, ERROR, OK, TIMEOUT
+from ..processes import NodeLayout, read_tail, task_environment
+from .janitor import remove_segments, segments_of, shm_entries
 
 SEGMENT_BYTES = 256 * 2**20
 START_TIMEOUT = 60.0  # seconds for the runtime to come up
-EXECUTOR = "pilotfish.backends.dragon_executor"  # run by Dragon as `python -m`
+EXECUTOR = "pilotfish.backends.dragon.executor"  # run by Dragon as `python -m`
 _STATES = {OK: TaskState.DONE, ERROR: TaskState.FAILED, CANCELED: TaskState.CANCELED,
            TIMEOUT: TaskState.FAILED}
 
@@ -114,88 +115,6 @@ def abnormal_termination(log_tail: str) -> str | None:
 
 def launcher() -> str:
     return os.path.join(os.path.dirname(sys.executable), "dragon")
-
-
-def shm_entries() -> set[str]:
-    try:
-        return set(os.listdir("/dev/shm"))
-    except OSError:
-        return set()
-
-
-def segments_of(launcher_pid: int, before: set[str]) -> list[str]:
-    """The `/dev/shm` segments of the runtime started by `launcher_pid`.
-
-    Dragon names them DD<launcher pid mod 1000, 4 digits>...; only those that appeared
-    since `before` are this runtime's (others may be another partition's).
-    """
-    prefix = f"DD{launcher_pid % 1000:04d}"
-    return sorted(name for name in shm_entries() - before if name.startswith(prefix))
-
-
-def remove_segments(launcher_pid: int, before: set[str]) -> None:
-    """Remove a stopped runtime's segments, and Dragon segments that appeared while it
-    ran and that no process maps any more: a runtime that crashes can leave some not
-    named after it (e.g. `DDD6zu3c9yj2e_0429423430D` where PMIx could not start), and a
-    live runtime maps all of its own."""
-    _unlink(segments_of(launcher_pid, before))
-    new = {name for name in shm_entries() - before if name.startswith("DD") and _ours(name)}
-    _unlink(sorted(new - _in_use(new)))
-
-
-def _ours(name: str) -> bool:
-    try:
-        return os.stat(os.path.join("/dev/shm", name)).st_uid == os.getuid()
-    except OSError:
-        return False
-
-
-def _in_use(names: set[str]) -> set[str]:
-    """Those of these `/dev/shm` entries that some process maps or holds open."""
-    if not names:
-        return set()  # (no need to read every process's maps)
-    wanted = {os.path.join("/dev/shm", name): name for name in names}
-    found: set[str] = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/maps") as f:
-                paths = [line.partition(" /dev/shm/")[2].rstrip("\n") for line in f]
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue  # it ended (or is not ours: then neither are its segments)
-        for path in paths:
-            if path:
-                found.add("/dev/shm/" + path.removesuffix(" (deleted)"))
-        for fd in fds:
-            try:
-                found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-            except OSError:
-                pass  # closed meanwhile
-    return {name for path, name in wanted.items() if path in found}
-
-
-def _unlink(names: list[str]) -> None:
-    for name in names:
-        try:
-            os.unlink(os.path.join("/dev/shm", name))
-        except OSError:
-            pass
-
-
-def remove_listed_segments(sandbox: str | os.PathLike[str]) -> None:
-    """Remove the segments that the Dragon runtimes of a pilot whose agent died had made
-    (listed in its sandbox once each runtime was up: Dragon makes them as it starts)."""
-    try:
-        entries = list(os.scandir(sandbox))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith("dragon-") and entry.name.endswith(".segments"):
-            with open(entry.path) as f:
-                _unlink([name for name in f.read().split() if name.startswith("DD")])
-            os.unlink(entry.path)
 
 
 class DragonProcesses:

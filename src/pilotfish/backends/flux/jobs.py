@@ -21,9 +21,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..messages import TaskSpec
-from ..states import TaskState
-from .base import BackendEvent, TaskFinished, TaskStarted
+from ...messages import TaskSpec
+from ...states import TaskState
+from ..base import BackendEvent, TaskFinished, TaskStarted
 
 URGENCY_DEFAULT, URGENCY_MAX = 16, 31  # Flux: 0 holds a job, 31 expedites it
 

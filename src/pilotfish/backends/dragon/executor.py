@@ -1,12 +1,12 @@
 """The executor inside a Dragon runtime:
-`dragon -s PYTHON -m pilotfish.backends.dragon_executor ADDRESS WORKERS CALLS_DIR`.
+`dragon -s PYTHON -m pilotfish.backends.dragon.executor ADDRESS WORKERS CALLS_DIR`.
 
 It connects back to the agent's Dragon backend over ZeroMQ and runs what it is sent:
 Python functions in a Dragon `multiprocessing` pool of WORKERS processes (none if 0;
 each pool call leaves a marker in CALLS_DIR while it runs, see call_many),
 executables as Dragon processes (their output appended to the task's files), and
 pilotfish's own function workers as Dragon processes (they talk to the agent directly;
-see backends/dragon.py for when). It reports each task's end with its times,
+see backend.py for when). It reports each task's end with its times,
 and exits when told to stop. (The runtime runs in the agent's process session: if the
 agent dies, the client ends that whole session, this runtime included.)
 
@@ -23,7 +23,8 @@ to the agent:
   ("ready", pid)   ("started", uid, ts)
   ("done", [(uid, outcome, result_blob, error, exec_start, exec_stop, exit_code), ...])
   ("exited", ident, exit_code)   a function worker ended (exit_code None: never started)
-Outcomes are those of the function workers (agent/worker.py): OK, ERROR, CANCELED, TIMEOUT.
+Outcomes are those of the function workers (backends/functions/worker.py): OK, ERROR,
+CANCELED, TIMEOUT.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from typing import Any
 import msgspec
 import zmq
 
-from pilotfish.agent.worker import CANCELED, ERROR, OK, TIMEOUT, _format, _pickle_exception
+from pilotfish.backends.functions.worker import (
+    CANCELED,
+    ERROR,
+    OK,
+    TIMEOUT,
+    _format,
+    _pickle_exception,
+)
 from pilotfish.backends.processes import KILL_GRACE
 from pilotfish.proctree import START_TIME, stat_field
 
@@ -515,7 +523,7 @@ def main(argv: list[str]) -> None:
 
     mp.set_start_method("dragon")
     # Run as the importable module, not as __main__, so the pool's workers find `call`.
-    from pilotfish.backends import dragon_executor
+    from pilotfish.backends.dragon import executor as dragon_executor
 
     dragon_executor.Executor(argv[0], int(argv[1]), argv[2]).run()
 

@@ -1,8 +1,9 @@
 """A persistent function worker: runs Python function tasks one at a time, in order.
 
-Started once per pilot by the built-in backend (`python -m pilotfish.agent.worker ADDR
-IDENT`), it receives batches of tasks over ZeroMQ and sends results back in batches,
-flushing at least every few milliseconds so results do not wait behind long tasks.
+Started by a backend's function pool (`python -m pilotfish.backends.functions.worker ADDR
+IDENT COUNTER`), it receives batches of tasks over ZeroMQ and sends results back in
+batches, flushing at least every few milliseconds so results do not wait behind long
+tasks.
 
 A task still running `ANNOUNCE_AFTER` after it started is announced as RUNNING, with the
 results the worker holds, by a thread with a socket of its own (`_Announcer`): a signal
@@ -31,8 +32,8 @@ from typing import Any
 import cloudpickle
 import zmq
 
-from ..messages import decode_plain, encode_plain
-from .reactor import readable
+from ...messages import decode_plain, encode_plain
+from ...reactor import readable
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
 CANCEL_MESSAGE_WAIT_MS = 1000
