@@ -115,6 +115,25 @@ def cmd_platforms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backends(args: argparse.Namespace) -> int:
+    from .backends import registry
+
+    rows = [("name", "here", "runs", "summary")]
+    for entry in registry.entries():
+        a = entry.abilities
+        runs = [kind for kind, can in (("executables", a.executables),
+                                       ("functions", a.functions),
+                                       ("multi-rank", a.multi_rank), ("GPUs", a.gpus),
+                                       ("shared-GPUs", a.shared_gpus)) if can]
+        why = entry.unavailable()
+        rows.append((entry.name, "yes" if why is None else "no", ",".join(runs),
+                     entry.summary + ("" if why is None else f" [cannot run here: {why}]")))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     platforms.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     platforms.add_argument("name", nargs="?", help="the profile to show")
     platforms.set_defaults(func=cmd_platforms)
+    backends = sub.add_parser("backends", help="list the backends, what they run, and "
+                                               "whether they can run here")
+    backends.set_defaults(func=cmd_backends)
     report = sub.add_parser("report", help="metrics and charts of a finished session")
     report.add_argument("session_dir")
     report.add_argument("--json", action="store_true", help="metrics as JSON")

@@ -20,13 +20,13 @@ from typing import Any
 import cloudpickle
 import msgspec
 
+from .backends import registry
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
 from .platforms import InvalidPlatform, Platform, load_platform
 from .routing import RoutingPolicy
 
 PLACEMENT_TAGS = ("colocate", "exclusive")
 PMI_KINDS = ("cray", "pmix")  # tags={"pmi": ...}: an MPI process group under Dragon
-BACKENDS = ("builtin", "simulated")
 # GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
 MAX_GPU_SHARING = 1024
 
@@ -280,11 +280,13 @@ class PilotDescription:
     the number of persistent Python worker processes per node: given, they start with the
     pilot; by default, as many as the node's cores capped at the machine's real cores,
     each started at its first task.
-    `backend="simulated"` runs nothing: tasks take their `duration` on a virtual clock
-    (see backends/simulated.py). `reserve_after` is how long (seconds) a task passed over
-    by smaller ones waits before nodes are drained for it (see scheduler.py). `routing`
-    picks each task's partition (default: `routing.RoutingPolicy()`; a subclass changes
-    the rules; it is pickled to the agent and runs there).
+    `backend` is the backend of the pilot's one partition when no `partitions` are
+    given (`pilotfish backends` lists them); `backend="simulated"` runs nothing: every
+    partition's tasks take their `duration` on a virtual clock (backends/simulated.py).
+    `reserve_after` is how long (seconds) a task passed over by smaller ones waits before
+    nodes are drained for it (see scheduler.py). `routing` picks each task's partition
+    (default: `routing.RoutingPolicy()`; a subclass changes the rules; it is pickled to
+    the agent and runs there).
     """
 
     platform: str = "local"
@@ -302,9 +304,9 @@ class PilotDescription:
 
     def __post_init__(self) -> None:
         owner = "PilotDescription"
-        if self.backend not in BACKENDS:
+        if not isinstance(self.backend, str) or self.backend not in registry.names():
             raise InvalidDescription(owner, "backend", f"unknown backend {self.backend!r}; "
-                                     f"known: {', '.join(BACKENDS)}")
+                                     f"known: {', '.join(registry.names())}")
         if isinstance(self.reserve_after, bool) or not isinstance(
                 self.reserve_after, int | float) or not self.reserve_after >= 0:
             raise InvalidDescription(owner, "reserve_after", f"must be a number of seconds "
@@ -362,22 +364,16 @@ class PilotDescription:
                 isinstance(p, PartitionSpec) for p in specs):
             raise TypeError(f"{owner}.partitions must be a list of PartitionSpec")
         object.__setattr__(self, "partitions", tuple(specs))
-        for spec in specs:  # a simulated pilot simulates every kind (routing included)
-            if self.backend != "builtin" or spec.backend == "builtin":
-                continue
-            if spec.backend == "dragon":
-                from .backends.dragon.backend import dragon_available
-
-                why = dragon_available()
+        if specs and self.backend not in ("builtin", "simulated"):
+            raise InvalidDescription(owner, "backend", f"{self.backend!r} with partitions: give "
+                                     "each partition its backend (PartitionSpec.backend)")
+        if self.backend != "simulated":  # a simulated pilot simulates every kind
+            for name in dict.fromkeys([s.backend for s in specs] or [self.backend]):
+                why = registry.get(name).unavailable()
                 if why is not None:
-                    raise InvalidDescription(owner, "partitions", f"no Dragon here: {why}")
-            elif spec.backend == "flux":
-                from .backends.flux.backend import flux_available
-
-                why = flux_available()
-                if why is not None:
-                    raise InvalidDescription(owner, "partitions", f"no Flux here: {why} "
-                                             "(a simulated pilot can model Flux partitions)")
+                    raise InvalidDescription(owner, "partitions" if specs else "backend",
+                                             f"no {name} here: {why} (a simulated pilot "
+                                             f"can model {name} partitions)")
         try:
             resolve_partitions(tuple(specs), self.nodes)
         except PartitionError as exc:
@@ -386,8 +382,8 @@ class PilotDescription:
     @property
     def layout(self) -> list[Partition]:
         """The pilot's partitions: names, backends and node slices."""
-        default = () if self.backend != "simulated" else (PartitionSpec(backend="simulated"),)
-        return resolve_partitions(tuple(self.partitions) or default, self.nodes)
+        return resolve_partitions(tuple(self.partitions) or (PartitionSpec(backend=self.backend),),
+                                  self.nodes)
 
     @property
     def profile(self) -> Platform:

@@ -4,9 +4,10 @@
 is a count, a fraction of the pilot's nodes (0 < f < 1), or None for what is left
 (split evenly between the specs that say None). A spec with `instances=k` becomes k
 partitions over consecutive slices of its nodes, named `name.0` .. `name.k-1` (e.g.
-two Flux instances over halves of a Flux partition). `functions` says how a Dragon
-partition runs plain Python functions: "workers" (the default: pilotfish's function
-workers, started as Dragon processes) or "pool" (a Dragon `multiprocessing` pool); see
+two Flux instances over halves of a Flux partition). `functions` says how a partition
+runs plain Python functions where its backend offers a choice (backends/registry.py):
+a Dragon partition's "workers" (the default: pilotfish's function workers, started as
+Dragon processes) or "pool" (a Dragon `multiprocessing` pool); see
 backends/dragon/backend.py for what each costs.
 """
 
@@ -15,8 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-BACKEND_KINDS = ("builtin", "simulated", "dragon", "flux")
-FUNCTION_RUNNERS = {"dragon": ("workers", "pool")}  # the choices, the default first
+from .backends import registry
 
 
 class PartitionError(ValueError):
@@ -32,9 +32,9 @@ class PartitionSpec:
     functions: str | None = None  # Dragon: "workers" (default) or "pool"
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKEND_KINDS:
+        if not isinstance(self.backend, str) or self.backend not in registry.names():
             raise PartitionError(f"PartitionSpec.backend: unknown backend {self.backend!r}; "
-                                 f"known: {', '.join(BACKEND_KINDS)}")
+                                 f"known: {', '.join(registry.names())}")
         n = self.nodes
         if n is not None and (isinstance(n, bool) or not isinstance(n, int | float)):
             raise PartitionError(f"PartitionSpec.nodes: a count, a fraction or None, got {n!r}")
@@ -50,7 +50,7 @@ class PartitionSpec:
                                       or "." in self.name):
             raise PartitionError(f"PartitionSpec.name: a non-empty str without '.', got "
                                  f"{self.name!r}")
-        runners = FUNCTION_RUNNERS.get(self.backend, ())
+        runners = registry.get(self.backend).function_runners
         if self.functions is not None and self.functions not in runners:
             choices = (f"one of {', '.join(map(repr, runners))}" if runners
                        else "None (only Dragon partitions choose)")
@@ -65,7 +65,7 @@ class Partition:
     backend: str
     first: int
     nodes: int
-    functions: str | None = None  # how plain functions run (Dragon: "workers" or "pool")
+    functions: str | None = None  # how plain functions run, where the backend has a choice
 
     @property
     def node_ids(self) -> range:
@@ -112,7 +112,8 @@ def resolve_partitions(specs: tuple[PartitionSpec, ...], nodes: int) -> list[Par
         for k in range(spec.instances):
             share = count // spec.instances + (1 if k < count % spec.instances else 0)
             name = base if spec.instances == 1 else f"{base}.{k}"
-            runner = spec.functions or next(iter(FUNCTION_RUNNERS.get(spec.backend, ())), None)
+            runner = spec.functions or next(iter(registry.get(spec.backend).function_runners),
+                                            None)
             out.append(Partition(name, spec.backend, first, share, runner))
             first += share
     return out

@@ -29,6 +29,9 @@ class Reactor:
         # Called when nothing is ready: each returns 0 if it did work, else the seconds
         # until it wants to be called again (None: no wish). A simulated clock jumps here.
         self._idle: list[Callable[[], float | None]] = []
+        # Called just before the loop would block: each returns True if it made work
+        # that must be done first (then it does not block). Held-back output goes here.
+        self._before_wait: list[Callable[[], bool]] = []
         self.waited = 0.0  # seconds spent blocked waiting, for the agent's busy time
         self._polled = 0.0  # monotonic time of the last poll
 
@@ -46,6 +49,9 @@ class Reactor:
 
     def add_idle(self, callback: Callable[[], float | None]) -> None:
         self._idle.append(callback)
+
+    def add_before_wait(self, callback: Callable[[], bool]) -> None:
+        self._before_wait.append(callback)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> int:
         """Run `callback` at monotonic time `when`; returns an id for `cancel_timer`."""
@@ -82,9 +88,12 @@ class Reactor:
                 hint = idle()
                 if hint is not None:
                     wait = min(wait, hint)
+            if wait > 0 and any([hook() for hook in self._before_wait]):
+                wait = 0.0
             if wait > 0:
-                ready = self._poll(max(1, int(wait * 1000)), now)
-                self.waited += time.monotonic() - now
+                start = time.monotonic()
+                ready = self._poll(max(1, int(wait * 1000)), start)
+                self.waited += time.monotonic() - start
             else:
                 ready = []  # an idle callback did work: the caller deals with it first
         elif ready is None:

@@ -18,8 +18,10 @@ Default rules (`RoutingPolicy`):
    core) of those. Late binding between partitions follows the same preference
    (`may_move`) and moves what waits (`steal_count`).
 
-Subclass `RoutingPolicy` and override `choose` (or the preference tuples) to change
-the rules; the agent gives every task to `route`.
+What each backend can run, and which kinds of task it prefers (the default preference
+tuples, in the registry's order), are declared in backends/registry.py. Subclass
+`RoutingPolicy` and override `choose` (or the preference tuples) to change the rules;
+the agent gives every task to `route`.
 """
 
 from __future__ import annotations
@@ -27,28 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .backends import registry
 from .partitions import Partition
 
 # Late binding takes at most STEAL_MAX tasks per look, and from a partition with all its
 # cores busy at least STEAL_MIN_QUEUE.
 STEAL_MIN_QUEUE, STEAL_MAX = 2, 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Abilities:
-    executables: bool = True
-    functions: bool = True
-    parallel: bool = True  # ranks that may span nodes (MPI, process groups)
-    gpus: bool = True
-    shared_gpus: bool = True  # fractional GPUs per rank
-
-
-ABILITIES = {
-    "builtin": Abilities(),  # ranks on several nodes: launched where the agent runs
-    "simulated": Abilities(),
-    "dragon": Abilities(shared_gpus=False),
-    "flux": Abilities(functions=False, shared_gpus=False),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,24 +54,25 @@ class Reject:
 
 def why_not(traits: TaskTraits, backend: str) -> str | None:
     """None if a partition of this backend can run the task, else why not."""
-    can = ABILITIES[backend]
-    if traits.kind == "function" and not can.functions:
-        return "runs no Python functions"
-    if traits.kind == "executable" and not can.executables:
-        return "runs no executables"
-    if traits.ranks > 1 and not can.parallel:
-        return "runs no multi-rank tasks"
-    if traits.gpus_per_rank and not can.gpus:
-        return "runs no GPU tasks"
-    if 0 < traits.gpus_per_rank < 1 and not can.shared_gpus:
-        return "cannot share a GPU between ranks"
-    return None
+    return registry.get(backend).abilities.why_not(traits.kind, traits.ranks,
+                                                    traits.gpus_per_rank)
 
 
 class RoutingPolicy:
-    function_backends: tuple[str, ...] = ("dragon", "builtin", "simulated")
-    parallel_backends: tuple[str, ...] = ("flux", "dragon", "builtin", "simulated")
-    executable_backends: tuple[str, ...] = ("flux", "builtin", "simulated")
+    # The backends preferred for each kind of task, first first (None: the registry's).
+    function_backends: tuple[str, ...] | None = None
+    parallel_backends: tuple[str, ...] | None = None
+    executable_backends: tuple[str, ...] | None = None
+
+    def preferred(self, traits: TaskTraits) -> tuple[str, ...]:
+        """The backends preferred for this task, in order."""
+        if traits.kind == "function":
+            mine, kind = self.function_backends, "functions"
+        elif traits.ranks > 1:
+            mine, kind = self.parallel_backends, "multi-rank"
+        else:
+            mine, kind = self.executable_backends, "executables"
+        return mine if mine is not None else registry.preferred(kind)
 
     def route(self, traits: TaskTraits, partitions: Sequence[Partition],
               load: Mapping[str, float],
@@ -113,18 +100,15 @@ class RoutingPolicy:
     def choose(self, traits: TaskTraits, able: Sequence[Partition],
                load: Mapping[str, float]) -> Partition:
         """Pick among partitions that can run the task (at least one)."""
-        order: tuple[str, ...] = ()
-        if traits.kind == "function":
-            order = self.function_backends
-        elif traits.ranks > 1:
-            order = self.parallel_backends
-        for backend in order:
-            of_kind = [p for p in able if p.backend == backend]
-            if of_kind:
-                able = of_kind
-                break
-        if not order:
-            able = [p for p in able if p.backend in self.executable_backends] or able
+        order = self.preferred(traits)
+        if traits.kind == "function" or traits.ranks > 1:
+            for backend in order:
+                of_kind = [p for p in able if p.backend == backend]
+                if of_kind:
+                    able = of_kind
+                    break
+        else:  # single-rank executables: any preferred kind, the least loaded
+            able = [p for p in able if p.backend in order] or able
         return min(able, key=lambda p: (load.get(p.name, 0.0), p.first))
 
     def may_move(self, traits: TaskTraits, source: Partition, target: Partition) -> bool:
@@ -135,8 +119,8 @@ class RoutingPolicy:
         the built-in launcher needed: h1 in benchmarks/README.md)."""
         if traits.kind == "function" or traits.ranks > 1:
             return True
-        return (target.backend in self.executable_backends
-                or source.backend not in self.executable_backends)
+        order = self.preferred(traits)
+        return target.backend in order or source.backend not in order
 
 
 def steal_count(thief_queued: int, thief_idle: bool, thief_cores: int, victim_queued: int,

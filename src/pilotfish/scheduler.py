@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import msgspec
+
 from .allocator import Allocator
 from .invariants import SchedulerError as SchedulerError  # re-exported
 from .invariants import check_scheduler
@@ -63,26 +65,27 @@ class Request(NamedTuple):
     exclusive: str | None = None
 
 
-# Actions: what the agent must do. The scheduler never does it itself. (Named tuples:
-# one is made per task per decision, and they are the cheapest to make.)
-class Launch(NamedTuple):
+# Actions: what the agent must do. The scheduler never does it itself. (Frozen structs:
+# one is made per task per decision, and they are the cheapest to make; two kinds never
+# compare equal, even with equal fields.)
+class Launch(msgspec.Struct, frozen=True, gc=False):
     uid: str
     slot: Slot
 
 
-class Dispatch(NamedTuple):
+class Dispatch(msgspec.Struct, frozen=True, gc=False):
     uid: str
     worker: int
     node: int
     core: int
 
 
-class Fail(NamedTuple):
+class Fail(msgspec.Struct, frozen=True, gc=False):
     uid: str
     reason: str
 
 
-class Dequeued(NamedTuple):
+class Dequeued(msgspec.Struct, frozen=True, gc=False):
     """A queued task was canceled before it was placed."""
 
     uid: str

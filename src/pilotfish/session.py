@@ -27,6 +27,7 @@ import msgspec
 
 from . import messages as m
 from .agent.config import AgentConfig
+from .backends import registry
 from .backends.processes import read_tail
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
@@ -145,6 +146,7 @@ class Session:
             heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
             parent_pid=os.getpid(),
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
+            backends=[entry.to_dict() for entry in registry.registered()],
         )
         pilot.agent = LocalAgent(cfg)
         self._channel.watch_process(uid, pilot.agent.pid)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import pilotfish as pf
-from pilotfish.backends.dragon.backend import dragon_available
+from pilotfish.backends.dragon import unavailable as dragon_available
 from tests.conftest import children, process_gone
 
 pytestmark = pytest.mark.skipif(dragon_available() is not None,
@@ -344,6 +344,6 @@ def test_a_dead_agents_dragon_runtime_and_segments_are_cleaned_up(
 
 
 def test_dragon_partitions_need_dragon(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pilotfish.backends.dragon.backend.dragon_available", lambda: "not here")
-    with pytest.raises(pf.InvalidDescription, match="partitions: no Dragon here: not here"):
+    monkeypatch.setattr("pilotfish.backends.dragon.unavailable", lambda: "not here")
+    with pytest.raises(pf.InvalidDescription, match="partitions: no dragon here: not here"):
         pf.PilotDescription(nodes=2, partitions=[PS(backend="dragon")])

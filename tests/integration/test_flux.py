@@ -16,7 +16,7 @@ import time
 import pytest
 
 import pilotfish as pf
-from pilotfish.backends.flux.backend import flux_available
+from pilotfish.backends.flux import unavailable as flux_available
 
 _why = flux_available() or (None if shutil.which("flux") else "no `flux` command on PATH")
 pytestmark = pytest.mark.skipif(_why is not None, reason=f"no Flux here: {_why}")

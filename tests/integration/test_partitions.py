@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import pilotfish as pf
-from pilotfish.backends.flux.backend import flux_available
+from pilotfish.backends.flux import unavailable as flux_available
 from pilotfish.cli import main
 from pilotfish.partitions import Partition
 
@@ -140,7 +140,7 @@ def test_partition_specs_are_checked_with_the_pilot() -> None:
     with pytest.raises(pf.InvalidDescription, match="partitions: partitions ask for 5 node"):
         pf.PilotDescription(nodes=4, partitions=[PS(backend="builtin", nodes=5)])
     if flux_available() is not None:  # as here: the bindings need a Flux install
-        with pytest.raises(pf.InvalidDescription, match="partitions: no Flux here: the flux "
+        with pytest.raises(pf.InvalidDescription, match="partitions: no flux here: the flux "
                                                         "Python bindings cannot be imported"):
             pf.PilotDescription(nodes=4, partitions=[PS(backend="flux")])
     with pytest.raises(TypeError, match="list of PartitionSpec"):

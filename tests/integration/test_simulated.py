@@ -93,7 +93,7 @@ def test_cancel_ends_a_running_simulated_task_and_frees_its_core() -> None:
     assert isinstance(done, TaskFinished) and done.uid == "short"
     assert done.exec_stop - done.exec_start == pytest.approx(5)
     assert backend._on_idle() is None  # nothing left: no jump to the canceled one's end
-    assert backend.jumped == 1
+    assert backend.clock.jumps == 1
 
 
 def test_functions_run_as_slotted_tasks_of_zero_length(session: pf.Session) -> None:

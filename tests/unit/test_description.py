@@ -17,6 +17,7 @@ from pilotfish.description import (
     TaskDescription,
     pickle_function,
 )
+from pilotfish.partitions import PartitionSpec
 
 
 def square(x: int) -> int:
@@ -257,8 +258,11 @@ def test_retries_are_a_non_negative_int() -> None:
 
 def test_a_pilot_backend_and_reservation_delay_are_checked() -> None:
     assert PilotDescription(backend="simulated", reserve_after=0).backend == "simulated"
-    with invalid("backend", match="known: builtin, simulated"):
-        PilotDescription(backend="flux")
+    with invalid("backend", match="unknown backend 'nope'; known: flux, dragon, builtin, "
+                                  "simulated"):
+        PilotDescription(backend="nope")
+    with invalid("backend", match="given each partition its backend|give each partition"):
+        PilotDescription(backend="dragon", partitions=[PartitionSpec(backend="builtin")])
     with invalid("reserve_after"):
         PilotDescription(reserve_after=-1)
 

@@ -6,8 +6,8 @@ import os
 import signal
 import sys
 
-from .agent import Agent
 from .config import AgentConfig
+from .shell import Agent
 
 
 def main() -> int:

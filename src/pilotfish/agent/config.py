@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class AgentConfig:
     runtime: float | None = None
     parent_pid: int | None = None  # exit at once if this process ends (local pilots)
     python_path: list[str] = dataclasses.field(default_factory=list)  # for function workers
+    backends: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # registered
 
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:

@@ -3,40 +3,36 @@
 A backend owns a partition's nodes and turns placed tasks into running processes or
 function calls. Every call takes a batch. Outcomes come back as events passed to the
 `emit` callback the agent gives at `start`; a failure to launch is an event too (a
-`TaskFinished` with state FAILED and the reason), never an exception.
+`TaskFinished` with state FAILED and the reason), never an exception. What a backend
+can run, and how it is built, is declared once in `registry.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import msgspec
+
+from ..clock import Clock
 from ..messages import TaskSpec
+from ..partitions import Partition
 from ..reactor import Reactor
 from ..resources import Slot
 from ..states import TaskState
 
 
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    executables: bool = True
-    functions: bool = True
-    mpi: bool = False
-    gpus: bool = True
-    places_itself: bool = False  # True: the runtime places tasks (Flux); False: binds to slots
-
-
-# Events: past-tense facts, with the time they were observed. (Named tuples, as are the
-# hand-offs below: one or two are made per task, and they are the cheapest to make.)
-class TaskStarted(NamedTuple):
+# Events: past-tense facts, with the time they were observed. (Frozen structs: one or two
+# are made per task, and they are the cheapest to make; two kinds never compare equal.)
+class TaskStarted(msgspec.Struct, frozen=True, gc=False):
     uid: str
     ts: float
-    pid: int | None = None
+    pid: int | None = None  # process group of a running executable (for clean-up)
     launch_ts: float | None = None
 
 
-class TaskFinished(NamedTuple):
+class TaskFinished(msgspec.Struct, frozen=True, gc=False):
     uid: str
     state: TaskState  # DONE, FAILED or CANCELED
     exec_start: float | None
@@ -48,37 +44,70 @@ class TaskFinished(NamedTuple):
     stderr: str | None = None
 
 
-class TaskRequeued(NamedTuple):
+class TaskRequeued(msgspec.Struct, frozen=True, gc=False):
     """Placed on a worker that was lost before the task started: place it again."""
 
     uid: str
 
 
-class BackendLost(NamedTuple):
+class PartitionLost(msgspec.Struct, frozen=True, gc=False):
     """The runtime of a partition died: the agent fails or moves all its unfinished tasks."""
 
     partition: str
     reason: str
-    uid: str = ""  # of no task (events are looked up by uid first)
 
 
-BackendEvent = TaskStarted | TaskFinished | TaskRequeued | BackendLost
+BackendEvent = TaskStarted | TaskFinished | TaskRequeued | PartitionLost
 
 
-class PlacedTask(NamedTuple):
+# Hand-offs from the agent: a task with its exact slot, or a plain function task fed
+# ahead to a persistent worker (which leases one core of its node).
+class PlacedTask(msgspec.Struct, frozen=True, gc=False):
     spec: TaskSpec
     slot: Slot
 
 
-class DispatchedTask(NamedTuple):
+class DispatchedTask(msgspec.Struct, frozen=True, gc=False):
     spec: TaskSpec
     worker: int
     node: int
     core: int
 
 
+@dataclass(frozen=True, slots=True)
+class NodeLayout:
+    """What a node looks like to the processes on it (from the platform profile)."""
+
+    core_ids: tuple[int, ...]  # the physical id of each usable core, by core index
+    gpus: int = 0
+    gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # ROCR_VISIBLE_DEVICES on ROCm, ...
+    first_node: int = 0  # slots count nodes from 0 within a partition; the pilot from here
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildContext:
+    """What every backend of a pilot is built from (`build(context, partition)`)."""
+
+    sandbox: str  # the pilot's directory: logs, workers' files
+    task_sandbox: str  # the tasks' default working directory
+    cores_per_node: int
+    gpus_per_node: int
+    core_ids: tuple[int, ...]
+    gpu_env: str | None
+    workers_per_node: int  # function workers per node, by default
+    function_workers: int | None  # as the user asked (None: not asked)
+    python_path: list[str]  # for processes that import the user's functions
+    functions: dict[str, bytes]  # pickled functions by key, filled as tasks arrive
+    clock: Clock
+    partitions: list[Partition]  # all of the pilot's
+    shared: dict[str, Any] = field(default_factory=dict)  # what partitions may share
+
+    def node_layout(self, partition: Partition) -> NodeLayout:
+        return NodeLayout(self.core_ids, self.gpus_per_node, self.gpu_env, partition.first)
+
+
 class Backend(Protocol):
-    capabilities: Capabilities
+    workers_per_node: int  # persistent function workers per node the scheduler feeds
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None: ...
 

@@ -8,22 +8,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..partitions import Partition
 from ..reactor import Reactor
-from .base import BackendEvent, Capabilities, DispatchedTask, PlacedTask
+from .base import BackendEvent, BuildContext, DispatchedTask, NodeLayout, PlacedTask
 from .functions.pool import FunctionPool
-from .processes import NodeLayout, ProcessRunner, task_environment
+from .processes import ProcessRunner, task_environment
+
+
+def build(context: BuildContext, partition: Partition) -> BuiltinBackend:
+    """Function workers the user asked for start with the pilot; by default, on first use."""
+    workers = context.workers_per_node
+    return BuiltinBackend(context.task_sandbox, context.node_layout(partition),
+                          context.functions, log_dir=context.sandbox,
+                          python_path=context.python_path,
+                          cores=partition.nodes * context.cores_per_node,
+                          prestart=partition.nodes * workers if context.function_workers else 0,
+                          name=partition.name, workers_per_node=workers)
 
 
 class BuiltinBackend:
-    capabilities = Capabilities(executables=True, functions=True, mpi=False, gpus=True)
-
     def __init__(self, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, python_path: list[str] | None = None, cores: int = 0,
-                 prestart: int = 0, name: str = "builtin") -> None:
+                 prestart: int = 0, name: str = "builtin", workers_per_node: int = 1) -> None:
         self.processes = ProcessRunner(sandbox, layout, slots=cores)
         self.pool = FunctionPool(log_dir, functions, python_path or [], name=name)
         self.layout = layout
         self.prestart = prestart  # function workers to start now, not at their first task
+        self.workers_per_node = workers_per_node
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self.processes.start(reactor, emit)

@@ -20,7 +20,7 @@ from ..messages import TaskSpec
 from ..reactor import Reactor
 from ..resources import Slot
 from ..states import TaskState
-from .base import BackendEvent, PlacedTask, TaskFinished, TaskStarted
+from .base import BackendEvent, NodeLayout, PlacedTask, TaskFinished, TaskStarted
 from .outputs import PUBLISH_AFTER, OutputFile, OutputFiles
 
 TAIL_BYTES = 4096
@@ -36,16 +36,6 @@ def read_tail(path: str) -> str | None:
             return f.read().decode(errors="replace") or None
     except OSError:
         return None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeLayout:
-    """What a node looks like to the processes on it (from the platform profile)."""
-
-    core_ids: tuple[int, ...]  # the physical id of each usable core, by core index
-    gpus: int = 0
-    gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # ROCR_VISIBLE_DEVICES on ROCm, ...
-    first_node: int = 0  # slots count nodes from 0 within a partition; the pilot from here
 
 
 def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: int,

@@ -1,29 +1,39 @@
 """The simulated backend: runs nothing, on a clock that jumps ahead when nothing is due.
 
-A placed task "runs" for its `duration` (else N for `sleep N`, else 0 s) on a virtual
-clock. The clock is the wall clock plus an offset: it flows as real time does while the
+A placed task "runs" for its `duration` (else N for `sleep N`, else 0 s) on the pilot's
+clock (clock.py): the wall clock plus an offset. It flows as real time does while the
 agent works (so the agent's own cost shows in the simulated makespan), and when the
-agent has nothing to do it jumps to the next task end. Everything else (client, agent,
-scheduler, events, journal) is the real thing, so a simulation measures the real agent.
+agent has nothing to do this backend makes it jump to the next task end. Everything
+else (client, agent, scheduler, events, journal) is the real thing, so a simulation
+measures the real agent.
 
-While the client is still submitting (a submit arrived in the last `HOLD` seconds) the
-clock does not jump: a workload handed over in many messages starts as one bag, as it
-would on a real machine, instead of trickling into a clock that raced ahead. (So submit
-a bag in one `Session.submit` call: the channel sends its messages back to back.)
+While the client is still submitting, the clock is held (`Clock.hold`): a workload
+handed over in many messages starts as one bag. (So submit a bag in one
+`Session.submit` call: the channel sends its messages back to back.)
+
+A simulated pilot runs every partition on this one backend (one virtual machine), each
+partition modelling what its own backend can run.
 """
 
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Callable, Sequence
 
+from ..clock import Clock
 from ..messages import TaskSpec
+from ..partitions import Partition
 from ..reactor import Reactor
 from ..states import TaskState
-from .base import BackendEvent, Capabilities, DispatchedTask, PlacedTask, TaskFinished, TaskStarted
+from .base import (
+    BackendEvent,
+    BuildContext,
+    DispatchedTask,
+    PlacedTask,
+    TaskFinished,
+    TaskStarted,
+)
 
-HOLD = 0.5  # seconds of client silence before the clock may jump
 DONE, FAILED, CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 
 
@@ -39,29 +49,29 @@ def simulated_duration(spec: TaskSpec) -> float:
     return 0.0
 
 
-class SimulatedBackend:
-    capabilities = Capabilities(executables=True, functions=True, mpi=True, gpus=True)
-    function_workers = False  # every task gets a slot: there are no workers to feed
+def build(context: BuildContext, partition: Partition) -> SimulatedBackend:
+    """The pilot's one virtual machine, shared by all its partitions."""
+    backend = context.shared.get("simulated")
+    if backend is None:
+        backend = context.shared["simulated"] = SimulatedBackend(context.clock)
+    assert isinstance(backend, SimulatedBackend)
+    return backend
 
-    def __init__(self) -> None:
-        self.offset = 0.0  # virtual time = wall time + offset
-        self.jumped = 0  # how many times the clock jumped
+
+class SimulatedBackend:
+    workers_per_node = 0  # every task gets a slot: there are no workers to feed
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
+        self.now = self.clock.now
         self._ends: list[tuple[float, int, str]] = []  # (end, seq, uid), a heap
         self._running: dict[str, tuple[float, float, bool]] = {}  # uid -> start, end, timed out
         self._seq = 0
-        self._hold_until = 0.0  # monotonic
         self._emit: Callable[[BackendEvent], None] = lambda e: None
-
-    def now(self) -> float:
-        return time.time() + self.offset
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self._emit = emit
         reactor.add_idle(self._on_idle)
-
-    def hold(self) -> None:
-        """The client is submitting: do not jump for a while."""
-        self._hold_until = time.monotonic() + HOLD
 
     def launch(self, tasks: Sequence[PlacedTask]) -> None:
         now = self.now()
@@ -109,11 +119,10 @@ class SimulatedBackend:
             return None
         now = self.now()
         if ends[0][0] > now:
-            wait = time.monotonic() - self._hold_until
-            if wait < 0:
-                return min(-wait, ends[0][0] - now)
-            self.offset += ends[0][0] - now
-            self.jumped += 1
+            held = self.clock.held_for()
+            if held:
+                return min(held, ends[0][0] - now)
+            self.clock.jump_to(ends[0][0])
             now = ends[0][0]
         emit = self._emit
         while ends and ends[0][0] <= now:

@@ -25,7 +25,7 @@ workers (`PartitionSpec(functions=...)`):
 and removes the `/dev/shm` segments it made (named after its launcher's pid, and new
 since it started: Dragon leaves them when it is killed, and its own clean-up tool would
 remove every segment of the user), and Dragon segments new since it started that no
-process uses any more. If the runtime dies, the agent hears `BackendLost`
+process uses any more. If the runtime dies, the agent hears `PartitionLost`
 and fails or moves its tasks.
 
 Dragon's segments are sized with `DRAGON_DEFAULT_SEG_SZ` and `DRAGON_INF_SEG_SZ`
@@ -45,14 +45,16 @@ from typing import Any
 import zmq
 
 from ...messages import TaskSpec, decode_plain, encode_plain
+from ...partitions import Partition
 from ...proctree import kill_group
 from ...reactor import Reactor
 from ...states import TaskState
 from ..base import (
     BackendEvent,
-    BackendLost,
-    Capabilities,
+    BuildContext,
     DispatchedTask,
+    NodeLayout,
+    PartitionLost,
     PlacedTask,
     TaskFinished,
     TaskRequeued,
@@ -60,7 +62,8 @@ from ..base import (
 )
 from ..functions.pool import FunctionPool
 from ..functions.worker import CANCELED, ERROR, OK, TIMEOUT
-from ..processes import NodeLayout, read_tail, task_environment
+from ..processes import read_tail, task_environment
+from . import launcher
 from .janitor import remove_segments, segments_of, shm_entries
 
 SEGMENT_BYTES = 256 * 2**20
@@ -68,17 +71,6 @@ START_TIMEOUT = 60.0  # seconds for the runtime to come up
 EXECUTOR = "pilotfish.backends.dragon.executor"  # run by Dragon as `python -m`
 _STATES = {OK: TaskState.DONE, ERROR: TaskState.FAILED, CANCELED: TaskState.CANCELED,
            TIMEOUT: TaskState.FAILED}
-
-
-def dragon_available() -> str | None:
-    """None if Dragon can be used here, else why not."""
-    try:
-        import dragon  # noqa: F401
-    except ImportError:
-        return "the dragonhpc package is not installed (pip install 'pilotfish[dragon]')"
-    if not os.path.exists(launcher()):
-        return f"the dragon launcher is not at {launcher()}"
-    return None
 
 
 def launch_problem(spec: TaskSpec, sandbox: str) -> str | None:
@@ -113,8 +105,16 @@ def abnormal_termination(log_tail: str) -> str | None:
     return lines[0][:300] if found and lines else None
 
 
-def launcher() -> str:
-    return os.path.join(os.path.dirname(sys.executable), "dragon")
+def build(context: BuildContext, partition: Partition) -> DragonBackend:
+    workers = context.workers_per_node
+    pool = partition.functions == "pool"
+    if pool and context.function_workers is None:
+        # Idle Dragon pool workers spin (no-op calls through Pool(8) on 2 CPUs ran 30x
+        # slower than through Pool(2)): unless told otherwise, no more than the CPUs.
+        workers = max(1, min(workers, (os.cpu_count() or 1) // partition.nodes))
+    return DragonBackend(partition.name, context.task_sandbox, context.node_layout(partition),
+                         context.functions, context.sandbox, partition.nodes, workers,
+                         context.python_path, dragon_pool=pool)
 
 
 class DragonProcesses:
@@ -150,9 +150,6 @@ class DragonProcesses:
 
 
 class DragonBackend:
-    capabilities = Capabilities(executables=True, functions=True, mpi=True, gpus=True)
-    function_workers = True  # plain functions are fed ahead to the workers
-
     def __init__(self, name: str, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, nodes: int, workers_per_node: int, python_path: list[str],
                  dragon_pool: bool = False) -> None:
@@ -438,7 +435,7 @@ class DragonBackend:
             self._dead = reason
             self._tasks.clear()
             self._waiting = []
-            self._emit(BackendLost(self.name, reason))
+            self._emit(PartitionLost(self.name, reason))
 
     def _send(self, message: Any) -> None:
         if self._sock is not None and self._dead is None:

@@ -11,7 +11,7 @@ through a queue and a wake-up pipe.
 Flux places each job on cores and GPUs itself; the agent's scheduler only meters what it
 hands to the instance to the partition's capacity, so Flux's queue never holds more than
 fits and tasks it has not received can still go to other partitions. If the instance
-dies or cannot be reached, the agent hears `BackendLost` and fails or moves its tasks.
+dies or cannot be reached, the agent hears `PartitionLost` and fails or moves its tasks.
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
+
+from ...partitions import Partition
 from ...proctree import kill_group
 from ...reactor import Reactor
 from ...states import TaskState
 from ..base import (
     BackendEvent,
-    BackendLost,
-    Capabilities,
+    BuildContext,
     DispatchedTask,
+    PartitionLost,
     PlacedTask,
     TaskFinished,
 )
@@ -44,15 +47,6 @@ START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
 POLL_SECONDS = 0.005  # the Flux thread's longest wait for journal events between submits
 _URI_SCRIPT = 'echo "$FLUX_URI"; exec cat >/dev/null'  # runs until its stdin closes
 _REMOTE_URI_SCRIPT = 'flux uri --remote "$FLUX_URI"; exec cat >/dev/null'
-
-
-def flux_available() -> str | None:
-    """None if Flux can be used here, else why not."""
-    try:
-        import flux  # noqa: F401
-    except (ImportError, OSError) as exc:  # the bindings without libflux-core raise these
-        return f"the flux Python bindings cannot be imported ({exc})"
-    return None
 
 
 def start_command(hosts: Sequence[str] | None) -> list[str]:
@@ -79,10 +73,15 @@ def jobspec(flux_job: Any, request: JobRequest) -> Any:
         cwd=request.cwd, name=request.name, output=request.stdout, error=request.stderr)
 
 
+def build(context: BuildContext, partition: Partition) -> FluxBackend:
+    # Inside a Flux allocation a single Flux partition uses that instance.
+    fluxes = [p for p in context.partitions if p.backend == "flux"]
+    uri = os.environ.get("FLUX_URI") if len(fluxes) == 1 else None
+    return FluxBackend(partition.name, context.task_sandbox, context.sandbox, uri=uri)
+
+
 class FluxBackend:
-    capabilities = Capabilities(executables=True, functions=False, mpi=True, gpus=True,
-                                places_itself=True)
-    function_workers = False
+    workers_per_node = 0  # it runs no functions
 
     def __init__(self, name: str, sandbox: str, log_dir: str, uri: str | None = None,
                  hosts: Sequence[str] | None = None) -> None:
@@ -175,7 +174,7 @@ class FluxBackend:
             handle = flux.Flux(self.uri or self._start_instance())
             consumer = flux.job.JournalConsumer(handle, full=False).start()
         except Exception as exc:
-            self._post(BackendLost(self.name, f"cannot reach a Flux instance: {exc}"))
+            self._post(PartitionLost(self.name, f"cannot reach a Flux instance: {exc}"))
             return
         tracker = FluxJobTracker()
         ids: dict[str, int] = {}
@@ -183,7 +182,7 @@ class FluxBackend:
             while self._serve_commands(flux.job, handle, tracker, ids):
                 self._follow(consumer, tracker, ids)
         except Exception as exc:  # the instance went away, or a bug: say so, once
-            self._post(BackendLost(self.name, f"the Flux instance failed: {exc!r}"))
+            self._post(PartitionLost(self.name, f"the Flux instance failed: {exc!r}"))
 
     def _serve_commands(self, flux_job: Any, handle: Any, tracker: FluxJobTracker,
                         ids: dict[str, int]) -> bool:
@@ -230,7 +229,8 @@ class FluxBackend:
             if isinstance(outcome, TaskFinished):
                 ids.pop(outcome.uid, None)
                 out, err = self._outputs.pop(outcome.uid, ("", ""))
-                outcome = outcome._replace(stdout=read_tail(out), stderr=read_tail(err))
+                outcome = msgspec.structs.replace(outcome, stdout=read_tail(out),
+                                                  stderr=read_tail(err))
             if outcome is not None:
                 self._post(outcome)
 

@@ -1,0 +1,119 @@
+"""What the agent core is told (events) and what it decides (actions).
+
+Events are facts: from the client (tasks submitted, a cancel asked for, a stop), from
+the backends (`backends/base.py`: a task started, finished or must be placed again, a
+partition lost), and from the shell (time passed, the input is drained). Actions are
+instructions for the shell, which performs them; each carries the event that caused
+it (`cause`), so every decision can be traced back. (Frozen structs, as the events:
+two kinds never compare equal, even with equal fields.)
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..backends.base import (
+    BackendEvent,
+    DispatchedTask,
+    PartitionLost,
+    PlacedTask,
+    TaskFinished,
+    TaskRequeued,
+    TaskStarted,
+)
+from ..messages import TaskSpec, TaskUpdate
+
+__all__ = [
+    "Action",
+    "CancelRequested",
+    "CancelTasks",
+    "CaughtUp",
+    "DispatchTasks",
+    "Event",
+    "LaunchTasks",
+    "PartitionLost",
+    "SendAccepted",
+    "SendUpdates",
+    "StopRequested",
+    "TaskFinished",
+    "TaskRequeued",
+    "TaskStarted",
+    "TasksSubmitted",
+    "Tick",
+]
+
+
+# ---- events -----------------------------------------------------------------------------
+
+class TasksSubmitted(msgspec.Struct, frozen=True, gc=False):
+    """The client sent these tasks (a resent task, already known, is ignored)."""
+
+    tasks: list[TaskSpec]
+
+
+class CancelRequested(msgspec.Struct, frozen=True, gc=False):
+    uids: list[str]
+
+
+class StopRequested(msgspec.Struct, frozen=True, gc=False):
+    """The pilot stops: nothing more is placed, and every unfinished task ends with
+    "pilot stopped: <reason>", CANCELED if `canceled` (the user asked) else FAILED."""
+
+    reason: str
+    canceled: bool = False
+
+
+class Tick(msgspec.Struct, frozen=True, gc=False):
+    """Time passed: held-back progress updates may be due, partitions may balance."""
+
+
+class CaughtUp(msgspec.Struct, frozen=True, gc=False):
+    """The shell has handled all its input and is about to wait: what is held back goes."""
+
+
+Event = (TasksSubmitted | CancelRequested | StopRequested | Tick | CaughtUp | BackendEvent)
+
+
+# ---- actions ----------------------------------------------------------------------------
+
+class LaunchTasks(msgspec.Struct, frozen=True, gc=False):
+    """Start these tasks on their slots, on this partition's backend."""
+
+    partition: str
+    tasks: list[PlacedTask]
+    cause: Event
+
+
+class DispatchTasks(msgspec.Struct, frozen=True, gc=False):
+    """Feed these plain function tasks to this partition's persistent workers."""
+
+    partition: str
+    tasks: list[DispatchedTask]
+    cause: Event
+
+
+class CancelTasks(msgspec.Struct, frozen=True, gc=False):
+    """Stop these placed (maybe running) tasks on this partition's backend."""
+
+    partition: str
+    uids: list[str]
+    cause: Event
+
+
+class SendAccepted(msgspec.Struct, frozen=True, gc=False):
+    """Tell the client the agent took these tasks in at `ts`: they are SUBMITTED."""
+
+    uids: list[str]
+    ts: float
+    cause: Event
+
+
+class SendUpdates(msgspec.Struct, frozen=True, gc=False):
+    """Tell the client these tasks' new states (`finals` of them are final)."""
+
+    updates: list[TaskUpdate]
+    finals: int
+    cause: Event
+
+
+Action = LaunchTasks | DispatchTasks | CancelTasks | SendAccepted | SendUpdates

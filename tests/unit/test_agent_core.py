@@ -1,0 +1,293 @@
+"""The agent core as event sequences: no process, socket or clock of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from pilotfish.agent.core import (
+    BALANCE_INTERVAL,
+    FLUSH_INTERVAL,
+    PROGRESS_INTERVAL,
+    AgentCore,
+    PartitionSetup,
+)
+from pilotfish.agent.events import (
+    Action,
+    CancelRequested,
+    CancelTasks,
+    CaughtUp,
+    DispatchTasks,
+    LaunchTasks,
+    PartitionLost,
+    SendAccepted,
+    SendUpdates,
+    StopRequested,
+    TaskFinished,
+    TaskRequeued,
+    TasksSubmitted,
+    TaskStarted,
+    Tick,
+)
+from pilotfish.backends import registry
+from pilotfish.messages import TaskSpec, TaskUpdate
+from pilotfish.partitions import Partition
+from pilotfish.routing import RoutingPolicy
+from pilotfish.scheduler import Dequeued, Scheduler
+from pilotfish.states import TaskState
+
+DONE, FAILED, CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class ToA(RoutingPolicy):
+    """Every task that partition "a" can run goes there."""
+
+    def choose(self, traits, able, load):  # type: ignore[no-untyped-def]
+        return next((p for p in able if p.name == "a"), able[0])
+
+
+def make_core(*partitions: tuple[str, str, int], cores: int = 2, workers: int = 1,
+              router: RoutingPolicy | None = None) -> tuple[AgentCore, FakeClock]:
+    """A core over partitions (name, backend, nodes) of `cores`-core nodes."""
+    clock = FakeClock()
+    setups, first = [], 0
+    for name, backend, nodes in partitions or (("builtin", "builtin", 1),):
+        sched = Scheduler(nodes, cores, 0, workers)
+        setups.append(PartitionSetup(Partition(name, backend, first, nodes), sched,
+                                     registry.get(backend).abilities))
+        first += nodes
+    return AgentCore(setups, router or RoutingPolicy(), clock=clock, monotonic=clock), clock
+
+
+def exe(uid: str, **fields: object) -> TaskSpec:
+    return TaskSpec(uid, "executable", "/bin/true", **fields)  # type: ignore[arg-type]
+
+
+def fn(uid: str, **fields: object) -> TaskSpec:
+    return TaskSpec(uid, "function", function_key="k", **fields)  # type: ignore[arg-type]
+
+
+def of(kind: type, actions: Sequence[Action]) -> list[Action]:
+    return [a for a in actions if type(a) is kind]
+
+
+def launched(actions: Sequence[Action], partition: str | None = None) -> list[str]:
+    return [t.spec.uid for a in actions if isinstance(a, LaunchTasks)
+            and partition in (None, a.partition) for t in a.tasks]
+
+
+def updates(actions: Sequence[Action]) -> dict[str, TaskUpdate]:
+    return {u.uid: u for a in actions if isinstance(a, SendUpdates) for u in a.updates}
+
+
+def done(uid: str, clock: FakeClock, state: TaskState = DONE, **fields: object) -> TaskFinished:
+    return TaskFinished(uid, state, clock.t - 1, clock.t, **fields)  # type: ignore[arg-type]
+
+
+def test_a_task_is_accepted_launched_and_reported_once_it_ends() -> None:
+    core, clock = make_core()
+    submitted = TasksSubmitted([exe("a")])
+    acts = core.handle(submitted)
+    assert acts == [SendAccepted(["a"], clock.t, submitted), acts[1]]
+    launch = acts[1]
+    assert isinstance(launch, LaunchTasks) and launch.partition == "builtin"
+    assert launched(acts) == ["a"] and launch.cause is submitted  # every action: its cause
+    assert core.handle(TaskStarted("a", clock.t, pid=42)) == []  # progress is held back
+    ended = done("a", clock, exit_code=0)
+    assert core.handle(ended) == []  # final updates wait for the shell to catch up ...
+    acts = core.handle(CaughtUp())
+    assert [type(a) for a in acts] == [SendUpdates]
+    update = updates(acts)["a"]
+    assert update.state == "DONE" and update.exit_code == 0 and update.pid == 42
+    assert [e for e, _ in update.events] == ["SCHEDULED", "RUNNING", "exec_stop"]
+    assert update.partition == "builtin"
+    assert core.unfinished == 0 and core.tasks == {}
+
+
+def test_final_updates_go_after_the_flush_interval_without_catching_up() -> None:
+    core, clock = make_core()
+    core.handle(TasksSubmitted([exe("a")]))
+    assert core.handle(done("a", clock)) == []
+    due = core.next_due()
+    assert due is not None and due <= clock.t + FLUSH_INTERVAL
+    clock.t += FLUSH_INTERVAL * 1.01
+    assert list(updates(core.handle(Tick()))) == ["a"]
+    assert core.next_due() is None
+
+
+def test_progress_goes_only_for_tasks_that_linger() -> None:
+    core, clock = make_core(cores=1)
+    core.handle(TasksSubmitted([exe("a"), exe("b")]))  # b waits for a's core
+    core.handle(TaskStarted("a", clock.t))
+    assert core.handle(CaughtUp()) == []  # nothing lingered yet
+    clock.t += PROGRESS_INTERVAL * 1.01
+    acts = core.handle(Tick())
+    assert {u: x.state for u, x in updates(acts).items()} == {"a": "RUNNING"}
+    assert core.tasks["b"].state is TaskState.SUBMITTED
+    acts = core.handle(done("a", clock))
+    assert launched(acts) == ["b"]  # a's core freed: b placed at once, in the same round
+
+
+def test_cancel_dequeues_what_waits_and_asks_the_backend_for_what_runs() -> None:
+    core, clock = make_core(cores=1)
+    core.handle(TasksSubmitted([exe("running"), exe("queued")]))
+    cancel = CancelRequested(["running", "queued", "unknown"])
+    acts = core.handle(cancel)
+    assert of(CancelTasks, acts) == [CancelTasks("builtin", ["running"], cancel)]
+    acts = core.handle(CaughtUp())
+    assert updates(acts)["queued"].state == "CANCELED"
+    acts = core.handle(done("running", clock, CANCELED, error="canceled"), CaughtUp())
+    assert updates(acts)["running"].state == "CANCELED"
+    assert launched(acts) == []
+
+
+def test_late_results_of_ended_tasks_are_ignored() -> None:
+    core, clock = make_core()
+    core.handle(TasksSubmitted([exe("a")]))
+    core.handle(StopRequested("bye"))
+    assert core.handle(done("a", clock), TaskStarted("a", clock.t), TaskRequeued("a")) == []
+
+
+def test_plain_functions_are_dispatched_to_workers() -> None:
+    core, _ = make_core(cores=2, workers=2)
+    acts = core.handle(TasksSubmitted([fn("f"), fn("big", cores_per_rank=2)]))
+    dispatches = of(DispatchTasks, acts)
+    assert [t.spec.uid for a in dispatches for t in a.tasks] == ["f"]  # type: ignore[attr-defined]
+    assert launched(acts) == []  # "big" needs both cores: it waits for f's worker's core
+
+
+def test_a_worker_lost_before_its_task_started_gets_it_placed_again() -> None:
+    core, _ = make_core(workers=1)
+    core.handle(TasksSubmitted([fn("f")]))
+    requeued = TaskRequeued("f")
+    acts = core.handle(requeued)
+    assert [t.spec.uid for a in of(DispatchTasks, acts) for t in a.tasks] == ["f"]  # type: ignore[attr-defined]
+    assert all(a.cause is requeued for a in of(DispatchTasks, acts))  # type: ignore[attr-defined]
+
+
+def test_a_task_no_partition_can_run_fails_at_once_with_why() -> None:
+    core, _ = make_core(("flux", "flux", 1), ("dragon", "dragon", 1))
+    acts = core.handle(TasksSubmitted([exe("half", gpus_per_rank=0.5),
+                                       exe("pinned", partition="nowhere")]), CaughtUp())
+    ups = updates(acts)
+    assert ups["half"].state == "FAILED" and "cannot share a GPU" in (ups["half"].error or "")
+    assert "no partition 'nowhere'" in (ups["pinned"].error or "")
+    assert ups["half"].partition is None  # it ran nowhere
+
+
+def test_routing_sends_each_kind_where_it_runs_best() -> None:
+    core, _ = make_core(("flux", "flux", 1), ("dragon", "dragon", 1), ("builtin", "builtin", 1),
+                        cores=4)
+    acts = core.handle(TasksSubmitted([exe("mpi", ranks=2), fn("f", cores_per_rank=2),
+                                       exe("single")]))
+    assert launched(acts, "flux") == ["mpi"]
+    assert launched(acts, "dragon") == ["f"]
+    assert launched(acts, "builtin") == ["single"]  # flux is busier (per core) by then
+
+
+def test_a_lost_partitions_tasks_move_if_they_may_retry_else_fail() -> None:
+    # Executables go to the built-in partition "a" first; Dragon's "b" takes them only
+    # when nothing else can (and late binding never moves them there).
+    core, clock = make_core(("a", "builtin", 1), ("b", "dragon", 1), cores=4)
+    core.handle(TasksSubmitted([exe("keep", partition="a"), exe("retry", retries=1),
+                                exe("once")]))
+    assert {t.part.name for t in core.tasks.values()} == {"a"}
+    core.handle(TaskStarted("keep", clock.t), TaskStarted("retry", clock.t))
+    lost = PartitionLost("a", "runtime died")
+    acts = core.handle(lost, CaughtUp())
+    ups = updates(acts)
+    assert ups["keep"].state == ups["once"].state == "FAILED"
+    assert ups["keep"].error == "partition 'a' lost: runtime died"
+    assert launched(acts, "b") == ["retry"]  # placed again elsewhere, from the start
+    assert all(a.cause is lost for a in of(LaunchTasks, acts))  # type: ignore[attr-defined]
+    assert "retry" not in ups or ups["retry"].state == "SUBMITTED"
+    assert [e for e, _ in core.tasks["retry"].events][-2:] == ["requeued", "SCHEDULED"]
+    # Lost again: its one retry is spent.
+    core.handle(PartitionLost("a", "again"))  # (a partition is lost once)
+    acts = core.handle(PartitionLost("b", "runtime died too"), CaughtUp())
+    assert updates(acts)["retry"].error == "partition 'b' lost: runtime died too"
+    # A task pinned to a lost partition later says so.
+    acts = core.handle(TasksSubmitted([exe("late", partition="a")]), CaughtUp())
+    assert updates(acts)["late"].error == "no partition for it: partition 'a' lost: runtime died"
+
+
+def test_queued_tasks_of_a_lost_partition_move_too() -> None:
+    core, _ = make_core(("a", "builtin", 1), ("b", "dragon", 1), cores=1)
+    core.handle(TasksSubmitted([exe("running", partition="a"), exe("queued", retries=1)]))
+    assert core.tasks["queued"].state is TaskState.SUBMITTED  # waiting for a's core
+    acts = core.handle(PartitionLost("a", "gone"), CaughtUp())
+    assert updates(acts)["running"].state == "FAILED"
+    assert launched(acts, "b") == ["queued"]
+
+
+def test_every_partition_lost_says_so() -> None:
+    core, _ = make_core(("a", "builtin", 1))
+    core.handle(PartitionLost("a", "crashed"))
+    acts = core.handle(TasksSubmitted([exe("x")]), CaughtUp())
+    assert updates(acts)["x"].error == "no partition for it: every partition was lost: " \
+        "'a': crashed"
+
+
+def test_an_idle_partition_takes_queued_work_from_a_backlogged_one() -> None:
+    core, clock = make_core(("a", "builtin", 1), ("b", "builtin", 1), cores=1, router=ToA())
+    acts = core.handle(TasksSubmitted([exe(f"t{i}") for i in range(6)]))
+    assert launched(acts, "a") == ["t0"]
+    assert launched(acts, "b") == ["t5"]  # the newest queued ones move (half, at most)
+    assert [u for u, t in core.tasks.items() if t.part.name == "b"] == ["t4", "t5"]
+    # The next look comes after BALANCE_INTERVAL, not before.
+    assert launched(core.handle(done("t5", clock))) == ["t4"]  # b's own queue first
+    clock.t += BALANCE_INTERVAL * 1.01
+    acts = core.handle(done("t4", clock))
+    assert launched(acts, "b") == ["t3"]
+
+
+def test_pinned_tasks_stay_where_they_were_pinned() -> None:
+    core, clock = make_core(("a", "builtin", 1), ("b", "builtin", 1), cores=1)
+    acts = core.handle(TasksSubmitted([exe(f"p{i}", partition="a") for i in range(4)]))
+    clock.t += BALANCE_INTERVAL * 1.01
+    acts += core.handle(Tick())
+    assert launched(acts, "b") == []
+    assert all(t.part.name == "a" for t in core.tasks.values())
+
+
+def test_a_stop_ends_every_unfinished_task_and_launches_nothing() -> None:
+    core, clock = make_core(cores=1)
+    core.handle(TasksSubmitted([exe("running"), exe("queued")]))
+    stop = StopRequested("shutdown requested", canceled=True)
+    acts = core.handle(stop, done("running", clock))  # its end arrived with the stop
+    assert launched(acts) == []  # queued's freed core is not given out any more
+    ups = updates(acts)
+    assert ups["running"].state == "DONE"
+    assert ups["queued"].state == "CANCELED"
+    assert ups["queued"].error == "pilot stopped: shutdown requested"
+    assert all(a.cause is stop for a in acts)  # type: ignore[union-attr]
+    acts = core.handle(TasksSubmitted([exe("after")]))
+    assert launched(acts) == [] and updates(acts)["after"].state == "CANCELED"
+
+
+def test_resent_tasks_are_taken_once() -> None:
+    core, _ = make_core()
+    core.handle(TasksSubmitted([exe("a")]))
+    acts = core.handle(TasksSubmitted([exe("a")]))
+    assert acts == [SendAccepted([], acts[0].ts, acts[0].cause)]  # type: ignore[union-attr]
+
+
+def test_events_and_actions_of_different_kinds_never_compare_equal() -> None:
+    assert Dequeued("a") != TaskRequeued("a")
+    assert CaughtUp() != Tick()
+    assert LaunchTasks("p", [], Tick()) != DispatchTasks("p", [], Tick())
+
+
+def test_the_core_refuses_what_it_does_not_know() -> None:
+    core, _ = make_core()
+    with pytest.raises(TypeError, match="takes no"):
+        core.handle("submit")  # type: ignore[arg-type]
