@@ -21,6 +21,7 @@ import cloudpickle
 import msgspec
 
 from .backends import registry
+from .messages import TaskSpec
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
 from .platforms import InvalidPlatform, Platform, load_platform
 from .routing import RoutingPolicy
@@ -241,6 +242,18 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     @property
     def kind(self) -> str:
         return "function" if self.function is not None else "executable"
+
+    def to_spec(self, uid: str) -> TaskSpec:
+        """The task as the agent gets it (and the journal keeps it): the wire spec's fields
+        are this description's, by name (a unit test holds the two lists together),
+        less what stays in the client (the function object, args, kwargs and the
+        function's pickled bytes, which travel once per pilot)."""
+        return TaskSpec(uid, self.kind, self.executable, list(self.arguments),
+                        dict(self.environment), self.sandbox, self.function_key,  # type: ignore[arg-type]
+                        self.args_blob, self.ranks, self.cores_per_rank, self.gpus_per_rank,
+                        self.priority, self.timeout, self.name, dict(self.tags),
+                        self.ranks_per_node, self.mem_per_rank, self.duration, self.partition,
+                        self.retries)
 
     @property
     def cores(self) -> int:

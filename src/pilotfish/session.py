@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, cast, overload
+from typing import Any, overload
 
 import msgspec
 
@@ -209,23 +209,10 @@ class Session:
             self._seq += len(descs)
         for seq, d in enumerate(descs, first):
             uid = f"task.{seq:06d}"
-            if d.function_key is not None:
-                kind = "function"
-                if d.function_key not in functions:  # the channel sends each once
-                    assert d.function_blob is not None
-                    functions[d.function_key] = d.function_blob
-                spec = m.TaskSpec(uid, kind, None, [], {}, None, d.function_key, d.args_blob,
-                                  d.ranks, d.cores_per_rank, d.gpus_per_rank, d.priority,
-                                  d.timeout, d.name, dict(d.tags), None, d.mem_per_rank,
-                                  d.duration, d.partition, d.retries)
-            else:
-                kind = "executable"
-                sandbox = cast("str | None", d.sandbox)  # made a str at construction
-                spec = m.TaskSpec(uid, kind, d.executable, list(d.arguments),
-                                  dict(d.environment), sandbox, None, None, d.ranks,
-                                  d.cores_per_rank, d.gpus_per_rank, d.priority, d.timeout,
-                                  d.name, dict(d.tags), d.ranks_per_node, d.mem_per_rank,
-                                  d.duration, d.partition, d.retries)
+            spec = d.to_spec(uid)
+            if d.function_key is not None and d.function_key not in functions:
+                assert d.function_blob is not None  # the channel sends each once per pilot
+                functions[d.function_key] = d.function_blob
             task = Task(uid, seq, d, pid, self)
             task.events.append(("NEW", now))
             specs.append(spec)
@@ -233,7 +220,7 @@ class Session:
             journaled = spec
             if spec.args_blob is not None and len(spec.args_blob) > JOURNAL_ARGS_MAX:
                 journaled = msgspec.structs.replace(spec, args_blob=None)
-            rows.append((seq, uid, pid, d.name, kind, d.ranks * d.cores_per_rank,
+            rows.append((seq, uid, pid, d.name, spec.kind, d.ranks * d.cores_per_rank,
                          d.ranks * d.gpus_per_rank, _json_encode(journaled).decode(), now))
         if functions:
             self.journal.add_functions(list(functions.items()))

@@ -6,9 +6,10 @@ import contextlib
 import os
 import pickle
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import cloudpickle
+import msgspec
 import pytest
 
 from pilotfish.description import (
@@ -17,6 +18,7 @@ from pilotfish.description import (
     TaskDescription,
     pickle_function,
 )
+from pilotfish.messages import TaskSpec
 from pilotfish.partitions import PartitionSpec
 
 
@@ -328,3 +330,25 @@ def test_only_callables_that_say_they_never_change_are_pickled_once() -> None:
     counter()
     assert pickle_function(counter) != first  # its state changed: pickled again
     assert pickle_function(fixed) is pickle_function(fixed)
+
+
+def test_the_wire_spec_carries_every_field_of_a_description_by_name() -> None:
+    """One list of task fields: a field added to one and not the other fails here."""
+    client_only = {"function", "args", "kwargs", "function_blob"}
+    wire = set(TaskSpec.__struct_fields__) - {"uid", "kind"}
+    assert wire == set(TaskDescription.__struct_fields__) - client_only
+    exe = TaskDescription(executable="/bin/echo", arguments=["a", 1], environment={"K": "v"},
+                          sandbox="/tmp/box", ranks=4, cores_per_rank=2, gpus_per_rank=0.5,
+                          ranks_per_node=2, mem_per_rank=64, priority=3, timeout=9.5,
+                          duration=2.0, name="n", tags={"colocate": "g"}, partition="p",
+                          retries=2)
+    fn = TaskDescription(function=pow, args=(2, 3), cores_per_rank=2, retries=1)
+    for d in (exe, fn):
+        spec = d.to_spec("task.000001")
+        assert (spec.uid, spec.kind) == ("task.000001", d.kind)
+        for name in wire:
+            given = getattr(d, name)
+            expected = (list(given) if isinstance(given, tuple)
+                        else dict(given) if isinstance(given, Mapping) else given)
+            assert getattr(spec, name) == expected, name
+        assert msgspec.msgpack.decode(msgspec.msgpack.encode(spec), type=TaskSpec) == spec
