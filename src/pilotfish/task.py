@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import pickle
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .description import TaskDescription
 from .states import TaskState
 
-if TYPE_CHECKING:
-    from .session import Session
+
+class Canceller(Protocol):
+    """Who a task asks to cancel it (its session)."""
+
+    def cancel(self, tasks: Iterable[Task]) -> None: ...
 
 _CONDITION_LOCK = threading.Lock()
 
@@ -66,7 +70,7 @@ class Task(Future):  # type: ignore[type-arg]
     _exception: BaseException | None = None
 
     def __init__(self, uid: str, seq: int, description: TaskDescription, pilot: str,
-                 session: Session) -> None:
+                 session: Canceller) -> None:
         # Future.__init__ is skipped on purpose: it builds a Condition (and two lists) per
         # future; here they are made on first use (see _condition, _waiters).
         self.uid = uid
