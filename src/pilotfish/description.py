@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import os
 import pickle
 import types
@@ -30,6 +29,12 @@ PLACEMENT_TAGS = ("colocate", "exclusive")
 PMI_KINDS = ("cray", "pmix")  # tags={"pmi": ...}: an MPI process group under Dragon
 # GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
 MAX_GPU_SHARING = 1024
+# Bounds that keep every description within what the wire, the journal and the agent's
+# memory take (msgpack and SQLite integers, C timers, one object per node).
+MAX_COUNT = 2**31 - 1  # ranks, cores, MiB, retries, ... and |priority|
+MAX_SECONDS = 1e9  # about 31 years: timeouts, durations, runtimes
+MAX_NODES = 100_000  # per pilot (the largest machines have about 10,000)
+MAX_CORES_PER_NODE, MAX_GPUS_PER_NODE = 4096, 256
 
 
 class InvalidDescription(ValueError):
@@ -40,12 +45,54 @@ class InvalidDescription(ValueError):
         self.field = field_name
 
 
-def _check_int(owner: str, name: str, value: object, minimum: int) -> int:
+def _check_int(owner: str, name: str, value: object, minimum: int,
+               maximum: int = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise InvalidDescription(owner, name, f"must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise InvalidDescription(owner, name, f"must be <= {maximum}, got {value}")
     return value
+
+
+def _check_seconds(owner: str, name: str, value: object, zero_ok: bool) -> float:
+    """A number of seconds: finite, > 0 (or >= 0), at most MAX_SECONDS."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{owner}.{name} must be a number of seconds, got "
+                        f"{type(value).__name__}")
+    if not (value >= 0 if zero_ok else value > 0) or not value <= MAX_SECONDS:
+        raise InvalidDescription(owner, name, f"must be {'>=' if zero_ok else '>'} 0 s and at "
+                                 f"most {MAX_SECONDS:g} s, got {value}")
+    return float(value)
+
+
+def _check_text(owner: str, name: str, value: str, c_string: bool = False) -> None:
+    """A str that must cross the wire (UTF-8) and, for what a process is started with
+    (`c_string`), become a C string (no NUL)."""
+    if c_string and "\0" in value:
+        raise InvalidDescription(owner, name, f"must not contain a NUL character: {value!r}")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidDescription(owner, name, f"cannot be encoded as UTF-8 ({exc.reason} "
+                                     f"at {exc.start}): {value!r}") from None
+
+
+def _check_strings(owner: str, name: str, value: object, c_string: bool = False) -> None:
+    """A mapping of str to str (environment: keys without '=')."""
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise TypeError(f"{owner}.{name} must be a mapping of str to str, got "
+                        f"{type(value).__name__}")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"{owner}.{name} must be a mapping of str to str, got {k!r}: {v!r}")
+        _check_text(owner, name, k, c_string)
+        _check_text(owner, name, v, c_string)
+        if c_string and (not k or "=" in k):
+            raise InvalidDescription(owner, name, f"a variable name must be non-empty and "
+                                     f"without '=', got {k!r}")
 
 
 # Pickled functions are cached by identity, as dask does: a workload submits the same
@@ -155,19 +202,23 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             if self.executable is None:
                 raise InvalidDescription(owner, "executable", "give an executable or a function")
             if not isinstance(self.executable, str) or not self.executable:
-                raise TypeError(f"{owner}.executable must be a non-empty str")
+                raise TypeError(f"{owner}.executable must be a non-empty str, got "
+                                f"{self.executable!r}")
+            _check_text(owner, "executable", self.executable, c_string=True)
             if self.args or self.kwargs:
                 raise InvalidDescription(owner, "args", "args/kwargs are for functions; "
                                          "use arguments for an executable")
             if type(self.arguments) not in (list, tuple) and (
                     isinstance(self.arguments, str | bytes)
                     or not isinstance(self.arguments, Sequence)):
-                raise TypeError(f"{owner}.arguments must be a list of str")
+                raise TypeError(f"{owner}.arguments must be a list of str, got "
+                                f"{type(self.arguments).__name__}")
             arguments = tuple(str(a) if isinstance(a, int | float) and not isinstance(a, bool)
                               else a for a in self.arguments)
             for a in arguments:
                 if not isinstance(a, str):
                     raise TypeError(f"{owner}.arguments must be a list of str, got {a!r}")
+                _check_text(owner, "arguments", a, c_string=True)
             set_(self, "arguments", arguments)
         else:
             if self.executable is not None:
@@ -179,9 +230,13 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
                 raise InvalidDescription(owner, "arguments", "arguments are for executables; "
                                          "use args/kwargs for a function")
             if not isinstance(self.args, tuple | list):
-                raise TypeError(f"{owner}.args must be a tuple or list")
+                raise TypeError(f"{owner}.args must be a tuple or list, got "
+                                f"{type(self.args).__name__}")
             if type(self.kwargs) is not dict and not isinstance(self.kwargs, Mapping):
-                raise TypeError(f"{owner}.kwargs must be a mapping")
+                raise TypeError(f"{owner}.kwargs must be a mapping, got "
+                                f"{type(self.kwargs).__name__}")
+            if not all(isinstance(k, str) for k in self.kwargs):
+                raise TypeError(f"{owner}.kwargs must have str keys, got {list(self.kwargs)!r}")
             if self.ranks != 1:
                 raise InvalidDescription(owner, "ranks", f"a function runs as one rank, got "
                                          f"{self.ranks} (use cores_per_rank for more cores)")
@@ -189,48 +244,50 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             set_(self, "function_key", key)
             set_(self, "function_blob", blob)
             set_(self, "args_blob", pickle_arguments(tuple(self.args), self.kwargs))
-        env = self.environment
-        if (type(env) is not dict and not isinstance(env, Mapping)) or (env and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        )):
-            raise TypeError(f"{owner}.environment must be a mapping of str to str")
+        if self.environment:
+            _check_strings(owner, "environment", self.environment, c_string=True)
+        elif type(self.environment) is not dict:
+            _check_strings(owner, "environment", self.environment)
         if self.sandbox is not None:  # relative to where the user is, not the agent
-            set_(self, "sandbox", os.path.abspath(os.fspath(self.sandbox)))
+            try:
+                sandbox: object = os.fspath(self.sandbox)
+            except TypeError:
+                sandbox = None
+            if not isinstance(sandbox, str):
+                raise TypeError(f"{owner}.sandbox must be a path (str or os.PathLike of str), "
+                                f"got {self.sandbox!r}")
+            _check_text(owner, "sandbox", sandbox, c_string=True)
+            set_(self, "sandbox", os.path.abspath(sandbox))
         if type(self.ranks) is not int or self.ranks != 1:
             _check_int(owner, "ranks", self.ranks, 1)
         if type(self.cores_per_rank) is not int or self.cores_per_rank != 1:
             _check_int(owner, "cores_per_rank", self.cores_per_rank, 1)
-        if self.gpus_per_rank:
-            check_gpus(owner, "gpus_per_rank", self.gpus_per_rank)
+        if type(self.gpus_per_rank) is not float or self.gpus_per_rank:
+            set_(self, "gpus_per_rank", check_gpus(owner, "gpus_per_rank", self.gpus_per_rank))
         if self.ranks_per_node is not None:
             _check_int(owner, "ranks_per_node", self.ranks_per_node, 1)
         if type(self.mem_per_rank) is not int or self.mem_per_rank:
             _check_int(owner, "mem_per_rank", self.mem_per_rank, 0)
         if type(self.priority) is not int or self.priority:
-            _check_int(owner, "priority", self.priority, -(2**31))
+            _check_int(owner, "priority", self.priority, -MAX_COUNT)
         if type(self.retries) is not int or self.retries:
             _check_int(owner, "retries", self.retries, 0)
         if self.timeout is not None:
-            if isinstance(self.timeout, bool) or not isinstance(self.timeout, int | float):
-                raise TypeError(f"{owner}.timeout must be a number of seconds")
-            if not self.timeout > 0 or math.isinf(self.timeout):
-                raise InvalidDescription(owner, "timeout", f"must be > 0 s, got {self.timeout}")
+            _check_seconds(owner, "timeout", self.timeout, zero_ok=False)
         if self.duration is not None:
-            if isinstance(self.duration, bool) or not isinstance(self.duration, int | float):
-                raise TypeError(f"{owner}.duration must be a number of seconds")
-            if not self.duration >= 0 or math.isinf(self.duration):
-                raise InvalidDescription(owner, "duration", f"must be >= 0 s, got "
-                                         f"{self.duration}")
-        if self.name is not None and not isinstance(self.name, str):
-            raise TypeError(f"{owner}.name must be a str")
-        if self.partition is not None and (not isinstance(self.partition, str)
-                                           or not self.partition):
-            raise TypeError(f"{owner}.partition must be a non-empty str")
+            _check_seconds(owner, "duration", self.duration, zero_ok=True)
+        if self.name is not None:
+            if not isinstance(self.name, str):
+                raise TypeError(f"{owner}.name must be a str, got {type(self.name).__name__}")
+            _check_text(owner, "name", self.name)
+        if self.partition is not None:
+            if not isinstance(self.partition, str) or not self.partition:
+                raise TypeError(f"{owner}.partition must be a non-empty str, got "
+                                f"{self.partition!r}")
+            _check_text(owner, "partition", self.partition)
         tags = self.tags
-        if (type(tags) is not dict and not isinstance(tags, Mapping)) or (tags and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-        )):
-            raise TypeError(f"{owner}.tags must be a mapping of str to str")
+        if tags or type(tags) is not dict:
+            _check_strings(owner, "tags", tags)
         if tags:
             for key in PLACEMENT_TAGS:
                 if key in tags and not tags[key]:
@@ -267,17 +324,18 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
 def check_gpus(owner: str, name: str, value: object) -> float:
     """GPUs per rank: a whole number, or a fraction 1/k that shares one GPU between k ranks."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{owner}.{name} must be a number")
-    if value < 0 or math.isnan(value) or math.isinf(value):
-        raise InvalidDescription(owner, name, f"must be >= 0, got {value}")
+        raise TypeError(f"{owner}.{name} must be a number, got {type(value).__name__}")
+    if not 0 <= value <= MAX_GPUS_PER_NODE:  # NaN too
+        raise InvalidDescription(owner, name, f"must be >= 0 and <= {MAX_GPUS_PER_NODE}, got "
+                                 f"{value}")
     if value > 1 and value != int(value):
         raise InvalidDescription(owner, name, f"above 1 must be a whole number, got {value}")
+    if 0 < value < 1 / MAX_GPU_SHARING:
+        raise InvalidDescription(owner, name, f"a fraction must be at least "
+                                 f"1/{MAX_GPU_SHARING}, got {value}")
     if 0 < value < 1 and abs(1 / value - round(1 / value)) > 1e-9:
         raise InvalidDescription(owner, name, f"a fraction must be 1/k (0.5, 0.25, ...), "
                                  f"got {value}")
-    if 0 < value < 1 and round(1 / value) > MAX_GPU_SHARING:
-        raise InvalidDescription(owner, name, f"a fraction must be at least "
-                                 f"1/{MAX_GPU_SHARING}, got {value}")
     return float(value)
 
 
@@ -320,10 +378,7 @@ class PilotDescription:
         if not isinstance(self.backend, str) or self.backend not in registry.names():
             raise InvalidDescription(owner, "backend", f"unknown backend {self.backend!r}; "
                                      f"known: {', '.join(registry.names())}")
-        if isinstance(self.reserve_after, bool) or not isinstance(
-                self.reserve_after, int | float) or not self.reserve_after >= 0:
-            raise InvalidDescription(owner, "reserve_after", f"must be a number of seconds "
-                                     f">= 0, got {self.reserve_after!r}")
+        _check_seconds(owner, "reserve_after", self.reserve_after, zero_ok=True)
         if not isinstance(self.platform, str):
             raise TypeError(f"{owner}.platform must be a str, got {self.platform!r}")
         try:
@@ -332,27 +387,25 @@ class PilotDescription:
             raise InvalidDescription(owner, "platform", exc.args[0]) from None
         except InvalidPlatform as exc:
             raise InvalidDescription(owner, "platform", str(exc)) from None
-        _check_int(owner, "nodes", self.nodes, 1)
+        _check_int(owner, "nodes", self.nodes, 1, MAX_NODES)
         for name, default in (("cores_per_node", len(profile.usable_cores)),
                               ("gpus_per_node", profile.gpus_per_node),
                               ("mem_per_node", profile.mem_per_node)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
-        _check_int(owner, "cores_per_node", self.cores_per_node, 1)
-        _check_int(owner, "gpus_per_node", self.gpus_per_node, 0)
+        _check_int(owner, "cores_per_node", self.cores_per_node, 1, MAX_CORES_PER_NODE)
+        _check_int(owner, "gpus_per_node", self.gpus_per_node, 0, MAX_GPUS_PER_NODE)
         _check_int(owner, "mem_per_node", self.mem_per_node, 0)
         if self.function_workers is not None:
-            _check_int(owner, "function_workers", self.function_workers, 1)
-        if isinstance(self.heartbeat_timeout, int | float) and self.heartbeat_timeout < 2:
+            _check_int(owner, "function_workers", self.function_workers, 1,
+                       MAX_CORES_PER_NODE)
+        if self.runtime is not None:
+            _check_seconds(owner, "runtime", self.runtime, zero_ok=False)
+        _check_seconds(owner, "heartbeat_timeout", self.heartbeat_timeout, zero_ok=False)
+        if not 2 <= self.heartbeat_timeout <= 3600:
             raise InvalidDescription(owner, "heartbeat_timeout", f"must be >= 2 s (heartbeats "
-                                     f"go every second), got {self.heartbeat_timeout}")
-        for name in ("runtime", "heartbeat_timeout"):
-            value = getattr(self, name)
-            if value is None and name == "runtime":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise InvalidDescription(owner, name, f"must be a number of seconds > 0, "
-                                         f"got {value!r}")
+                                     f"go every second) and <= 3600 s (a hung agent must be "
+                                     f"noticed), got {self.heartbeat_timeout}")
         self._check_partitions(owner)
         if self.routing is not None:
             if not isinstance(self.routing, RoutingPolicy):

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping
 import cloudpickle
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pilotfish.description import (
     InvalidDescription,
@@ -352,3 +354,65 @@ def test_the_wire_spec_carries_every_field_of_a_description_by_name() -> None:
                         else dict(given) if isinstance(given, Mapping) else given)
             assert getattr(spec, name) == expected, name
         assert msgspec.msgpack.decode(msgspec.msgpack.encode(spec), type=TaskSpec) == spec
+
+
+@pytest.mark.parametrize(("fields", "error", "match"), [
+    ({"priority": 10**30}, InvalidDescription, "priority: must be <= 2147483647"),
+    ({"gpus_per_rank": False}, TypeError, "gpus_per_rank must be a number, got bool"),
+    ({"gpus_per_rank": None}, TypeError, "gpus_per_rank must be a number, got NoneType"),
+    ({"gpus_per_rank": 5e-324}, InvalidDescription, "gpus_per_rank: a fraction must be at"),
+    ({"ranks": 2**64}, InvalidDescription, "ranks: must be <= 2147483647"),
+    ({"arguments": ["\udc80"]}, InvalidDescription, "arguments: cannot be encoded as UTF-8"),
+    ({"arguments": ["a\0b"]}, InvalidDescription, "arguments: must not contain a NUL"),
+    ({"name": "\ud800"}, InvalidDescription, "name: cannot be encoded"),
+    ({"environment": {"A=B": "1"}}, InvalidDescription, "environment: a variable name"),
+    ({"environment": {"A": 1}}, TypeError, "environment must be a mapping of str to str"),
+    ({"tags": {"x": "\udfff"}}, InvalidDescription, "tags: cannot be encoded"),
+    ({"sandbox": []}, TypeError, r"sandbox must be a path \(str or os.PathLike of str\), got \[\]"),
+    ({"sandbox": 5}, TypeError, "sandbox must be a path"),
+    ({"sandbox": b"/tmp"}, TypeError, "sandbox must be a path"),
+    ({"timeout": 1e300}, InvalidDescription, "timeout: must be > 0 s and at most"),
+    ({"duration": float("nan")}, InvalidDescription, "duration: must be >= 0 s"),
+    ({"retries": -1}, InvalidDescription, "retries: must be >= 0"),
+    ({"partition": ""}, TypeError, "partition must be a non-empty str"),
+])
+def test_every_field_has_bounds_and_its_errors_name_it(fields: dict[str, object],
+                                                       error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        TaskDescription(executable="/bin/true", **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("fields", "match"), [
+    ({"nodes": 10**7}, "nodes: must be <= 100000"),
+    ({"heartbeat_timeout": float("inf")}, "heartbeat_timeout: must be > 0 s and at most"),
+    ({"heartbeat_timeout": 7200}, "heartbeat_timeout: must be >= 2 s"),
+    ({"runtime": float("nan")}, "runtime: must be > 0 s"),
+    ({"cores_per_node": 10**6}, "cores_per_node: must be <= 4096"),
+    ({"reserve_after": -1}, "reserve_after: must be >= 0 s"),
+])
+def test_a_pilot_has_bounds_too(fields: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidDescription, match=match):
+        PilotDescription(**fields)  # type: ignore[arg-type]
+
+
+_NASTY = [0, 1, -1, 2**31, 2**64, 10**30, -(2**63), 0.0, -0.0, 0.5, 1e-300, 5e-324, 1e300,
+          float("inf"), float("nan"), True, False, None, "", "x", "\udc80", "a\0b", "é", b"x",
+          [], ["a"], [1, 2.5], ["\udc80"], (), {}, {"k": "v"}, {"k": 1}, {1: "v"},
+          {"A=B": "c"}, object()]
+_FIELDS = ["arguments", "environment", "sandbox", "ranks", "cores_per_rank", "gpus_per_rank",
+           "ranks_per_node", "mem_per_rank", "priority", "timeout", "duration", "name", "tags",
+           "partition", "retries"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_FIELDS), st.sampled_from(_NASTY)), max_size=3))
+def test_what_constructs_can_be_sent_and_what_does_not_names_its_field(
+        changes: list[tuple[str, object]]) -> None:
+    fields = dict(changes)
+    try:
+        d = TaskDescription(executable="/bin/true", **fields)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        assert any(f"TaskDescription.{name}" in str(exc) for name in fields), exc
+        return
+    spec = d.to_spec("task.000001")
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(spec), type=TaskSpec) == spec
