@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,22 @@ def session(tmp_path: Path) -> Iterator[pf.Session]:
 @pytest.fixture
 def pilot(session: pf.Session) -> pf.Pilot:
     return session.start_pilot(pf.PilotDescription(nodes=2, cores_per_node=8, gpus_per_node=4))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that fills up (needs root and mount; skipped elsewhere)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+                             capture_output=True, text=True) if os.geteuid() == 0 else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip("a small tmpfs cannot be mounted here (needs root and mount): "
+                    + (mounted.stderr.strip() if mounted else "not root"))
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def process_gone(pid: int, timeout: float) -> bool:

@@ -8,6 +8,7 @@
 """
 
 from .description import InvalidDescription, PilotDescription, TaskDescription
+from .journal import JournalError
 from .partitions import PartitionSpec
 from .routing import RoutingPolicy, TaskTraits
 from .session import Pilot, PilotExecutor, Session, __version__
@@ -17,6 +18,7 @@ from .task import RemoteError, Task, TaskFailed
 __all__ = [
     "InvalidDescription",
     "InvalidTransition",
+    "JournalError",
     "PartitionSpec",
     "Pilot",
     "PilotDescription",

@@ -25,6 +25,7 @@ journal's cost per task low (it was a third of the client's work).
 
 from __future__ import annotations
 
+import logging
 import queue
 import sqlite3
 import threading
@@ -64,6 +65,12 @@ CREATE VIEW IF NOT EXISTS task_events AS
 LIFECYCLE = ("SUBMITTED", "SCHEDULED", "RUNNING", "exec_stop")
 
 _STOP = object()
+log = logging.getLogger(__name__)
+
+
+class JournalError(RuntimeError):
+    """Writes to the session's journal failed: what it holds is incomplete (the reason and
+    how many writes were lost are in the message)."""
 
 
 class Journal:
@@ -73,7 +80,8 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # the first failure not yet reported
+        self.lost = 0  # writes (statements x rows) that failed and are not in the file
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -136,17 +144,24 @@ class Journal:
         self._queue.put(done)
         if not done.wait(timeout):
             raise TimeoutError(f"journal {self.path} did not flush within {timeout} s")
-        if self._error is not None:
-            raise RuntimeError(f"journal {self.path} failed: {self._error}") from self._error
+        self.check()
+
+    def check(self) -> None:
+        """Raise `JournalError` once for writes that failed since the last check."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise JournalError(f"journal {self.path}: {self.lost} write(s) lost so far; "
+                               f"the first: {error}") from error
 
     def close(self, timeout: float = 30.0) -> None:
-        if not self._thread.is_alive():
-            return
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        """Commit what is queued and close; `JournalError` if writes were lost."""
         if self._thread.is_alive():
-            raise TimeoutError(f"journal {self.path} did not close within {timeout} s")
-        self._db.close()
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"journal {self.path} did not close within {timeout} s")
+            self._db.close()
+        self.check()
 
     def _run(self) -> None:
         stop = False
@@ -160,18 +175,32 @@ class Journal:
             # Control items first: a write that fails must not swallow a flush or a stop.
             waiters = [op for op in batch if isinstance(op, threading.Event)]
             stop = any(op is _STOP for op in batch)
-            try:
-                self._db.execute("BEGIN")
-                for op in batch:
-                    if isinstance(op, tuple):
-                        self._db.executemany(*op)
-                self._db.execute("COMMIT")
-            except Exception as exc:  # keep the thread alive: report on the next flush
-                self._error = exc
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+            writes = [op for op in batch if isinstance(op, tuple)]
+            if not self._commit(writes):  # one bad row must not take its batch with it
+                for op in writes:
+                    if not self._commit([op]):
+                        self.lost += len(op[1])
             for waiter in waiters:
                 waiter.set()
+
+    def _commit(self, writes: list[tuple[str, Sequence[Sequence[Any]]]]) -> bool:
+        try:
+            self._db.execute("BEGIN")
+            for sql, rows in writes:
+                self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+            return True
+        except Exception as exc:  # keep the thread alive: reported at the next check
+            if self._error is None:
+                self._error = exc
+                log.error("journal %s: a write failed (%s); the session reports it at its "
+                          "next submit, wait or close", self.path, exc)
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            return False
 
 
 def connect_readonly(session_dir: str | Path) -> sqlite3.Connection:

@@ -172,7 +172,10 @@ class Session:
 
     def submit(self, descriptions: TaskDescription | Iterable[TaskDescription],
                pilot: Pilot | None = None) -> Task | list[Task]:
-        """Submit one task or many (one batch); returns Task futures at once."""
+        """Submit one task or many (one batch); returns Task futures at once.
+
+        Raises `JournalError` (and submits nothing) if journal writes failed since the
+        last submit, wait or close: the session's record is incomplete."""
         single = isinstance(descriptions, TaskDescription)
         descs: list[TaskDescription] = (
             [descriptions] if single else list(descriptions))  # type: ignore[list-item,arg-type]
@@ -181,6 +184,7 @@ class Session:
                 raise TypeError(f"submit takes TaskDescription objects; item {i} is "
                                 f"{type(d).__name__}")
         target = self._pick_pilot(pilot)
+        self.journal.check()
         tasks = self._submit(descs, target)
         return tasks[0] if single else tasks
 
@@ -248,7 +252,8 @@ class Session:
     def wait(self, tasks: Iterable[Task] | None = None, timeout: float | None = None) -> bool:
         """Block until the tasks (default: all submitted so far) are final.
 
-        Returns True when they all are, False if `timeout` seconds passed first.
+        Returns True when they all are, False if `timeout` seconds passed first. Raises
+        `JournalError` if journal writes failed meanwhile (the tasks still ran).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = list(self._live.values()) if tasks is None else list(tasks)
@@ -258,11 +263,13 @@ class Session:
                 while i < len(pending) and pending[i].state.final:
                     i += 1
                 if i == len(pending):
-                    return True
+                    break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return False
+                    break
                 self._done.wait(remaining)
+        self.journal.check()
+        return i == len(pending)
 
     def as_completed(self, tasks: Iterable[Task], timeout: float | None = None
                      ) -> Iterator[Task]:

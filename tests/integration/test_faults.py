@@ -1,0 +1,25 @@
+"""Faults a session survives, each ending every task with a reason and losing nothing
+silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import pilotfish as pf
+
+TD = pf.TaskDescription
+
+
+def test_a_full_disk_under_the_session_is_raised_to_the_user(tiny_disk: Path) -> None:
+    session = pf.Session(path=tiny_disk)
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=8))
+    tasks = session.submit([TD(executable="/bin/echo", arguments=["x" * 100])
+                            for _ in range(2000)])
+    with pytest.raises(pf.JournalError, match="database or disk is full"):
+        session.wait(timeout=60)
+    assert session.wait(timeout=60)  # told once; the tasks all ended, with their reasons
+    assert all(t.state.final and (t.state is pf.TaskState.DONE or t.error) for t in tasks)
+    with pytest.raises(pf.JournalError, match=r"write\(s\) lost"):
+        session.close()
