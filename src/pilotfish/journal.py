@@ -26,6 +26,7 @@ journal's cost per task low (it was a third of the client's work).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -33,6 +34,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .files import FILE_MODE, private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS session (key TEXT PRIMARY KEY, value TEXT);
@@ -78,7 +81,9 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        # The owner's only (SQLite gives its -wal and -shm files the database's mode).
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._error: BaseException | None = None  # the first failure not yet reported
         self.lost = 0  # writes (statements x rows) that failed and are not in the file

@@ -31,6 +31,7 @@ from .backends import registry
 from .backends.processes import read_tail
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
+from .files import DIR_MODE
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal
 from .pilots.local import LocalAgent
@@ -89,7 +90,8 @@ class Session:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.uid = uid or f"pf.{stamp}.{secrets.token_hex(3)}"
         self.path = Path(path if path is not None else "pilotfish-sessions") / self.uid
-        self.path.mkdir(parents=True, exist_ok=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=DIR_MODE)  # the owner's only: tasks' environments are in it
         self.journal = Journal(self.path / "session.db")
         self.journal.set_session(uid=self.uid, created=time.time(), version=__version__)
         self.pilots: dict[str, Pilot] = {}

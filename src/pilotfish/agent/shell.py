@@ -27,6 +27,7 @@ from .. import messages as m
 from ..backends import registry
 from ..backends.base import Backend, BackendEvent, BuildContext
 from ..clock import Clock
+from ..files import private
 from ..gcpause import without_gc
 from ..partitions import Partition
 from ..reactor import Reactor, readable
@@ -243,7 +244,8 @@ class Agent:
         stats = self.stats.to_dict(self.core.decisions, self.reactor.waited)
         stats["clock_offset"], stats["clock_jumps"] = self.clock.offset, self.clock.jumps
         try:
-            with open(os.path.join(self.cfg.sandbox, "agent-stats.json"), "w") as f:
+            with open(os.path.join(self.cfg.sandbox, "agent-stats.json"), "w",
+                      opener=private) as f:
                 json.dump(stats, f)
         except OSError:
             pass

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 
+from ..files import FILE_MODE
+
 PUBLISH_AFTER = 1.0  # seconds
 POOL_LIMIT = 4096  # empty unnamed files kept for reuse, per directory
 _NAMED_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC
@@ -64,10 +66,10 @@ class OutputFiles:
             return OutputFile(directory, path, free.pop(), named=False)
         if hasattr(os, "O_TMPFILE"):
             try:
-                return OutputFile(directory, path, os.open(directory, _TMP_FLAGS, 0o644), False)
+                return OutputFile(directory, path, os.open(directory, _TMP_FLAGS, FILE_MODE), False)
             except OSError:
                 pass  # not supported on this file system: name it from the start
-        return OutputFile(directory, path, os.open(path, _NAMED_FLAGS, 0o644), named=True)
+        return OutputFile(directory, path, os.open(path, _NAMED_FLAGS, FILE_MODE), named=True)
 
     def prefill(self, directory: str, count: int) -> None:
         """Make `count` unnamed files ahead, so that a first wave of tasks starts fast."""
@@ -76,7 +78,7 @@ class OutputFiles:
         free = self._free.setdefault(directory, [])
         try:
             while len(free) < min(count, POOL_LIMIT):
-                free.append(os.open(directory, _TMP_FLAGS, 0o644))
+                free.append(os.open(directory, _TMP_FLAGS, FILE_MODE))
         except OSError:
             pass  # not supported here: files are made (named) per task instead
 

@@ -12,9 +12,9 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from ..agent.config import AgentConfig
+from ..files import private, private_dir
 from ..proctree import kill_session
 
 
@@ -22,10 +22,9 @@ class LocalAgent:
     """An agent process on this machine, logging to `<sandbox>/agent.log`."""
 
     def __init__(self, cfg: AgentConfig) -> None:
-        self.sandbox = Path(cfg.sandbox)
-        self.sandbox.mkdir(parents=True, exist_ok=True)
+        self.sandbox = private_dir(cfg.sandbox)
         self.dragon = any(p[1] == "dragon" for p in cfg.partitions)
-        with open(self.sandbox / "agent.log", "ab") as log:
+        with open(self.sandbox / "agent.log", "ab", opener=private) as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pilotfish.agent", cfg.to_json()],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
