@@ -61,16 +61,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .journal import UnreadableJournal
     from .metrics import session_metrics
     from .report import render_report, write_html_report
 
-    if args.json:
-        metrics = session_metrics(args.session_dir)
-        print(json.dumps(metrics.to_dict(), indent=2))  # type: ignore[union-attr]
-        return 0
-    print(render_report(args.session_dir))
-    if args.html:
-        print(f"HTML report: {write_html_report(args.session_dir, args.html)}")
+    try:
+        if args.json:
+            metrics = session_metrics(args.session_dir)
+            print(json.dumps(metrics.to_dict(), indent=2))  # type: ignore[union-attr]
+            return 0
+        print(render_report(args.session_dir))
+        if args.html:
+            print(f"HTML report: {write_html_report(args.session_dir, args.html)}")
+    except UnreadableJournal as exc:
+        print(f"pilotfish report: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

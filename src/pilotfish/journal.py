@@ -28,7 +28,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -208,14 +210,63 @@ class Journal:
             return False
 
 
+class UnreadableJournal(ValueError):
+    """A path that holds no readable pilotfish journal; the message says why, in a line."""
+
+
 def connect_readonly(session_dir: str | Path) -> sqlite3.Connection:
-    """Open a session's journal for reading (metrics, reports)."""
+    """Open a session's journal for reading (metrics, reports), never writing to it.
+
+    A journal in WAL mode needs its `-shm` file writable even to be read; where it is not
+    (another user's session, a read-only file system), the journal and its WAL are read
+    from a private copy. A missing, empty, truncated, corrupt or foreign file raises
+    `UnreadableJournal` saying which.
+    """
     path = Path(session_dir)
     if path.is_dir():
         path = path / "session.db"
-    if not path.exists():
-        raise FileNotFoundError(f"no session journal at {path}")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    if not path.is_file():
+        raise UnreadableJournal(f"no session journal at {path}")
+    try:
+        return _checked(sqlite3.connect(f"file:{path}?mode=ro", uri=True), path)
+    except sqlite3.OperationalError:  # e.g. "unable to open database file": its -shm
+        pass
+    except sqlite3.DatabaseError as exc:
+        raise UnreadableJournal(f"{path} is not a readable pilotfish journal: {exc}") from None
+    return _read_copy(path)
+
+
+def _read_copy(path: Path) -> sqlite3.Connection:
+    """The journal read from a private copy of it and its WAL (in memory)."""
+    with tempfile.TemporaryDirectory(prefix="pilotfish-journal-") as tmp:
+        copy = Path(tmp) / "session.db"
+        try:
+            shutil.copyfile(path, copy)
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists():
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            db = sqlite3.connect(copy)
+            memory = sqlite3.connect(":memory:")
+            db.backup(memory)  # the WAL's contents included
+            db.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise UnreadableJournal(f"{path} cannot be read: {exc}") from None
+    return _checked(memory, path)
+
+
+def _checked(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.OperationalError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise UnreadableJournal(f"{path} is not a readable pilotfish journal: {exc}") from None
+    if not {"session", "pilots", "tasks"} <= tables:
+        db.close()
+        raise UnreadableJournal(f"{path} is not a pilotfish journal (" + (
+            "empty" if not tables else f"its tables: {', '.join(sorted(tables))}") + ")")
     db.row_factory = sqlite3.Row
     return db
 
