@@ -121,6 +121,12 @@ class Task(Future):  # type: ignore[type-arg]
     def kind(self) -> str:
         return self.description.kind
 
+    @property
+    def attempt(self) -> int:
+        """Which run of the task this is (or was): 1, plus one for each time it was placed
+        again after what ran it was lost (as its `retries` allow)."""
+        return 1 + sum(1 for name, _ in self.events if name == "requeued")
+
     # ---- called by the session's channel thread ---------------------------------------
 
     def _resolve(self, state: TaskState, blob: bytes | None) -> tuple[TaskState, bool]:

@@ -25,6 +25,7 @@ from pilotfish.agent.events import (
     SendUpdates,
     StopRequested,
     TaskFinished,
+    TaskLost,
     TaskRequeued,
     TasksSubmitted,
     TaskStarted,
@@ -291,3 +292,18 @@ def test_the_core_refuses_what_it_does_not_know() -> None:
     core, _ = make_core()
     with pytest.raises(TypeError, match="takes no"):
         core.handle("submit")  # type: ignore[arg-type]
+
+
+def test_a_task_lost_with_what_ran_it_runs_again_if_its_retries_allow() -> None:
+    core, clock = make_core(cores=1)
+    core.handle(TasksSubmitted([exe("once"), exe("twice", retries=1)]))
+    core.handle(TaskStarted("once", clock.t))
+    lost = TaskLost("once", "its node executor died")
+    acts = core.handle(lost, CaughtUp())
+    assert updates(acts)["once"].error == "its node executor died"
+    assert launched(acts) == ["twice"]  # the freed core goes to the next task
+    acts = core.handle(TaskStarted("twice", clock.t), TaskLost("twice", "died"))
+    assert launched(acts) == ["twice"]  # again, from the start
+    assert [e for e, _ in core.tasks["twice"].events][-2:] == ["requeued", "SCHEDULED"]
+    acts = core.handle(TaskLost("twice", "died again"), CaughtUp())
+    assert updates(acts)["twice"].error == "died again"  # its one retry is spent

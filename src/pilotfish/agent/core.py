@@ -29,6 +29,7 @@ from ..backends.base import (
     PartitionLost,
     PlacedTask,
     TaskFinished,
+    TaskLost,
     TaskRequeued,
     TaskStarted,
 )
@@ -102,7 +103,7 @@ class _Task:
         self.events: list[tuple[str, float]] = []  # since the last update sent
         self.outcome: TaskFinished | None = None
         self.pid: int | None = None
-        self.retried = 0  # times placed again after its partition was lost
+        self.retried = 0  # times placed again after it was lost (its partition, worker, ...)
         self.routed = True  # False: no partition could take it (it ran nowhere)
 
 
@@ -245,6 +246,10 @@ class AgentCore:
                     _move(task, SUBMITTED)
                     rnd.requeued.setdefault(task.part.name, []).append(task.request)
                     rnd.cause[task.part.name] = event
+            elif type(event) is TaskLost:
+                task = tasks.get(event.uid)
+                if task is not None and not task.state.final:
+                    self._lost(task, event, rnd)
             elif type(event) is CancelRequested:
                 self._cancel(event, rnd)
             elif type(event) is PartitionLost:
@@ -386,6 +391,22 @@ class AgentCore:
         done.append((event.uid, event.exec_stop - start if start else 0.0))
         rnd.cause[name] = event
         self._finish(task, event)
+
+    def _lost(self, task: _Task, event: TaskLost, rnd: _Round) -> None:
+        """A task died with what ran it: its slot is free again; it runs again on its
+        partition, from the start, if its retries allow, else it fails with the reason."""
+        name = task.part.name
+        rnd.cause[name] = event
+        now = self.clock()
+        if task.retried >= task.spec.retries:
+            self._completed(task, TaskFinished(task.spec.uid, FAILED, None, now,
+                                               error=event.reason), rnd)
+            return
+        self._progress.discard(task.spec.uid)
+        _move(task, SUBMITTED)
+        task.retried += 1
+        task.events.append(("requeued", now))
+        rnd.requeued.setdefault(name, []).append(task.request)
 
     def _lose(self, event: PartitionLost, rnd: _Round) -> None:
         """A partition's runtime died: move its unfinished tasks that may retry, fail the

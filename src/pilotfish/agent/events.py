@@ -18,6 +18,7 @@ from ..backends.base import (
     PartitionLost,
     PlacedTask,
     TaskFinished,
+    TaskLost,
     TaskRequeued,
     TaskStarted,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "SendUpdates",
     "StopRequested",
     "TaskFinished",
+    "TaskLost",
     "TaskRequeued",
     "TaskStarted",
     "TasksSubmitted",

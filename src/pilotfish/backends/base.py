@@ -50,6 +50,14 @@ class TaskRequeued(msgspec.Struct, frozen=True, gc=False):
     uid: str
 
 
+class TaskLost(msgspec.Struct, frozen=True, gc=False):
+    """A running task's process, worker or node died under it (not by its own doing): it
+    runs again, from the start, if its `retries` allow, else it fails with `reason`."""
+
+    uid: str
+    reason: str
+
+
 class PartitionLost(msgspec.Struct, frozen=True, gc=False):
     """The runtime of a partition died: the agent fails or moves all its unfinished tasks."""
 
@@ -57,7 +65,7 @@ class PartitionLost(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
-BackendEvent = TaskStarted | TaskFinished | TaskRequeued | PartitionLost
+BackendEvent = TaskStarted | TaskFinished | TaskRequeued | TaskLost | PartitionLost
 
 
 # Hand-offs from the agent: a task with its exact slot, or a plain function task fed
