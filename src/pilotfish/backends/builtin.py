@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..launchers import task_environment
 from ..partitions import Partition
 from ..reactor import Reactor
 from .base import BackendEvent, BuildContext, DispatchedTask, NodeLayout, PlacedTask
 from .functions.pool import FunctionPool
-from .processes import ProcessRunner, task_environment
+from .processes import ProcessRunner
 
 
 def build(context: BuildContext, partition: Partition) -> BuiltinBackend:

@@ -1,8 +1,9 @@
 """Running executables as local processes: spawn, wait on pidfds, time out, cancel.
 
-Each task gets its own process group (all of its ranks in it), so a timeout or a cancel
-kills the task and everything it started; stdout and stderr of all ranks are appended to
-`<sandbox>/<uid>.out` and `.err`.
+What to start for a task comes from a launcher (`launchers.py`; `local` by default: one
+process per rank). Each task gets its own process group (all of the processes its
+launcher asked for), so a timeout or a cancel kills the task and everything it started;
+stdout and stderr of all of them are appended to `<sandbox>/<uid>.out` and `.err`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..launchers import Launcher, local
 from ..messages import TaskSpec
 from ..reactor import Reactor
 from ..resources import Slot
@@ -36,27 +38,6 @@ def read_tail(path: str) -> str | None:
             return f.read().decode(errors="replace") or None
     except OSError:
         return None
-
-
-def task_environment(base: Mapping[str, str], spec: TaskSpec, slot: Slot, rank: int,
-                     layout: NodeLayout) -> dict[str, str]:
-    """The environment of one rank: the user's, plus where and who it is."""
-    env = dict(base)
-    env.update(spec.environment)
-    env["PILOTFISH_TASK_ID"] = spec.uid
-    env["PILOTFISH_RANK"] = str(rank)
-    env["PILOTFISH_RANKS"] = str(spec.ranks)
-    first = layout.first_node
-    env["PILOTFISH_NODE"] = str(first + slot.nodes[rank])
-    env["PILOTFISH_NODES"] = ",".join([str(first + n) for n in slot.node_set])
-    ids = layout.core_ids
-    env["PILOTFISH_CORES"] = ",".join([str(ids[c]) for c in slot.cores[rank]])
-    if layout.gpu_env:
-        if slot.gpus:
-            env[layout.gpu_env] = ",".join(map(str, slot.rank_gpu_ids(rank)))
-        elif layout.gpus:
-            env[layout.gpu_env] = ""  # asked for no GPU: see none
-    return env
 
 
 def spawn_process(argv: list[str], env: dict[str, str], cwd: str | None, out_fd: int,
@@ -99,11 +80,14 @@ class ProcessRunner:
     """Spawns placed executables and reports when they start and end."""
 
     def __init__(self, sandbox: str, layout: NodeLayout, slots: int = 0,
-                 spawn: Callable[..., int] | None = None) -> None:
+                 spawn: Callable[..., int] | None = None, launcher: Launcher = local,
+                 hosts: Sequence[str] = ()) -> None:
         self.sandbox = sandbox
         self.layout = layout
         self._slots = slots  # how many tasks may run at once: output files made ahead
         self._spawn = spawn or spawn_process  # the one seam for process creation
+        self._launcher = launcher  # what to start for a task's ranks (launchers.py)
+        self._hosts = hosts  # the pilot's host names, by node index (for launchers)
         self._base_env = dict(os.environ)
         self._made_dirs: set[str] = set()
         self._outputs = OutputFiles()
@@ -138,13 +122,12 @@ class ProcessRunner:
                 path = os.path.join(sandbox, spec.uid + suffix)
                 outputs.append(self._outputs.open(sandbox, path))
             out, err = outputs
-            argv = [spec.executable, *spec.arguments]
             cwd = None if sandbox == self._cwd else sandbox
-            for rank in range(spec.ranks):
-                env = task_environment(self._base_env, spec, slot, rank, self.layout)
-                pid = self._spawn(argv, env, cwd, out.fd, err.fd, pgid)
-                if rank == 0:
-                    pgid = pid
+            for process in self._launcher(spec, slot, self.layout, self._base_env,
+                                          self._hosts):
+                pid = self._spawn(process.argv, process.env, cwd, out.fd, err.fd, pgid)
+                if not pgid:
+                    pgid = pid  # the first process leads the task's group
                 pids[pid] = os.pidfd_open(pid)
         except Exception as exc:  # a bad argument or environment too: this task fails
             if pgid:

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from ...launchers import srun_per_node
 from ...partitions import Partition
 from ...proctree import kill_group
 from ...reactor import Reactor
@@ -58,9 +59,8 @@ def start_command(hosts: Sequence[str] | None) -> list[str]:
     """
     if not hosts:
         return ["flux", "start", "sh", "-c", _URI_SCRIPT]
-    return ["srun", f"--nodes={len(hosts)}", f"--ntasks={len(hosts)}", "--ntasks-per-node=1",
-            f"--nodelist={','.join(hosts)}", "--overlap", "--input=0", "--export=ALL",
-            "flux", "start", "sh", "-c", _REMOTE_URI_SCRIPT]
+    return srun_per_node(hosts, ["flux", "start", "sh", "-c", _REMOTE_URI_SCRIPT],
+                         stdin_rank=0)
 
 
 def jobspec(flux_job: Any, request: JobRequest) -> Any:
