@@ -28,10 +28,9 @@ import msgspec
 from . import messages as m
 from .agent.config import AgentConfig
 from .backends import registry
-from .backends.processes import read_tail
 from .channel import Channel
 from .description import PilotDescription, TaskDescription
-from .files import DIR_MODE
+from .files import DIR_MODE, read_tail
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal
 from .pilots.local import LocalAgent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +117,11 @@ def test_an_entry_is_checked_and_travels_as_plain_data() -> None:
     assert BackendEntry.from_dict(dragon.to_dict()) == dragon
     with pytest.raises(ValueError, match="unknown backend 'toy'"):
         PS(backend="toy")
+
+
+def test_importing_pilotfish_loads_no_backend() -> None:
+    code = ("import sys, pilotfish as pf; pf.PilotDescription(nodes=2); "
+            "print(sorted(m for m in sys.modules if m.startswith('pilotfish.backends.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "['pilotfish.backends.registry']"

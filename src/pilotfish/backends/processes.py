@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..files import TAIL_BYTES
 from ..launchers import Launcher, local
 from ..messages import TaskSpec
 from ..reactor import Reactor
@@ -25,19 +26,7 @@ from ..states import TaskState
 from .base import BackendEvent, NodeLayout, PlacedTask, TaskFinished, TaskStarted
 from .outputs import PUBLISH_AFTER, OutputFile, OutputFiles
 
-TAIL_BYTES = 4096
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
-
-
-def read_tail(path: str) -> str | None:
-    """The last TAIL_BYTES of an output file another runtime wrote (None: empty, absent)."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - TAIL_BYTES))
-            return f.read().decode(errors="replace") or None
-    except OSError:
-        return None
 
 
 def spawn_process(argv: list[str], env: dict[str, str], cwd: str | None, out_fd: int,

@@ -44,6 +44,7 @@ from typing import Any
 
 import zmq
 
+from ...files import read_tail
 from ...launchers import task_environment
 from ...messages import TaskSpec, decode_plain, encode_plain
 from ...partitions import Partition
@@ -63,7 +64,6 @@ from ..base import (
 )
 from ..functions.pool import FunctionPool
 from ..functions.worker import CANCELED, ERROR, OK, TIMEOUT
-from ..processes import read_tail
 from . import launcher
 from .janitor import remove_segments, segments_of, shm_entries
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from ...files import read_tail
 from ...launchers import srun_per_node
 from ...partitions import Partition
 from ...proctree import kill_group
@@ -41,7 +42,6 @@ from ..base import (
     PlacedTask,
     TaskFinished,
 )
-from ..processes import read_tail
 from .jobs import FluxJobTracker, JobRequest, job_request
 
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
