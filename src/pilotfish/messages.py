@@ -1,13 +1,14 @@
-"""What crosses ZeroMQ between client, agent and function workers (msgpack via msgspec).
+"""What crosses ZeroMQ between client and agent (msgpack via msgspec).
 
 Every message is a batch: many tasks per `Submit`, many updates per `Updates`. Structs
 are encoded as arrays (no field names on the wire) and tagged by type; `WIRE_VERSION`
-is checked when the agent says hello.
+is checked when the agent says hello. Receivers decode `ToAgent` and `ToClient` through
+a `wire.Receiver`, which drops what does not fit.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -74,11 +75,16 @@ class Accepted(msgspec.Struct, array_like=True, tag=True):
     ts: float
 
 
+# A TaskState's value (states.py), checked as it is decoded: an update the client could
+# not apply is dropped with its message, never raised on the client's channel thread.
+StateName = Literal["NEW", "SUBMITTED", "SCHEDULED", "RUNNING", "DONE", "FAILED", "CANCELED"]
+
+
 class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
     """A task's new state with every event since the last update, and its outcome."""
 
     uid: str
-    state: str
+    state: StateName
     events: list[tuple[str, float]] = []
     exit_code: int | None = None
     error: str | None = None
@@ -106,8 +112,6 @@ ToClient = Hello | Accepted | Updates | Heartbeat | Bye
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
-decode_to_agent = msgspec.msgpack.Decoder(ToAgent).decode  # type: ignore[arg-type]
-decode_to_client = msgspec.msgpack.Decoder(ToClient).decode  # type: ignore[arg-type]
 
 
 # Agent <-> function worker. Kept as plain tuples: the hot path of function tasks.
