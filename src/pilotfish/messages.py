@@ -3,12 +3,13 @@
 Every message is a batch: many tasks per `Submit`, many updates per `Updates`. Structs
 are encoded as arrays (no field names on the wire) and tagged by type; `WIRE_VERSION`
 is checked when the agent says hello. Receivers decode `ToAgent` and `ToClient` through
-a `wire.Receiver`, which drops what does not fit.
+a `wire.Receiver`, which drops what does not fit. The agent's own wires are in
+backends/functions/protocol.py and backends/dragon/protocol.py; all share `encode`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -110,18 +111,4 @@ class Bye(msgspec.Struct, array_like=True, tag=True):
 ToAgent = Submit | Cancel | Heartbeat | Shutdown
 ToClient = Hello | Accepted | Updates | Heartbeat | Bye
 
-_encoder = msgspec.msgpack.Encoder()
-encode = _encoder.encode
-
-
-# Agent <-> function worker. Kept as plain tuples: the hot path of function tasks.
-#   to worker:   ("run", [(uid, function_key, args_blob, timeout), ...], {key: blob})
-#                ("cancel", [uid, ...])   ("stop",)
-#   from worker: ("ready", pid)
-#                ("done", [(uid, ok, result_blob, error_text, exec_start, exec_stop), ...])
-#   from its announcer: ("started", uid, ts)  (a task running for 10 ms), and "done"
-def encode_plain(message: Any) -> bytes:
-    return _encoder.encode(message)
-
-
-decode_plain = msgspec.msgpack.Decoder().decode
+encode = msgspec.msgpack.Encoder().encode

@@ -1,10 +1,13 @@
-"""Forged and malformed messages on live sockets: real agents drop and count them, and
-keep working."""
+"""Forged and malformed messages on live sockets: real agents and real function workers
+drop and count them, and keep working."""
 
 from __future__ import annotations
 
+import operator
+import pickle
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,6 +17,10 @@ import pilotfish as pf
 from pilotfish import TaskDescription as TD
 from pilotfish import TaskState
 from pilotfish import messages as m
+from pilotfish.backends.base import BackendEvent, TaskFinished
+from pilotfish.backends.functions.pool import FunctionPool
+from pilotfish.backends.functions.protocol import Done, Outcome, Ready, Result
+from pilotfish.reactor import Reactor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,3 +76,58 @@ def test_the_agent_drops_what_it_cannot_decode_and_its_pilot_keeps_working(
     log = (pilot.sandbox / "agent.log").read_text()
     assert "agent <- client: dropped message #1: MessagePack data is malformed" in log
     assert "agent <- client: dropped message #2: Invalid value 'Hello'" in log
+
+
+# ---- the function workers' socket, with a real pool and real workers, in this process ----
+
+
+def _spec(uid: str, a: int, b: int) -> m.TaskSpec:
+    return m.TaskSpec(uid, "function", function_key="mul", args_blob=pickle.dumps(((a, b), {})))
+
+
+def test_forged_messages_to_the_function_pool_and_its_workers_change_nothing(
+        tmp_path: Path) -> None:
+    reactor = Reactor()
+    events: list[BackendEvent] = []
+    pool = FunctionPool(str(tmp_path), {"mul": pickle.dumps(operator.mul)}, [])
+    pool.start(reactor, events.append)
+
+    def run_until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out; events: {events}"
+            reactor.run_once(0.05)
+
+    def finished() -> dict[str, TaskFinished]:
+        return {e.uid: e for e in events if isinstance(e, TaskFinished)}
+
+    intruder = zmq.Context.instance().socket(zmq.DEALER)
+    intruder.setsockopt(zmq.IDENTITY, b"w7")  # not a worker (yet)
+    intruder.setsockopt(zmq.LINGER, 0)
+    intruder.connect(pool.address)
+    try:
+        intruder.send(JUNK)
+        intruder.send_multipart([b"two", b"frames"])
+        forged = Result("t1", Outcome.OK, pickle.dumps(99), None, 1.0, 2.0)
+        intruder.send(m.encode(Done([forged])))  # a result for a task it never ran
+        intruder.send(m.encode(Ready(1)))
+        pool.dispatch([(_spec("t1", 6, 7), "w0"), (_spec("t2", 2, 3), "w0")])
+        run_until(lambda: len(finished()) == 2 and pool.receiver.dropped == 2)
+        # To the worker itself (as the pool would send it): junk, and a message for the pool.
+        pool._sock.send_multipart([b"w0", JUNK])
+        pool._sock.send_multipart([b"w0", m.encode(Ready(1))])
+        pool.dispatch([(_spec("t3", 4, 5), "w0")])
+        run_until(lambda: len(finished()) == 3)
+    finally:
+        intruder.close(0)
+        pool.stop(5)
+    ended = finished()
+    assert {uid: e.state for uid, e in ended.items()} == dict.fromkeys(
+        ["t1", "t2", "t3"], TaskState.DONE)
+    assert [pickle.loads(ended[u].result or b"") for u in ("t1", "t2", "t3")] == [42, 6, 20]
+    assert pool.receiver.dropped == 2  # the junk and the two frames
+    assert pool.receiver.stale == 2  # well-formed, from a worker the pool does not have
+    assert "w7" not in pool._workers
+    log = (tmp_path / "worker.builtin.w0.log").read_text()
+    assert "function worker w0: dropped message #1: MessagePack data is malformed" in log
+    assert "function worker w0: dropped message #2: Invalid value 'Ready'" in log
