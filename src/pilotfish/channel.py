@@ -23,6 +23,7 @@ import zmq
 from . import messages as m
 from .gcpause import without_gc
 from .reactor import readable
+from .wire import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Channel:
         self._closed = False
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._links: dict[str, AgentLink] = {}
+        self.receiver: Receiver[m.ToClient] = Receiver("client <- agents", m.ToClient)
         self._outbox: deque[tuple[str, Any]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -223,8 +225,8 @@ class Channel:
         link.last_heard = time.monotonic()
         sock = link.socket
         while readable(sock):
-            msg = m.decode_to_client(sock.recv(copy=False).buffer)
-            if isinstance(msg, m.Heartbeat):
+            msg = self.receiver.decode(sock.recv(copy=False).buffer)
+            if msg is None or isinstance(msg, m.Heartbeat):
                 continue
             if isinstance(msg, m.Hello):
                 link.hello = msg

@@ -1,13 +1,15 @@
-"""What crosses ZeroMQ between client, agent and function workers (msgpack via msgspec).
+"""What crosses ZeroMQ between client and agent (msgpack via msgspec).
 
 Every message is a batch: many tasks per `Submit`, many updates per `Updates`. Structs
 are encoded as arrays (no field names on the wire) and tagged by type; `WIRE_VERSION`
-is checked when the agent says hello.
+is checked when the agent says hello. Receivers decode `ToAgent` and `ToClient` through
+a `wire.Receiver`, which drops what does not fit. The agent's own wires are in
+backends/functions/protocol.py and backends/dragon/protocol.py; all share `encode`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import msgspec
 
@@ -74,11 +76,16 @@ class Accepted(msgspec.Struct, array_like=True, tag=True):
     ts: float
 
 
+# A TaskState's value (states.py), checked as it is decoded: an update the client could
+# not apply is dropped with its message, never raised on the client's channel thread.
+StateName = Literal["NEW", "SUBMITTED", "SCHEDULED", "RUNNING", "DONE", "FAILED", "CANCELED"]
+
+
 class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
     """A task's new state with every event since the last update, and its outcome."""
 
     uid: str
-    state: str
+    state: StateName
     events: list[tuple[str, float]] = []
     exit_code: int | None = None
     error: str | None = None
@@ -104,20 +111,4 @@ class Bye(msgspec.Struct, array_like=True, tag=True):
 ToAgent = Submit | Cancel | Heartbeat | Shutdown
 ToClient = Hello | Accepted | Updates | Heartbeat | Bye
 
-_encoder = msgspec.msgpack.Encoder()
-encode = _encoder.encode
-decode_to_agent = msgspec.msgpack.Decoder(ToAgent).decode  # type: ignore[arg-type]
-decode_to_client = msgspec.msgpack.Decoder(ToClient).decode  # type: ignore[arg-type]
-
-
-# Agent <-> function worker. Kept as plain tuples: the hot path of function tasks.
-#   to worker:   ("run", [(uid, function_key, args_blob, timeout), ...], {key: blob})
-#                ("cancel", [uid, ...])   ("stop",)
-#   from worker: ("ready", pid)
-#                ("done", [(uid, ok, result_blob, error_text, exec_start, exec_stop), ...])
-#   from its announcer: ("started", uid, ts)  (a task running for 10 ms), and "done"
-def encode_plain(message: Any) -> bytes:
-    return _encoder.encode(message)
-
-
-decode_plain = msgspec.msgpack.Decoder().decode
+encode = msgspec.msgpack.Encoder().encode

@@ -282,6 +282,12 @@ class Session:
         """Tasks submitted and not final yet."""
         return len(self._live)
 
+    @property
+    def dropped_messages(self) -> int:
+        """Messages from the agents that could not be decoded, dropped and logged (beside
+        `stale_updates`: well-formed updates that came too late)."""
+        return self._channel.receiver.dropped
+
     def executor(self, pilot: Pilot | None = None) -> PilotExecutor:
         """A `concurrent.futures.Executor` whose calls run as function tasks on the pilot."""
         return PilotExecutor(self, pilot)

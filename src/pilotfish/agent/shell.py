@@ -33,6 +33,8 @@ from ..partitions import Partition
 from ..reactor import Reactor, readable
 from ..routing import RoutingPolicy
 from ..scheduler import Scheduler
+from ..wire import Receiver
+from ..wire import totals as wire_totals
 from .config import AgentConfig
 from .core import AgentCore, PartitionSetup
 from .events import (
@@ -126,6 +128,7 @@ class Agent:
         self.client.setsockopt(zmq.LINGER, 2000)
         self.client.setsockopt(zmq.SNDHWM, 0)  # never block on a slow client: queue
         self.client.connect(cfg.client_address)
+        self.from_client: Receiver[m.ToAgent] = Receiver("agent <- client", m.ToAgent)
         self.functions: dict[str, bytes] = {}
         self.task_sandbox = os.path.join(cfg.sandbox, "tasks")
         self.clock = Clock()
@@ -243,6 +246,8 @@ class Agent:
             backend.stop(STOP_TIMEOUT)
         stats = self.stats.to_dict(self.core.decisions, self.reactor.waited)
         stats["clock_offset"], stats["clock_jumps"] = self.clock.offset, self.clock.jumps
+        # Messages this process dropped (client, workers, runtimes) or found stale.
+        stats["messages_dropped"], stats["messages_stale"] = wire_totals.dropped, wire_totals.stale
         try:
             with open(os.path.join(self.cfg.sandbox, "agent-stats.json"), "w",
                       opener=private) as f:
@@ -278,7 +283,7 @@ class Agent:
         for _ in range(MESSAGES_PER_TURN):
             if not readable(self.client):
                 break
-            msg = m.decode_to_agent(self.client.recv(copy=False).buffer)
+            msg = self.from_client.decode(self.client.recv(copy=False).buffer)
             if isinstance(msg, m.Submit):
                 if self.stats.first_submit is None:
                     self.stats.first_submit = time.monotonic()

@@ -1,5 +1,6 @@
 """The Dragon backend: a Dragon runtime per partition (backend.py), the executor that runs
-inside it (executor.py), the messages between them, and the `/dev/shm` janitor.
+inside it (executor.py), the messages between them (protocol.py), and the `/dev/shm`
+janitor.
 
 Importing this package loads nothing of Dragon: `unavailable()` says whether it can run.
 """

@@ -40,17 +40,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import zmq
 
 from ...files import read_tail
 from ...launchers import task_environment
-from ...messages import TaskSpec, decode_plain, encode_plain
+from ...messages import TaskSpec, encode
 from ...partitions import Partition
 from ...proctree import kill_group
 from ...reactor import Reactor
 from ...states import TaskState
+from ...wire import Receiver
 from ..base import (
     BackendEvent,
     BuildContext,
@@ -63,15 +63,33 @@ from ..base import (
     TaskStarted,
 )
 from ..functions.pool import FunctionPool
-from ..functions.worker import CANCELED, ERROR, OK, TIMEOUT
+from ..functions.protocol import STATES
 from . import launcher
 from .janitor import remove_segments, segments_of, shm_entries
+from .protocol import (
+    Calls,
+    Cancel,
+    Done,
+    Exec,
+    ExecTask,
+    Exited,
+    FromExecutor,
+    Functions,
+    PoolCall,
+    Rank,
+    Ready,
+    Requeued,
+    Result,
+    Signal,
+    Started,
+    StartWorker,
+    Stop,
+    ToExecutor,
+)
 
 SEGMENT_BYTES = 256 * 2**20
 START_TIMEOUT = 60.0  # seconds for the runtime to come up
 EXECUTOR = "pilotfish.backends.dragon.executor"  # run by Dragon as `python -m`
-_STATES = {OK: TaskState.DONE, ERROR: TaskState.FAILED, CANCELED: TaskState.CANCELED,
-           TIMEOUT: TaskState.FAILED}
 
 
 def launch_problem(spec: TaskSpec, sandbox: str) -> str | None:
@@ -125,26 +143,29 @@ class DragonProcesses:
         self.backend = backend
         self.node_of: dict[str, int] = {}  # worker ident -> its node, set before it starts
         self._on_exit: dict[str, Callable[[int | None], None]] = {}
-        self.unsent: list[tuple[Any, ...]] = []  # asked for before the runtime was ready
+        self.unsent: list[StartWorker] = []  # asked for before the runtime was ready
 
     def start(self, reactor: Reactor, ident: str, argv: list[str], env: dict[str, str],
               cwd: str, log: str, on_exit: Callable[[int | None], None]) -> None:
         self._on_exit[ident] = on_exit
         changed = {k: v for k, v in env.items() if os.environ.get(k) != v}  # Dragon's own stay
-        message = ("worker", ident, argv, changed, cwd, log, self.node_of.pop(ident, 0))
+        message = StartWorker(ident, argv, changed, cwd, log, self.node_of.pop(ident, 0))
         if self.backend._ready:
             self.backend._send(message)
         else:
             self.unsent.append(message)
 
-    def exited(self, ident: str, code: int | None) -> None:
+    def exited(self, ident: str, code: int | None) -> bool:
+        """Say a worker ended; False if it is not one of ours (or was said before)."""
         on_exit = self._on_exit.pop(ident, None)
-        if on_exit is not None:
-            on_exit(code)
+        if on_exit is None:
+            return False
+        on_exit(code)
+        return True
 
     def signal(self, ident: str, signum: int) -> None:
         if ident in self._on_exit:
-            self.backend._send(("signal", ident, signum))
+            self.backend._send(Signal(ident, signum))
 
     def stop(self, timeout: float) -> None:
         """Nothing to wait for: stopping the runtime ends its processes."""
@@ -175,6 +196,7 @@ class DragonBackend:
         self._ready = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: zmq.Socket[bytes] | None = None
+        self.receiver: Receiver[FromExecutor] = Receiver(f"Dragon backend {name}", FromExecutor)
         self._shm_before: set[str] = set()
         self._reactor: Reactor | None = None
         self._emit: Callable[[BackendEvent], None] = lambda e: None
@@ -222,7 +244,7 @@ class DragonBackend:
         if self.pool is not None:
             self.pool.stop(timeout)
         if self._proc is not None and self._proc.poll() is None and self._ready:
-            self._send(("stop",))
+            self._send(Stop())
             try:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -302,21 +324,21 @@ class DragonBackend:
                 self._emit(TaskFinished(uid, TaskState.CANCELED, None, now, error="canceled"))
         sent = [u for u in ours if u not in waiting]
         if sent:
-            self._send(("cancel", sent))
+            self._send(Cancel(sent))
 
-    def _exec_message(self, placed: PlacedTask) -> tuple[Any, ...]:
+    def _exec_message(self, placed: PlacedTask) -> ExecTask:
         spec, slot = placed.spec, placed.slot
         assert spec.executable is not None
         cwd = spec.sandbox or self.sandbox
         base = {"PATH": os.environ.get("PATH", "")}
         ids = self.layout.core_ids
-        ranks = [([spec.executable, *spec.arguments],
-                  task_environment(base, spec, slot, rank, self.layout), slot.nodes[rank],
-                  [ids[c] for c in slot.cores[rank]] if self._bind else [])
+        ranks = [Rank([spec.executable, *spec.arguments],
+                      task_environment(base, spec, slot, rank, self.layout), slot.nodes[rank],
+                      [ids[c] for c in slot.cores[rank]] if self._bind else [])
                  for rank in range(spec.ranks)]
-        return (spec.uid, ranks, cwd, os.path.join(cwd, spec.uid + ".out"),
-                os.path.join(cwd, spec.uid + ".err"), spec.timeout,
-                spec.tags.get("pmi") if spec.tags else None)
+        return ExecTask(spec.uid, ranks, cwd, os.path.join(cwd, spec.uid + ".out"),
+                        os.path.join(cwd, spec.uid + ".err"), spec.timeout,
+                        spec.tags.get("pmi") if spec.tags else None)
 
     def _gpu_env(self, task: PlacedTask | DispatchedTask) -> dict[str, str] | None:
         """What a function task's pool worker sets so the task sees its GPUs only."""
@@ -328,7 +350,8 @@ class DragonBackend:
         return {self.layout.gpu_env: ",".join(map(str, placed.slot.rank_gpu_ids(0)))}
 
     def _send_tasks(self, tasks: Sequence[PlacedTask | DispatchedTask]) -> None:
-        calls, execs = [], []
+        calls: list[PoolCall] = []
+        execs: list[ExecTask] = []
         new_functions: dict[str, bytes] = {}
         for placed in tasks:
             spec = placed.spec
@@ -339,26 +362,37 @@ class DragonBackend:
                     new_functions[key] = self.functions[key]
                     self._sent_functions.add(key)
                 worker = placed.worker if isinstance(placed, DispatchedTask) else -1
-                calls.append((spec.uid, key, spec.args_blob, spec.timeout,
-                              self._gpu_env(placed), worker))
+                calls.append(PoolCall(spec.uid, key, spec.args_blob, spec.timeout,
+                                      self._gpu_env(placed), worker))
             else:
                 assert isinstance(placed, PlacedTask)  # executables have slots
                 execs.append(self._exec_message(placed))
         if new_functions:
-            self._send(("functions", new_functions))
+            self._send(Functions(new_functions))
         if calls:
-            self._send(("call", calls))
+            self._send(Calls(calls))
         if execs:
-            self._send(("exec", execs))
+            self._send(Exec(execs))
 
     # ---- from the runtime -------------------------------------------------------------
 
     def _on_message(self) -> None:
         assert self._sock is not None
+        receiver = self.receiver
         while self._sock.poll(0):
-            msg = decode_plain(self._sock.recv())
-            kind = msg[0]
-            if kind == "ready":
+            msg = receiver.decode(self._sock.recv())
+            if type(msg) is Done:
+                for result in msg.results:
+                    self._finish(result)
+            elif type(msg) is Started:
+                if msg.uid in self._tasks:
+                    self._emit(TaskStarted(msg.uid, msg.ts))
+                else:  # ended (canceled) meanwhile
+                    receiver.note_stale()
+            elif type(msg) is Ready:
+                if self._ready:
+                    receiver.drop("a second Ready")
+                    continue
                 self._ready = True
                 self._list_segments()
                 if self.pool is not None and self.processes is not None:
@@ -373,17 +407,17 @@ class DragonBackend:
                 waiting, self._waiting = self._waiting, []
                 if waiting:
                     self._send_tasks(waiting)
-            elif kind == "started" and msg[1] in self._tasks:
-                self._emit(TaskStarted(msg[1], msg[2]))
-            elif kind == "done":
-                for uid, outcome, blob, error, start, stop, code in msg[1]:
-                    self._finish(uid, outcome, blob, error, start, stop, code)
-            elif kind == "requeued":  # in the pool call of a worker that died: again
-                for uid in msg[1]:
+            elif type(msg) is Requeued:  # in the pool call of a worker that died: again
+                for uid in msg.uids:
                     if self._tasks.pop(uid, None) is not None:
                         self._emit(TaskRequeued(uid))
-            elif kind == "exited" and self.processes is not None:
-                self.processes.exited(msg[1], msg[2])
+                    else:
+                        receiver.note_stale()
+            elif type(msg) is Exited:
+                if self.processes is None:
+                    receiver.drop(f"worker {msg.ident} exited, but this runtime runs none")
+                elif not self.processes.exited(msg.ident, msg.exit_code):
+                    receiver.note_stale()
 
     def _list_segments(self) -> None:
         """Write down the runtime's segments: if the agent dies, the client removes them
@@ -393,12 +427,13 @@ class DragonBackend:
             f.write("\n".join(segments_of(self._proc.pid, self._shm_before)))
         os.replace(self._segments_file + ".tmp", self._segments_file)
 
-    def _finish(self, uid: str, outcome: int, blob: bytes | None, error: str | None,
-                start: float | None, stop: float, code: int | None) -> None:
+    def _finish(self, result: Result) -> None:
+        uid, error, code = result.uid, result.error, result.exit_code
         placed = self._tasks.pop(uid, None)
-        if placed is None:
+        if placed is None:  # ended already (the runtime's result of a canceled task)
+            self.receiver.note_stale()
             return
-        state = _STATES[outcome]
+        state = STATES[result.outcome]
         stdout = stderr = None
         if placed.spec.kind == "executable":
             cwd = placed.spec.sandbox or self.sandbox
@@ -407,8 +442,9 @@ class DragonBackend:
             if error is None and state is TaskState.FAILED:
                 error = (f"killed by signal {-code}" if code is not None and code < 0
                          else f"exit code {code}")
-        self._emit(TaskFinished(uid, state, start, stop, exit_code=code, error=error,
-                                result=blob, stdout=stdout, stderr=stderr))
+        self._emit(TaskFinished(uid, state, result.exec_start, result.exec_stop, exit_code=code,
+                                error=error, result=result.result, stdout=stdout,
+                                stderr=stderr))
 
     def _on_exit(self) -> None:
         assert self._reactor is not None and self._pidfd is not None
@@ -438,10 +474,10 @@ class DragonBackend:
             self._waiting = []
             self._emit(PartitionLost(self.name, reason))
 
-    def _send(self, message: Any) -> None:
+    def _send(self, message: ToExecutor) -> None:
         if self._sock is not None and self._dead is None:
             try:
-                self._sock.send(encode_plain(message), zmq.NOBLOCK)
+                self._sock.send(encode(message), zmq.NOBLOCK)
             except zmq.Again:  # no executor on the other end: it is gone
                 self._lost("the Dragon executor stopped taking messages")
 

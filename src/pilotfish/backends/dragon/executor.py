@@ -10,21 +10,12 @@ see backend.py for when). It reports each task's end with its times,
 and exits when told to stop. (The runtime runs in the agent's process session: if the
 agent dies, the client ends that whole session, this runtime included.)
 
-Messages (msgpack tuples), from the agent:
-  ("functions", {key: blob})     pickled functions, each sent once
-  ("call", [(uid, key, args_blob, timeout, env, worker), ...])  env: the GPU variable or
-                                 None; worker: the agent's worker index (-1: one-off)
-  ("exec", [(uid, [(argv, env, node, cpus) per rank], cwd, out_path, err_path, timeout,
-             pmi), ...])                     pmi: None, "cray" or "pmix" (MPI groups)
-  ("worker", ident, argv, env, cwd, log_path, node)   a function worker; output to log
-  ("signal", ident, signum)      to a function worker
-  ("cancel", [uid, ...])         ("stop",)
-to the agent:
-  ("ready", pid)   ("started", uid, ts)
-  ("done", [(uid, outcome, result_blob, error, exec_start, exec_stop, exit_code), ...])
-  ("exited", ident, exit_code)   a function worker ended (exit_code None: never started)
-Outcomes are those of the function workers (backends/functions/worker.py): OK, ERROR,
-CANCELED, TIMEOUT.
+The messages both ways are the tagged structs of protocol.py: from the agent `Functions`,
+`Calls` (for the pool), `Exec`, `StartWorker`, `Signal`, `Cancel`, `Stop`; to the agent
+`Ready`, `Started` (an executable), `Done` (`Result` records, as from a function worker,
+with an executable's exit code), `Requeued` (a dead pool worker's other tasks) and
+`Exited` (a function worker). A message that cannot be decoded is dropped and logged
+(to the runtime's log), never fatal.
 """
 
 from __future__ import annotations
@@ -44,26 +35,37 @@ from typing import Any
 import msgspec
 import zmq
 
-from pilotfish.backends.functions.worker import (
-    CANCELED,
-    ERROR,
-    OK,
-    TIMEOUT,
-    _format,
-    _pickle_exception,
+from pilotfish.backends.dragon.protocol import (
+    Calls,
+    Cancel,
+    Done,
+    Exec,
+    ExecTask,
+    Exited,
+    Functions,
+    Outcome,
+    PoolCall,
+    Rank,
+    Ready,
+    Requeued,
+    Result,
+    Signal,
+    Started,
+    StartWorker,
+    Stop,
+    ToExecutor,
 )
+from pilotfish.backends.functions.calls import failed, returned
 from pilotfish.backends.processes import KILL_GRACE
+from pilotfish.messages import encode
 from pilotfish.proctree import START_TIME, stat_field
+from pilotfish.wire import Receiver
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
 _functions: dict[str, Any] = {}  # per pool worker: unpickled functions by key
 WATCH_INTERVAL = 0.5  # seconds between looks for pool workers that died
 
 
-def call_many(marker: str, blobs: dict[str, bytes],
-              calls: list[tuple[str, bytes | None, dict[str, str] | None]]
-              ) -> list[tuple[Any, ...]]:
+def call_many(marker: str, blobs: dict[str, bytes], calls: list[PoolCall]) -> list[Result]:
     """Run function tasks one after the other in a pool worker: a Dragon pool call costs
     about 2.4 ms of its own (400 no-op calls/s through Pool(2) on 2 CPUs), so the tasks
     the agent fed ahead to one worker in one message go as one call (they would have run
@@ -76,9 +78,9 @@ def call_many(marker: str, blobs: dict[str, bytes],
     results = []
     with open(marker, "wb", buffering=0) as f:
         f.write(_whoami().encode() + b"\n")
-        for key, args_blob, env in calls:
+        for c in calls:
             f.write(b".")
-            results.append(call(key, blobs[key], args_blob, env))
+            results.append(call(c, blobs[c.key]))
     return results
 
 
@@ -101,34 +103,23 @@ def _has_died(marker: str) -> tuple[int, int] | None:
     return int(pid), len(started)
 
 
-def call(key: str, blob: bytes, args_blob: bytes | None,
-         env: dict[str, str] | None) -> tuple[Any, ...]:
-    """Run one function task in a pool worker: (outcome, result, error, start, stop).
+def call(task: PoolCall, blob: bytes) -> Result:
+    """Run one function task (its function pickled in `blob`) in a pool worker.
 
-    `env` holds the task's GPU visibility variable, set for the call's duration."""
+    The task's `env` (its GPU visibility variable) is set for the call's duration."""
     start = time.time()
-    if env:
-        os.environ.update(env)
+    if task.env:
+        os.environ.update(task.env)
     try:
-        fn = _functions.get(key)
+        fn = _functions.get(task.key)
         if fn is None:
-            fn = _functions[key] = pickle.loads(blob)
-        args, kwargs = pickle.loads(args_blob) if args_blob else ((), {})
+            fn = _functions[task.key] = pickle.loads(blob)
+        args, kwargs = pickle.loads(task.args_blob) if task.args_blob else ((), {})
         start = time.time()
         value = fn(*args, **kwargs)
     except BaseException as exc:
-        return (ERROR, _pickle_exception(exc), _format(exc), start, time.time())
-    stop = time.time()
-    try:
-        return (OK, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), None, start, stop)
-    except Exception:
-        import cloudpickle
-
-        try:
-            return (OK, cloudpickle.dumps(value), None, start, stop)
-        except Exception as exc:
-            msg = f"return value of type {type(value).__name__} cannot be serialised: {exc}"
-            return (ERROR, _pickle_exception(TypeError(msg)), msg, start, stop)
+        return failed(task.uid, exc, start, time.time())
+    return returned(task.uid, value, start, time.time())
 
 
 class Executor:
@@ -136,6 +127,7 @@ class Executor:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(address)
+        self.receiver: Receiver[ToExecutor] = Receiver("Dragon executor <- agent", ToExecutor)
         self.pool = mp.Pool(workers) if workers else None
         self.calls_dir = calls_dir  # markers of the pool calls in flight (call_many)
         self.in_flight: dict[str, list[str]] = {}  # marker -> its call's task uids
@@ -144,26 +136,26 @@ class Executor:
         self.workers: dict[str, Any] = {}  # function worker ident -> dragon Process
         self.exits: queue.SimpleQueue[tuple[str, int | None]] = queue.SimpleQueue()
         self.blobs: dict[str, bytes] = {}
-        self.results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()  # results from other threads wake the loop
         self.deadlines: dict[str, tuple[float, float]] = {}  # uid -> when it ends, timeout
         self.calls: set[str] = set()  # functions running in the pool
         self.procs: dict[str, Any] = {}  # running executable uid -> dragon Process
-        self.killed: dict[str, tuple[int, str]] = {}  # uid -> why we killed it
+        self.killed: dict[str, tuple[Outcome, str]] = {}  # uid -> why we killed it
         self.hard_kills: dict[str, float] = {}  # uid -> when SIGKILL follows its SIGTERM
         self.dropped: set[str] = set()  # pool calls already reported: ignore their result
         self.stopping = False
         self.woken = False  # a wake-up byte is in the pipe, unread
         # Processes start on a thread of their own: a Dragon process start takes tens of
         # ms, which would hold back every function result behind it.
-        self.launches: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.launches: queue.SimpleQueue[ExecTask | StartWorker | None] = queue.SimpleQueue()
         self.unlaunched: set[str] = set()  # queued to start; canceled ones leave it early
         self.launching: str | None = None  # the task the launcher thread is starting
         self.launch_lock = threading.Lock()  # over the three above and `procs`
         self.started: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()
         self.hosts = _hostnames()  # a task's node index picks its host (modulo: virtual nodes)
 
-    def _post(self, result: tuple[Any, ...]) -> None:
+    def _post(self, result: Result) -> None:
         self.results.put(result)
         self._wake()
 
@@ -174,7 +166,7 @@ class Executor:
 
     def run(self) -> None:
         threading.Thread(target=self._launch_loop, daemon=True).start()
-        self.sock.send(_encode(("ready", os.getpid())))
+        self.sock.send(encode(Ready(os.getpid())))
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
@@ -186,7 +178,7 @@ class Executor:
                 os.read(self.wake_r, 65536)
                 self.woken = False  # before the results are taken: a later one wakes again
             while self.sock.poll(0):
-                self._handle(_decode(self.sock.recv()))
+                self._handle(self.receiver.decode(self.sock.recv()))
             self._expire()
             if self.in_flight and time.monotonic() >= self.next_watch:
                 self.next_watch = time.monotonic() + WATCH_INTERVAL
@@ -199,51 +191,63 @@ class Executor:
         for proc in [*self.procs.values(), *self.workers.values()]:
             proc.kill()
 
-    def _handle(self, msg: list[Any]) -> None:
-        kind = msg[0]
-        if kind == "functions":
-            self.blobs.update(msg[1])
-        elif kind == "call":
-            self._call(msg[1])
-        elif kind == "exec":
-            for task in msg[1]:
-                self.unlaunched.add(task[0])
-                self.launches.put(("exec", *task))
-        elif kind == "worker":
-            self.launches.put(tuple(msg))
-        elif kind == "signal":
-            worker = self.workers.get(msg[1])
-            if worker is not None:
-                worker.send_signal(msg[2])
-        elif kind == "cancel":
-            for uid in msg[1]:
-                self._kill(uid, CANCELED, "canceled")
-        elif kind == "stop":
+    def _handle(self, msg: ToExecutor | None) -> None:
+        if type(msg) is Calls:
+            self._call(msg.calls)
+        elif type(msg) is Functions:
+            self.blobs.update(msg.blobs)
+        elif type(msg) is Exec:
+            for task in msg.tasks:
+                self.unlaunched.add(task.uid)
+                self.launches.put(task)
+        elif type(msg) is StartWorker:
+            self.launches.put(msg)
+        elif type(msg) is Signal:
+            worker = self.workers.get(msg.ident)
+            if worker is None:  # it has exited
+                self.receiver.note_stale()
+                return
+            try:
+                worker.send_signal(msg.signum)
+            except Exception as exc:  # no such signal, or the process ended meanwhile
+                self.receiver.drop(f"cannot signal worker {msg.ident}: {exc!r}")
+        elif type(msg) is Cancel:
+            for uid in msg.uids:
+                if not self._kill(uid, Outcome.CANCELED, "canceled"):
+                    self.receiver.note_stale()  # it has ended
+        elif type(msg) is Stop:
             self.stopping = True
 
-    def _call(self, calls: list[tuple[Any, ...]]) -> None:
+    def _call(self, calls: list[PoolCall]) -> None:
         """Hand function tasks to the pool: one pool call per agent worker's share."""
-        assert self.pool is not None
+        if self.pool is None:  # the agent runs its own workers here: a call is a mistake
+            self.receiver.drop(f"{len(calls)} calls for a pool this executor does not have")
+            return
         now = time.time()
-        chunks: dict[object, list[tuple[Any, ...]]] = {}
-        for uid, key, args_blob, timeout, env, worker in calls:
-            self.calls.add(uid)
-            if timeout:
-                self.deadlines[uid] = (now + timeout, timeout)
-            group = worker if worker >= 0 else uid  # a one-off: a pool call of its own
-            chunks.setdefault(group, []).append((uid, key, args_blob, env))
+        chunks: dict[object, list[PoolCall]] = {}
+        for c in calls:
+            if c.key not in self.blobs:  # never sent: the agent sends each function first
+                self.receiver.drop(f"a call of function {c.key!r}, which never came")
+                self._post(Result(c.uid, Outcome.ERROR, None, "its function never reached "
+                                  "the Dragon executor", None, now))
+                continue
+            self.calls.add(c.uid)
+            if c.timeout:
+                self.deadlines[c.uid] = (now + c.timeout, c.timeout)
+            group = c.worker if c.worker >= 0 else c.uid  # a one-off: a pool call of its own
+            chunks.setdefault(group, []).append(c)
         for chunk in chunks.values():
-            blobs = {key: self.blobs[key] for _, key, _, _ in chunk}
+            blobs = {c.key: self.blobs[c.key] for c in chunk}
             marker = os.path.join(self.calls_dir, str(self.next_call))
             self.next_call += 1
-            uids = [c[0] for c in chunk]
+            uids = [c.uid for c in chunk]
             self.in_flight[marker] = uids
-            self.pool.apply_async(call_many, (marker, blobs, [c[1:] for c in chunk]),
-                                  callback=functools.partial(self._called, marker, uids))
+            self.pool.apply_async(call_many, (marker, blobs, chunk),
+                                  callback=functools.partial(self._called, marker))
 
-    def _called(self, marker: str, uids: list[str], results: list[tuple[Any, ...]]) -> None:
-        for uid, result in zip(uids, results, strict=True):
-            self.results.put((uid, *result, None))
+    def _called(self, marker: str, results: list[Result]) -> None:
+        for result in results:
+            self.results.put(result)
         self._done_call(marker)
         self._wake()
 
@@ -265,8 +269,8 @@ class Executor:
             self._done_call(marker)
             running = uids[started - 1] if started else None
             if running is not None:
-                self._post((running, ERROR, None, f"the Dragon pool worker running it died "
-                            f"(pid {pid})", None, time.time(), None))
+                self._post(Result(running, Outcome.ERROR, None, f"the Dragon pool worker "
+                                  f"running it died (pid {pid})", None, time.time()))
             others = [uid for uid in uids if uid != running]
             requeued = [uid for uid in others if uid not in self.dropped]
             self.dropped.difference_update(others)
@@ -274,21 +278,20 @@ class Executor:
                 self.calls.discard(uid)
                 self.deadlines.pop(uid, None)
             if requeued:
-                self.sock.send(_encode(("requeued", requeued)))
+                self.sock.send(encode(Requeued(requeued)))
 
     def _launch_loop(self) -> None:
         """The launcher thread: executables and function workers, in order."""
         while (item := self.launches.get()) is not None:
-            if item[0] == "worker":
-                self._start_worker(*item[1:])
+            if isinstance(item, StartWorker):
+                self._start_worker(item)
             else:
-                self._start_process(*item[1:])
+                self._start_process(item)
 
-    def _start_process(self, uid: str, ranks: list[tuple[list[str], dict[str, str], int,
-                                                      list[int]]],
-                       cwd: str, out: str, err: str, timeout: float | None,
-                       pmi: str | None) -> None:
+    def _start_process(self, task: ExecTask) -> None:
         """Start one task: a Dragon Process, one per rank, or (for PMI) a ProcessGroup."""
+        uid, ranks, cwd, out, err, pmi = (task.uid, task.ranks, task.cwd, task.out, task.err,
+                                          task.pmi)
         with self.launch_lock:
             if uid not in self.unlaunched:
                 return  # canceled while it waited
@@ -319,8 +322,8 @@ class Executor:
         except Exception as exc:
             with self.launch_lock:
                 self.launching = None
-            self._post((uid, ERROR, None, f"cannot start the process in Dragon: {exc}",
-                        None, time.time(), None))
+            self._post(Result(uid, Outcome.ERROR, None,
+                              f"cannot start the process in Dragon: {exc}", None, time.time()))
             return
         with self.launch_lock:
             self.launching = None
@@ -328,16 +331,17 @@ class Executor:
             killed = uid in self.killed  # canceled while it started
         if killed:
             self._terminate(uid, proc)
-        elif timeout:
-            self.deadlines[uid] = (start + timeout, timeout)
+        elif task.timeout:
+            self.deadlines[uid] = (start + task.timeout, task.timeout)
         self.started.put((uid, start))
         self._wake()
         threading.Thread(target=self._wait, args=(uid, proc, start), daemon=True).start()
 
-    def _start_worker(self, ident: str, argv: list[str], env: dict[str, str], cwd: str,
-                      log: str, node: int) -> None:
+    def _start_worker(self, worker: StartWorker) -> None:
+        ident, log = worker.ident, worker.log
         try:
-            proc = self._template((argv, env, node, []), cwd, log, log, template=False)
+            rank = Rank(worker.argv, worker.env, worker.node, [])
+            proc = self._template(rank, worker.cwd, log, log, template=False)
             proc.start()
         except Exception as exc:
             with open(log, "a") as f:
@@ -355,14 +359,13 @@ class Executor:
         self.exits.put((ident, code))
         self._wake()
 
-    def _template(self, rank: tuple[list[str], dict[str, str], int, list[int]], cwd: str,
-                  out: str, err: str, template: bool) -> Any:
+    def _template(self, rank: Rank, cwd: str, out: str, err: str, template: bool) -> Any:
         """A Dragon process (or template) for one rank, placed on its node and cores."""
         from dragon.infrastructure.policy import Policy
         from dragon.native.process import Process as DragonProcess
         from dragon.native.process import ProcessTemplate
 
-        argv, env, node, cpus = rank
+        argv, env, node, cpus = rank.argv, rank.env, rank.node, rank.cpus
         # The shell appends the rank's output to the task's files (Dragon's own stdout
         # would go to the launcher's), then becomes the rank.
         shell = ["-c", 'exec "$0" "$@" >>"$PILOTFISH_OUT" 2>>"$PILOTFISH_ERR"', *argv]
@@ -380,13 +383,14 @@ class Executor:
                 proc.join()
                 code = proc.returncode
         except Exception as exc:  # never leave the task running for the agent
-            self.killed.setdefault(uid, (ERROR, f"Dragon failed while it ran: {exc!r}"))
+            self.killed.setdefault(uid, (Outcome.ERROR, f"Dragon failed while it ran: {exc!r}"))
             code = -1
             try:
                 proc.kill()
             except Exception:
                 pass
-        self._post((uid, OK if code == 0 else ERROR, None, None, start, time.time(), code))
+        self._post(Result(uid, Outcome.OK if code == 0 else Outcome.ERROR, None, None, start,
+                          time.time(), code))
         if isinstance(proc, _Ranks) and proc.group is not None:
             try:
                 proc.group.close()  # its tear-down takes ~0.2 s: not part of the task's time
@@ -409,11 +413,12 @@ class Executor:
                     failed = code
                     if running:
                         why = f"a rank failed with exit code {code}; the other ranks were killed"
-                        self.killed.setdefault(uid, (ERROR, why))
+                        self.killed.setdefault(uid, (Outcome.ERROR, why))
                         ranks.kill()
         return failed
 
-    def _kill(self, uid: str, why: int, reason: str) -> None:
+    def _kill(self, uid: str, why: Outcome, reason: str) -> bool:
+        """End a task with this outcome and reason; False if no such task is running."""
         self.deadlines.pop(uid, None)
         with self.launch_lock:
             proc = self.procs.get(uid)
@@ -422,7 +427,7 @@ class Executor:
             if uid == self.launching:
                 self.killed[uid] = (why, reason)  # ended once it has started
         if unlaunched:
-            self._post((uid, why, None, reason, None, time.time(), None))
+            self._post(Result(uid, why, None, reason, None, time.time()))
         elif proc is not None:
             self.killed[uid] = (why, reason)
             self._terminate(uid, proc)
@@ -431,8 +436,10 @@ class Executor:
             # result is dropped when it comes.
             self.calls.discard(uid)
             self.dropped.add(uid)
-            self.sock.send(_encode(("done", [(uid, why, None, reason, None, time.time(),
-                                               None)])))
+            self.sock.send(encode(Done([Result(uid, why, None, reason, None, time.time())])))
+        else:
+            return uid in self.killed  # (starting: ended once it has)
+        return True
 
     def _terminate(self, uid: str, proc: Any) -> None:
         """SIGTERM now, SIGKILL in KILL_GRACE seconds if it has not ended (`_expire`)."""
@@ -443,7 +450,7 @@ class Executor:
         now = time.time()
         for uid, (deadline, timeout) in list(self.deadlines.items()):
             if deadline <= now:
-                self._kill(uid, TIMEOUT, f"timed out after {timeout} s")
+                self._kill(uid, Outcome.TIMEOUT, f"timed out after {timeout} s")
         for uid, when in list(self.hard_kills.items()):
             if when <= now:
                 del self.hard_kills[uid]
@@ -454,30 +461,31 @@ class Executor:
 
     def _send_results(self) -> None:
         while not self.started.empty():
-            self.sock.send(_encode(("started", *self.started.get_nowait())))
+            self.sock.send(encode(Started(*self.started.get_nowait())))
         done = []
         while True:
             try:
-                uid, outcome, blob, error, start, stop, code = self.results.get_nowait()
+                result = self.results.get_nowait()
             except queue.Empty:
                 break
+            uid = result.uid
             if uid in self.dropped:
                 self.dropped.discard(uid)
                 continue
             killed = self.killed.pop(uid, None)
             if killed is not None:
-                outcome, error = killed
+                result = msgspec.structs.replace(result, outcome=killed[0], error=killed[1])
             self.procs.pop(uid, None)
             self.hard_kills.pop(uid, None)
             self.calls.discard(uid)
             self.deadlines.pop(uid, None)
-            done.append((uid, outcome, blob, error, start, stop, code))
+            done.append(result)
         if done:
-            self.sock.send(_encode(("done", done)))
+            self.sock.send(encode(Done(done)))
         while not self.exits.empty():
             ident, code = self.exits.get_nowait()
             self.workers.pop(ident, None)
-            self.sock.send(_encode(("exited", ident, code)))
+            self.sock.send(encode(Exited(ident, code)))
 
 
 class _Ranks:

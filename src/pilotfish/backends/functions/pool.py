@@ -5,6 +5,8 @@ for the pilot's life. A function task that needs its own resources (several core
 GPU) gets a one-off worker started with that slot's environment. If a worker dies, the
 task it was running fails with the reason and the tasks queued behind it are requeued;
 a worker that dies before it ever became ready fails all its tasks (it would again).
+The messages are in protocol.py; one that cannot be decoded is dropped and counted
+(`receiver`), as are results and starts that come too late to matter.
 
 Each worker counts the tasks it has started in a small shared file (8 bytes, mapped in
 memory; `worker.<partition>.<id>.started`, next to its log): when it dies, that count
@@ -29,27 +31,22 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import zmq
 
-from ...messages import TaskSpec, decode_plain, encode_plain
+from ...messages import TaskSpec, encode
 from ...reactor import Reactor, readable
 from ...states import TaskState
+from ...wire import Receiver
 from ..base import BackendEvent, TaskFinished, TaskRequeued, TaskStarted
 from ..processes import signal_group, wait_fd
-from . import worker as worker_module
+from .protocol import STATES, Call, Cancel, Done, FromWorker, Ready, Result, Run, Started, Stop
+from .worker import ANNOUNCER_SUFFIX
 
 WORKER_MODULE = "pilotfish.backends.functions.worker"  # run as `python -m`
 FORCE_GRACE = 5.0  # seconds past a timeout or cancel before a worker is killed
 WATCH_INTERVAL = 1.0
-
-_OUTCOME = {
-    worker_module.OK: TaskState.DONE,
-    worker_module.ERROR: TaskState.FAILED,
-    worker_module.CANCELED: TaskState.CANCELED,
-    worker_module.TIMEOUT: TaskState.FAILED,
-}
 
 
 class WorkerProcesses(Protocol):
@@ -125,7 +122,7 @@ class _Worker:
     ready: bool = False
     outstanding: dict[str, int] = field(default_factory=dict)  # uid -> dispatch index
     dispatched: int = 0
-    unsent: list[tuple[Any, ...]] = field(default_factory=list)
+    unsent: list[Call] = field(default_factory=list)
     known_functions: set[str] = field(default_factory=set)
 
 
@@ -147,6 +144,7 @@ class FunctionPool:
         self._sock.setsockopt(zmq.SNDHWM, 0)
         port = self._sock.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
+        self.receiver: Receiver[FromWorker] = Receiver(f"function pool {name}", FromWorker)
         self._workers: dict[str, _Worker] = {}
         self._task_worker: dict[str, _Worker] = {}
         self._timeouts: dict[str, float] = {}  # of outstanding tasks that have one
@@ -164,20 +162,21 @@ class FunctionPool:
     def dispatch(self, tasks: Sequence[tuple[TaskSpec, str]],
                  env: dict[str, str] | None = None) -> None:
         """Send each (spec, worker ident) to its worker, starting workers as needed."""
-        by_worker: dict[str, list[tuple[Any, ...]]] = {}
-        for spec, ident in tasks:
-            by_worker.setdefault(ident, []).append(
-                (spec.uid, spec.function_key, spec.args_blob, spec.timeout))
+        by_worker: dict[str, list[Call]] = {}
+        for spec, ident in tasks:  # (no per-task check that it has a function: it does)
+            by_worker.setdefault(ident, []).append(Call(
+                spec.uid, spec.function_key, spec.args_blob,  # type: ignore[arg-type]
+                spec.timeout))
         for ident, items in by_worker.items():
             worker = self._workers.get(ident)
             if worker is None:
                 worker = self._spawn(ident, env, one_off=env is not None)
             for item in items:
-                worker.outstanding[item[0]] = worker.dispatched
+                worker.outstanding[item.uid] = worker.dispatched
                 worker.dispatched += 1
-                self._task_worker[item[0]] = worker
-                if item[3]:
-                    self._timeouts[item[0]] = item[3]
+                self._task_worker[item.uid] = worker
+                if item.timeout:
+                    self._timeouts[item.uid] = item.timeout
                     self._watch_soon()
             if worker.ready:
                 self._send_run(worker, items)
@@ -206,50 +205,63 @@ class FunctionPool:
             if ident not in self._workers:
                 self._spawn(ident, None, one_off=False)
 
-    def _send_run(self, worker: _Worker, items: list[tuple[Any, ...]]) -> None:
-        new = {key for _, key, _, _ in items if key not in worker.known_functions}
+    def _send_run(self, worker: _Worker, items: list[Call]) -> None:
+        known = worker.known_functions
+        new = {c.key for c in items if c.key not in known}
         blobs = {key: self.functions[key] for key in new}
-        worker.known_functions |= new
-        self._send(worker, ("run", items, blobs))
+        known |= new
+        self._send(worker, Run(items, blobs))
 
-    def _send(self, worker: _Worker, message: Any) -> None:
+    def _send(self, worker: _Worker, message: Run | Cancel | Stop) -> None:
         try:
-            self._sock.send_multipart([worker.ident.encode(), encode_plain(message)])
+            self._sock.send_multipart([worker.ident.encode(), encode(message)])
         except zmq.ZMQError:
             pass  # the worker is gone: its exit handler deals with its tasks
 
     # ---- hearing back -----------------------------------------------------------------
 
     def _on_message(self) -> None:
+        receiver = self.receiver
         while readable(self._sock):
-            ident_raw, raw = self._sock.recv_multipart()
-            # A worker's announcer thread has a socket of its own.
-            worker = self._workers.get(
-                ident_raw.decode().removesuffix(worker_module.ANNOUNCER_SUFFIX))
-            if worker is None:
+            frames = self._sock.recv_multipart()
+            if len(frames) != 2:  # (a worker's DEALER sends one frame, after its identity)
+                receiver.drop(f"{len(frames) - 1} frames, not 1")
                 continue
-            msg = decode_plain(raw)
-            if msg[0] == "ready":
+            ident_raw, raw = frames
+            msg = receiver.decode(raw)
+            if msg is None:
+                continue
+            # A worker's announcer thread has a socket of its own.
+            ident = ident_raw.decode(errors="replace").removesuffix(ANNOUNCER_SUFFIX)
+            worker = self._workers.get(ident)
+            if worker is None:  # one that exited (its last words), or not one of ours
+                receiver.note_stale()
+            elif type(msg) is Done:
+                self._on_done(worker, msg.results)
+            elif type(msg) is Started:
+                if msg.uid in worker.outstanding:
+                    self._emit(TaskStarted(msg.uid, msg.ts))
+                else:  # its result, sent from the other socket, overtook it
+                    receiver.note_stale()
+            elif type(msg) is Ready:
                 worker.ready = True
                 if worker.unsent:
                     self._send_run(worker, worker.unsent)
                     worker.unsent = []
-            elif msg[0] == "done":
-                self._on_done(worker, msg[1])
-            elif msg[0] == "started" and msg[1] in worker.outstanding:
-                # (Not if its result, sent from the other socket, overtook it.)
-                self._emit(TaskStarted(msg[1], msg[2]))
 
-    def _on_done(self, worker: _Worker, results: list[Any]) -> None:
+    def _on_done(self, worker: _Worker, results: list[Result]) -> None:
         emit = self._emit
-        for uid, outcome, blob, error, exec_start, exec_stop in results:
-            if worker.outstanding.pop(uid, None) is None:
-                continue  # from a worker that died and was replaced: requeued already
-            self._forget(uid)
-            emit(TaskFinished(uid, _OUTCOME[outcome], exec_start, exec_stop,
-                              error=error, result=blob))
-        if worker.one_off and not worker.outstanding:
-            self._send(worker, ("stop",))
+        outstanding = worker.outstanding
+        for r in results:
+            if outstanding.pop(r.uid, None) is None:
+                # From a worker that died and was replaced (requeued already), or forged.
+                self.receiver.note_stale()
+                continue
+            self._forget(r.uid)
+            emit(TaskFinished(r.uid, STATES[r.outcome], r.exec_start, r.exec_stop,
+                              error=r.error, result=r.result))
+        if worker.one_off and not outstanding:
+            self._send(worker, Stop())
 
     def _on_exit(self, worker: _Worker, code: int | None) -> None:
         self._on_message()  # results it sent before it died count
@@ -331,13 +343,13 @@ class FunctionPool:
                 others.append(uid)
                 continue
             if worker.ready:
-                self._send(worker, ("cancel", [uid]))
+                self._send(worker, Cancel([uid]))
                 self.processes.signal(worker.ident, signal.SIGUSR1)
                 self._canceling[uid] = time.monotonic()
                 self._watch_soon()
             else:  # not started yet: it never runs
                 worker.outstanding.pop(uid, None)
-                worker.unsent = [item for item in worker.unsent if item[0] != uid]
+                worker.unsent = [c for c in worker.unsent if c.uid != uid]
                 self._forget(uid)
                 if worker.one_off and not worker.outstanding:
                     self.processes.signal(worker.ident, signal.SIGKILL)
@@ -347,7 +359,7 @@ class FunctionPool:
 
     def stop(self, timeout: float) -> None:
         for worker in self._workers.values():
-            self._send(worker, ("stop",))
+            self._send(worker, Stop())
         self.processes.stop(timeout)
         self._workers.clear()
         self._sock.close(linger=0)

@@ -2,8 +2,9 @@
 
 Started by a backend's function pool (`python -m pilotfish.backends.functions.worker ADDR
 IDENT COUNTER`), it receives batches of tasks over ZeroMQ and sends results back in
-batches, flushing at least every few milliseconds so results do not wait behind long
-tasks.
+batches (the messages are in protocol.py), flushing at least every few milliseconds so
+results do not wait behind long tasks. A message it cannot decode is dropped and logged
+(to its log file), never fatal.
 
 A task still running `ANNOUNCE_AFTER` after it started is announced as RUNNING, with the
 results the worker holds, by a thread with a socket of its own (`_Announcer`): a signal
@@ -25,29 +26,27 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any
 
-import cloudpickle
 import zmq
 
-from ...messages import decode_plain, encode_plain
+from ...messages import encode
 from ...reactor import readable
+from ...wire import Receiver
+from .calls import failed, returned
+from .protocol import Call, Cancel, Done, Outcome, Ready, Result, Run, Started, Stop, ToWorker
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
 CANCEL_MESSAGE_WAIT_MS = 1000
 ANNOUNCE_AFTER = 0.01  # a task still running after this is announced as RUNNING
 ANNOUNCER_SUFFIX = "+announcer"  # the announcer's identity: the worker's, then this
 
-# Outcomes reported per task.
-OK, ERROR, CANCELED, TIMEOUT = 0, 1, 2, 3
-
 
 class _Interrupt(BaseException):
     """Raised inside a task's code by a signal; BaseException so user code rarely eats it."""
 
-    def __init__(self, outcome: int) -> None:
+    def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
 
 
@@ -55,14 +54,15 @@ class FunctionWorker:
     def __init__(self, address: str, ident: str, counter_path: str | None = None) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = _connect(self.ctx, address, ident)
+        self.receiver: Receiver[ToWorker] = Receiver(f"function worker {ident}", ToWorker)
         self.functions: dict[str, Any] = {}
         self.blobs: dict[str, bytes] = {}
-        self.queue: deque[tuple[str, str, bytes | None, float | None]] = deque()
+        self.queue: deque[Call] = deque()
         self.canceled: set[str] = set()
         self.deadline: float | None = None  # of the current task's timeout
         # The running task as (number, uid, start), read by the announcer; None between.
         self.running: tuple[int, str, float] | None = None
-        self._results: list[tuple[Any, ...]] = []  # finished, not yet sent
+        self._results: list[Result] = []  # finished, not yet sent
         self._results_lock = threading.Lock()  # the announcer sends them too
         self.in_task = False
         self.stopping = False
@@ -77,27 +77,26 @@ class FunctionWorker:
     # ---- messages ---------------------------------------------------------------------
 
     def _handle(self, raw: bytes) -> None:
-        msg = decode_plain(raw)
-        kind = msg[0]
-        if kind == "run":
-            self.blobs.update(msg[2])
-            self.queue.extend(msg[1])
-        elif kind == "cancel":
-            self.canceled.update(msg[1])
-        elif kind == "stop":
+        msg = self.receiver.decode(raw)
+        if type(msg) is Run:
+            self.blobs.update(msg.functions)
+            self.queue.extend(msg.calls)
+        elif type(msg) is Cancel:
+            self.canceled.update(msg.uids)
+        elif type(msg) is Stop:
             self.stopping = True
 
     def _drain(self) -> None:
         while readable(self.sock):
             self._handle(self.sock.recv())
 
-    def _hold(self, result: tuple[Any, ...]) -> int:
+    def _hold(self, result: Result) -> int:
         """Keep a finished task's result for the next message; return how many are held."""
         with self._results_lock:
             self._results.append(result)
             return len(self._results)
 
-    def take_results(self) -> list[tuple[Any, ...]]:
+    def take_results(self) -> list[Result]:
         with self._results_lock:
             results, self._results = self._results, []
         return results
@@ -105,7 +104,7 @@ class FunctionWorker:
     def _send_results(self) -> None:
         results = self.take_results()
         if results:
-            self.sock.send(encode_plain(("done", results)))
+            self.sock.send(encode(Done(results)))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self.in_task:
@@ -113,7 +112,7 @@ class FunctionWorker:
         if signum == signal.SIGALRM:
             now = time.time()
             if self.deadline is not None and now >= self.deadline - 0.001:
-                raise _Interrupt(TIMEOUT)
+                raise _Interrupt(Outcome.TIMEOUT)
             if self.deadline is not None:  # early (the clock moved): wait again
                 signal.setitimer(signal.ITIMER_REAL, max(0.001, self.deadline - now))
             return
@@ -123,7 +122,7 @@ class FunctionWorker:
         if self.sock.poll(CANCEL_MESSAGE_WAIT_MS):
             self._drain()
         if self.running is not None and self.running[1] in self.canceled:
-            raise _Interrupt(CANCELED)
+            raise _Interrupt(Outcome.CANCELED)
 
     # ---- running ----------------------------------------------------------------------
 
@@ -133,20 +132,21 @@ class FunctionWorker:
             fn = self.functions[key] = pickle.loads(self.blobs.pop(key))
         return fn
 
-    def _run_one(self, uid: str, key: str, args_blob: bytes | None,
-                 timeout: float | None) -> tuple[Any, ...]:
+    def _run_one(self, call: Call) -> Result:
+        uid, timeout = call.uid, call.timeout
         self.started += 1  # counts every task taken, in dispatch order
         if self.counter is not None:
             self.counter[:8] = self.started.to_bytes(8, "little")
         start = time.time()
         if uid in self.canceled:
             self.canceled.discard(uid)
-            return (uid, CANCELED, None, "canceled before it started", start, start)
+            return Result(uid, Outcome.CANCELED, None, "canceled before it started", start,
+                          start)
         try:
-            fn = self._function(key)
-            args, kwargs = pickle.loads(args_blob) if args_blob else ((), {})
+            fn = self._function(call.key)
+            args, kwargs = pickle.loads(call.args_blob) if call.args_blob else ((), {})
         except Exception as exc:
-            return (uid, ERROR, _pickle_exception(exc), _format(exc), start, time.time())
+            return failed(uid, exc, start, time.time())
         start = time.time()
         self.running = (self.started, uid, start)
         self.deadline = start + timeout if timeout else None
@@ -160,12 +160,12 @@ class FunctionWorker:
         except _Interrupt as intr:
             self.in_task = False
             stop = time.time()
-            reason = f"timed out after {timeout} s" if intr.outcome == TIMEOUT else "canceled"
-            return (uid, intr.outcome, None, reason, start, stop)
+            reason = (f"timed out after {timeout} s" if intr.outcome == Outcome.TIMEOUT
+                      else "canceled")
+            return Result(uid, intr.outcome, None, reason, start, stop)
         except BaseException as exc:
             self.in_task = False
-            stop = time.time()
-            return (uid, ERROR, _pickle_exception(exc), _format(exc), start, stop)
+            return failed(uid, exc, start, time.time())
         finally:
             self.in_task = False
             if timeout:
@@ -173,22 +173,14 @@ class FunctionWorker:
             self.running = None
             self.announcer.task_ended(self.started)
             self.canceled.discard(uid)
-        try:
-            blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            try:
-                blob = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                msg = f"return value of type {type(value).__name__} cannot be serialised: {exc}"
-                return (uid, ERROR, _pickle_exception(TypeError(msg)), msg, start, stop)
-        return (uid, OK, blob, None, start, stop)
+        return returned(uid, value, start, stop)
 
     def run(self) -> None:
         signal.signal(signal.SIGALRM, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.announcer.start()
-        self.sock.send(encode_plain(("ready", os.getpid())))
+        self.sock.send(encode(Ready(os.getpid())))
         parent = os.getppid()
         first_result = 0.0
         while not self.stopping:
@@ -203,10 +195,10 @@ class FunctionWorker:
             if self.queue and not self.announcer.busy.is_set():
                 self.announcer.busy.set()
             while self.queue and not self.stopping:
-                result = self._run_one(*self.queue.popleft())
+                result = self._run_one(self.queue.popleft())
                 if self._hold(result) == 1:
-                    first_result = result[5]
-                elif result[5] - first_result > FLUSH_INTERVAL:
+                    first_result = result.exec_stop
+                elif result.exec_stop - first_result > FLUSH_INTERVAL:
                     self._send_results()
                 if readable(self.sock):
                     self._drain()
@@ -277,8 +269,8 @@ class _Announcer:
             self._announced = number
             results = self.worker.take_results()
             if results:
-                self.sock.send(encode_plain(("done", results)))
-            self.sock.send(encode_plain(("started", uid, start)))
+                self.sock.send(encode(Done(results)))
+            self.sock.send(encode(Started(uid, start)))
             while self.worker.running is running and not self._closing:
                 self._ended.wait(0.1)  # a timeout: the task may end as it is announced
 
@@ -291,27 +283,6 @@ def _connect(ctx: zmq.Context[zmq.Socket[bytes]], address: str,
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.connect(address)
     return sock
-
-
-_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # pilotfish's files
-
-
-def _format(exc: BaseException) -> str:
-    """The traceback as the user wants it: from their code on, not from the worker's."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None and \
-            tb.tb_frame.f_code.co_filename.startswith(_OURS):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
-
-
-def _pickle_exception(exc: BaseException) -> bytes | None:
-    for dumps in (pickle.dumps, cloudpickle.dumps):  # cloudpickle: classes in __main__
-        try:
-            return dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
-    return None
 
 
 def _die_with_parent() -> None:
