@@ -150,6 +150,13 @@ def test_executable_stdout_is_captured(backend: str, session: pf.Session) -> Non
     assert task.stdout == "hello\n" and task.stderr == "oops\n"
 
 
+def test_a_silent_executable_has_empty_output(backend: str, session: pf.Session) -> None:
+    shows(backend, "output")
+    task = session.submit(TD(executable="/bin/true"))
+    assert task.result(timeout=30) == 0
+    assert task.stdout == "" and task.stderr == ""  # strings, as for any executable
+
+
 def test_failing_exit_code_fails_with_it(backend: str, session: pf.Session) -> None:
     shows(backend, "exit_codes")
     task = session.submit(TD(executable="/bin/sh", arguments=["-c", "exit 3"]))
