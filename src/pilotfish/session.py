@@ -40,6 +40,7 @@ from .task import Task
 __version__ = "0.1.0"
 
 _STATES = {s.value: s for s in TaskState}
+_ORDER = {s: i for i, s in enumerate(TaskState)}  # NEW < SUBMITTED < ... < RUNNING < final
 _LIFECYCLE = frozenset(LIFECYCLE)
 _json_encode = msgspec.json.Encoder().encode
 # A function's arguments are journaled with its description up to this size (pickled):
@@ -100,6 +101,8 @@ class Session:
         self._lock = threading.Lock()
         self._updating = threading.Lock()
         self._done = threading.Condition()  # notified whenever tasks reach a final state
+        # ... and on other state changes while someone waits for one (`wait_for`)
+        self._state_waiters = 0
         self._callbacks = CallbackThread()
         self._closed = False
         self._channel = Channel(self._on_message, self._on_lost, self._on_dropped)
@@ -272,6 +275,36 @@ class Session:
         self.journal.check()
         return i == len(pending)
 
+    def wait_for(self, tasks: Iterable[Task], state: TaskState | str,
+                 timeout: float | None = None) -> bool:
+        """Block until every task has reached `state` (is in it or past it: RUNNING has
+        reached SCHEDULED) or is final.
+
+        Returns True when they all have, False if `timeout` seconds passed first. A task
+        that ended without reaching `state` (a queued task canceled, one that failed to
+        launch) counts as arrived: look at its state. Woken by the updates as they arrive,
+        not by polling.
+        """
+        target = _ORDER[TaskState(state)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(tasks)
+        i = 0
+        with self._done:
+            self._state_waiters += 1  # the channel thread now notifies every state change
+            try:
+                while True:
+                    while i < len(pending) and (pending[i].state.final
+                                                or _ORDER[pending[i].state] >= target):
+                        i += 1
+                    if i == len(pending):
+                        return True
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._done.wait(remaining)
+            finally:
+                self._state_waiters -= 1
+
     def as_completed(self, tasks: Iterable[Task], timeout: float | None = None
                      ) -> Iterator[Task]:
         futures: list[concurrent.futures.Future[Any]] = list(tasks)
@@ -407,6 +440,9 @@ class Session:
             if task is not None and task.state is TaskState.NEW:
                 task.state = TaskState.SUBMITTED
                 task.events.append(event)  # journaled with the others when it ends
+        if self._state_waiters:
+            with self._done:
+                self._done.notify_all()
 
     def _apply_updates(self, updates: list[m.TaskUpdate], clock_offset: float = 0.0) -> None:
         # The channel thread applies the agent's updates; a user thread ends tasks of a
@@ -421,6 +457,7 @@ class Session:
         finish_rows: list[tuple[Any, ...]] = []
         live = self._live
         finished = 0
+        moved = False  # a task changed to a state that is not final
         callbacks: list[Task] = []
         for u in updates:
             task = live.get(u.uid)
@@ -446,9 +483,10 @@ class Session:
                     callbacks.append(task)
             else:
                 task.state = state
+                moved = True
         self.journal.add_events(event_rows)
         self.journal.finish_tasks(finish_rows)
-        if finished:
+        if finished or (moved and self._state_waiters):
             with self._done:
                 self._done.notify_all()
         if callbacks:

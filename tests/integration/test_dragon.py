@@ -162,7 +162,9 @@ def test_functions_run_in_pilotfish_workers_inside_dragon(
     napping = session.submit(TD(function=nap, args=(60,)))
     marker = tmp_path / "pid"
     victim = session.submit(TD(function=write_pid_and_nap, args=(str(marker),)))
-    wait_until(lambda: napping.state is pf.TaskState.RUNNING and marker.exists())
+    assert session.wait_for([napping], pf.TaskState.RUNNING, timeout=60)
+    assert napping.state is pf.TaskState.RUNNING
+    wait_until(marker.exists)
     start = time.monotonic()
     napping.cancel()
     os.kill(int(marker.read_text()), signal.SIGKILL)
@@ -203,7 +205,8 @@ def test_cancel_and_timeout_in_dragon(session: pf.Session, functions: str) -> No
         for ranks, tags in ((1, {}), (2, {}), (2, {"pmi": "cray"}))])  # the last: a group
     napping = session.submit(TD(function=nap, args=(60,), timeout=1))
     sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
-    wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
+    assert session.wait_for([sleeper], pf.TaskState.RUNNING, timeout=60)
+    assert sleeper.state is pf.TaskState.RUNNING
     sleeper.cancel()
     assert session.wait(timeout=60)
     assert late.state is pf.TaskState.FAILED and "timed out after 1" in (late.error or "")
@@ -221,7 +224,8 @@ def test_executables_canceled_while_dragon_starts_them_end_canceled(
                                                     partitions=[PS(backend="dragon")]))
     sleepers = session.submit([TD(executable="/bin/sleep", arguments=["60"])
                                for _ in range(16)])
-    wait_until(lambda: any(t.state is pf.TaskState.RUNNING for t in sleepers))
+    assert session.wait_for(sleepers[:1], pf.TaskState.RUNNING, timeout=60)  # started first
+    assert sleepers[0].state is pf.TaskState.RUNNING
     assert sleeping_in(dragon_launcher(pilot))
     for task in sleepers:
         task.cancel()
@@ -256,7 +260,8 @@ def test_a_lost_dragon_partition_fails_or_moves_only_its_tasks(session: pf.Sessi
     movable = session.submit(TD(function=nap_the_first_time, args=(str(marker),), retries=1))
     on_builtin = session.submit(TD(executable="/bin/sleep", arguments=["2"],
                                    partition="builtin"))
-    wait_until(lambda: all(t.state is pf.TaskState.RUNNING for t in on_dragon))
+    assert session.wait_for(on_dragon, pf.TaskState.RUNNING, timeout=60)
+    assert {t.state for t in on_dragon} == {pf.TaskState.RUNNING}
     wait_until(marker.exists)
     os.killpg(dragon_launcher(pilot), signal.SIGKILL)
     for task in on_dragon:
@@ -298,7 +303,7 @@ def test_tasks_waiting_in_a_lost_partitions_queue_move_too(session: pf.Session) 
     # Each takes the whole Dragon node: one runs, the others wait in its queue.
     naps = session.submit([TD(function=nap, args=(0.2,), cores_per_rank=2, retries=1)
                            for _ in range(4)])
-    wait_until(lambda: any(t.state is pf.TaskState.RUNNING for t in naps))
+    assert session.wait_for(naps[:1], pf.TaskState.RUNNING, timeout=60)  # the first runs
     os.killpg(dragon_launcher(pilot), signal.SIGKILL)
     assert [t.result(timeout=60) for t in naps] == [0.2] * 4
     assert {t.partition for t in naps} == {"builtin"}
@@ -331,7 +336,8 @@ def test_a_dead_agents_dragon_runtime_and_segments_are_cleaned_up(
                                                     partitions=[PS(backend="dragon")]))
     assert session.submit(TD(function=square, args=(3,))).result(timeout=90) == 9
     sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
-    wait_until(lambda: sleeper.state is pf.TaskState.RUNNING)
+    assert session.wait_for([sleeper], pf.TaskState.RUNNING, timeout=60)
+    assert sleeper.state is pf.TaskState.RUNNING
     launcher = dragon_launcher(pilot)
     assert set(os.listdir("/dev/shm")) - shm_before  # the runtime's segments
     assert pilot.process is not None

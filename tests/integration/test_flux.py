@@ -11,7 +11,6 @@ single Flux partition attaches to `FLUX_URI` instead).
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 
@@ -49,9 +48,8 @@ def test_cancel_and_timeout_in_flux(session: pf.Session) -> None:
                                             partitions=[PS(backend="flux")]))
     late = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=2))
     sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
-    deadline = time.monotonic() + 60
-    while sleeper.state is not pf.TaskState.RUNNING and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert session.wait_for([sleeper], pf.TaskState.RUNNING, timeout=60)
+    assert sleeper.state is pf.TaskState.RUNNING
     sleeper.cancel()
     assert session.wait(timeout=60)
     assert sleeper.state is pf.TaskState.CANCELED

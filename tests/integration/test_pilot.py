@@ -122,8 +122,9 @@ def test_cancel_queued_and_running(session: pf.Session) -> None:
     running = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
     queued = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
     assert session.wait([running], timeout=0.01) is False
-    while running.state is not TaskState.RUNNING:  # progress updates arrive within 50 ms
-        session.wait([running], timeout=0.05)
+    # progress updates arrive within 50 ms
+    assert session.wait_for([running], TaskState.RUNNING, timeout=30)
+    assert running.state is TaskState.RUNNING
     session.cancel([queued, running])  # one message: the queued one never starts
     assert session.wait(timeout=30)
     assert running.state is queued.state is TaskState.CANCELED
@@ -133,14 +134,35 @@ def test_cancel_queued_and_running(session: pf.Session) -> None:
     assert not running.cancel()  # final states are final
 
 
+def test_wait_for_a_state(session: pf.Session) -> None:
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
+    running, queued = session.submit([TD(executable="/bin/sleep", arguments=["60"])] * 2)
+    assert session.wait_for([running], TaskState.RUNNING, timeout=30)
+    assert running.state is TaskState.RUNNING
+    assert session.wait_for([running], "SCHEDULED", timeout=0)  # a later state counts
+    started = time.monotonic()  # the queued one never runs while the first holds the core
+    assert session.wait_for([running, queued], TaskState.RUNNING, timeout=0.3) is False
+    assert 0.3 <= time.monotonic() - started < 5
+    assert queued.state is TaskState.SUBMITTED
+    queued.cancel()  # it ends without reaching RUNNING: that ends the wait too
+    assert session.wait_for([running, queued], TaskState.RUNNING, timeout=30)
+    assert queued.state is TaskState.CANCELED and "RUNNING" not in dict(queued.events)
+    never = session.submit(TD(executable="/bin/true", cores_per_rank=2))  # fails at once
+    assert session.wait_for([never], TaskState.RUNNING, timeout=30)
+    assert never.state is TaskState.FAILED
+    assert session._state_waiters == 0  # the channel thread notifies only while one waits
+    with pytest.raises(ValueError, match="RUN"):
+        session.wait_for([running], "RUN", timeout=1)
+    running.cancel()
+
+
 def test_function_timeout_and_cancel_keep_the_worker(session: pf.Session) -> None:
     session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
     slow = session.submit(TD(function=sleep_for, args=(60,), timeout=0.5))
     with pytest.raises(pf.TaskFailed, match="timed out"):
         slow.result(timeout=30)
     running = session.submit(TD(function=sleep_for, args=(60,)))
-    while running.state is not TaskState.RUNNING and not running.done():
-        session.wait([running], timeout=0.05)
+    assert session.wait_for([running], TaskState.RUNNING, timeout=30)
     assert running.cancel()
     assert session.wait([running], timeout=30)
     assert running.state is TaskState.CANCELED
@@ -257,8 +279,8 @@ def test_agent_killed_mid_run_fails_every_task(session: pf.Session, tmp_path: Pa
     pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4,
                                                     heartbeat_timeout=5))
     tasks = session.submit([TD(executable="/bin/sleep", arguments=["60"]) for _ in range(8)])
-    while sum(t.state is TaskState.RUNNING for t in tasks) < 4:
-        session.wait(tasks, timeout=0.05)
+    assert session.wait_for(tasks[:4], TaskState.RUNNING, timeout=30)  # the first 4 cores
+    assert [t.state for t in tasks[:4]] == [TaskState.RUNNING] * 4
     running_pids = [t.pid for t in tasks if t.pid]
     assert pilot.process is not None
     started = time.monotonic()
@@ -278,8 +300,7 @@ p = s.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
 t = s.submit(pf.TaskDescription(executable="/bin/sleep", arguments=["60"]))
 f = s.submit(pf.TaskDescription(function=pow, args=(2, 2)))
 f.result(30)
-while t.pid is None:
-    s.wait([t], timeout=0.05)
+assert s.wait_for([t], pf.TaskState.RUNNING, timeout=30) and t.pid is not None
 print(p.process.pid, t.pid, flush=True)
 os._exit(0)
 """
@@ -353,8 +374,8 @@ def test_closing_the_session_cancels_running_tasks(tmp_path: Path) -> None:
     with pf.Session(path=tmp_path) as session:
         session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
         t = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
-        while t.pid is None:
-            session.wait([t], timeout=0.05)
+        assert session.wait_for([t], TaskState.RUNNING, timeout=30)
+        assert t.pid is not None  # the RUNNING update carries it
     assert t.state is TaskState.CANCELED
     assert process_gone(t.pid, 5)
     db = sqlite3.connect(session.path / "session.db")
@@ -435,8 +456,10 @@ def test_a_hung_agent_is_declared_lost_by_heartbeat(session: pf.Session) -> None
     task = session.submit(TD(executable="/bin/sh", arguments=["-c", "echo $$; sleep 60"]))
     sandbox = pilot.sandbox / "tasks"
     assert pilot.process is not None
+    deadline = time.monotonic() + 30
     while not (sandbox / f"{task.uid}.out").exists():  # named once it wrote its pid
-        session.wait([task], timeout=0.05)
+        assert time.monotonic() < deadline, "the task's output file did not appear"
+        assert session.wait([task], timeout=0.05) is False
     task_pid = int((sandbox / f"{task.uid}.out").read_text())
     os.kill(pilot.process.pid, signal.SIGSTOP)  # alive but silent
     started = time.monotonic()
@@ -466,8 +489,9 @@ def test_function_results_do_not_wait_behind_a_long_task(session: pf.Session) ->
     quick, slow = session.submit([TD(function=pow, args=(2, 5)), TD(function=sleep_for,
                                                                     args=(30,))])
     assert quick.result(timeout=10) == 32  # long before the slow one ends
-    while slow.state is not TaskState.RUNNING:  # announced 10 ms into the task
-        assert session.wait([slow], timeout=0.1) is False
+    # announced 10 ms into the task
+    assert session.wait_for([slow], TaskState.RUNNING, timeout=10)
+    assert slow.state is TaskState.RUNNING
     slow.cancel()
     assert session.wait([slow], timeout=10) and slow.state is TaskState.CANCELED
 
@@ -530,6 +554,7 @@ def c_sleep(seconds: int) -> float:
 def test_a_function_blocked_in_c_is_announced_without_a_signal(session: pf.Session) -> None:
     session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))
     task = session.submit(TD(function=c_sleep, args=(2,)))
-    while task.state is not TaskState.RUNNING:  # announced while it sleeps in C
-        assert session.wait([task], timeout=0.1) is False
+    # announced while it sleeps in C
+    assert session.wait_for([task], TaskState.RUNNING, timeout=10)
+    assert task.state is TaskState.RUNNING
     assert task.result(timeout=30) >= 1.9  # the announcement did not cut it short

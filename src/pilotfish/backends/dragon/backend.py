@@ -437,8 +437,8 @@ class DragonBackend:
         stdout = stderr = None
         if placed.spec.kind == "executable":
             cwd = placed.spec.sandbox or self.sandbox
-            stdout, stderr = (read_tail(os.path.join(cwd, uid + suffix))
-                              for suffix in (".out", ".err"))
+            stdout, stderr = (read_tail(os.path.join(cwd, uid + suffix)) or ""
+                              for suffix in (".out", ".err"))  # silent: "", as built-in
             if error is None and state is TaskState.FAILED:
                 error = (f"killed by signal {-code}" if code is not None and code < 0
                          else f"exit code {code}")

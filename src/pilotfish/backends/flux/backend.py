@@ -229,8 +229,8 @@ class FluxBackend:
             if isinstance(outcome, TaskFinished):
                 ids.pop(outcome.uid, None)
                 out, err = self._outputs.pop(outcome.uid, ("", ""))
-                outcome = msgspec.structs.replace(outcome, stdout=read_tail(out),
-                                                  stderr=read_tail(err))
+                outcome = msgspec.structs.replace(outcome, stdout=read_tail(out) or "",
+                                                  stderr=read_tail(err) or "")
             if outcome is not None:
                 self._post(outcome)
 
