@@ -1,5 +1,6 @@
 """Client <-> agent messaging: one I/O thread per session, ZeroMQ, batches, heartbeats.
 
+Every agent's socket is authenticated and encrypted with the session's keys (keys.py).
 User threads never touch a socket: they queue messages and poke a pipe. The channel
 thread sends them (merging queued submits into large batches), receives the agents'
 batched updates and hands them to the session, sends a heartbeat to every agent each
@@ -22,6 +23,7 @@ import zmq
 
 from . import messages as m
 from .gcpause import without_gc
+from .keys import Gatekeeper, Keys
 from .reactor import readable
 from .wire import Receiver
 
@@ -54,7 +56,8 @@ class Channel:
         self,
         on_message: Callable[[str, Any], None],
         on_lost: Callable[[str, str], None],
-        on_dropped: Callable[[str, m.Submit], None],
+        on_dropped: Callable[[str, list[str], str | None], None],
+        keys: Keys,
     ) -> None:
         # All three are called on the channel thread with the pilot's uid and: a decoded
         # message; the reason the agent was lost; a Submit that can no longer be sent.
@@ -62,7 +65,10 @@ class Channel:
         self._on_lost = on_lost
         self._on_dropped = on_dropped
         self._closed = False
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        # A context of our own: its ZAP handler admits only holders of the session's keys.
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.keys = keys
+        self.gatekeeper = Gatekeeper(self._ctx, keys)
         self._links: dict[str, AgentLink] = {}
         self.receiver: Receiver[m.ToClient] = Receiver("client <- agents", m.ToClient)
         self._outbox: deque[tuple[str, Any]] = deque()
@@ -83,6 +89,7 @@ class Channel:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # queue rather than block; sends never wait
+        self.keys.serve(sock)
         port = sock.bind_to_random_port("tcp://127.0.0.1")
         link = AgentLink(pilot, sock, f"tcp://127.0.0.1:{port}", heartbeat_timeout)
         with self._lock:
@@ -129,13 +136,15 @@ class Channel:
             self._closed = True
             for pilot, item in self._outbox:
                 if isinstance(item, m.Submit):
-                    self._on_dropped(pilot, item)
+                    self._on_dropped(pilot, [t.uid for t in item.tasks], None)
             for link in self._links.values():
                 link.socket.close(linger=0)
                 if link.pidfd is not None:
                     os.close(link.pidfd)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            self.gatekeeper.stop()
+            self._ctx.term()
 
     def _loop_once(self) -> None:
         blocked = any(link.unsent and not link.closed for link in self._links.values())
@@ -166,7 +175,7 @@ class Channel:
             link = self._links.get(pilot)
             if link is None or link.closed:
                 if isinstance(item, m.Submit):
-                    self._on_dropped(pilot, item)
+                    self._on_dropped(pilot, [t.uid for t in item.tasks], None)
                 continue
             if isinstance(item, m.Submit):
                 submits.setdefault(pilot, []).append(item)
@@ -207,8 +216,7 @@ class Channel:
                 return
             link.unsent.popleft()
 
-    @staticmethod
-    def _flush_submits(link: AgentLink, batch: list[m.Submit]) -> None:
+    def _flush_submits(self, link: AgentLink, batch: list[m.Submit]) -> None:
         """Send queued submits in large messages, each function only once per agent."""
         if not batch:
             return
@@ -218,7 +226,23 @@ class Channel:
         sent.update(functions)
         for i in range(0, len(tasks), MAX_TASKS_PER_MESSAGE):
             chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
-            Channel._send(link, m.encode(m.Submit(chunk, functions if i == 0 else {})))
+            try:
+                data = m.encode(m.Submit(chunk, functions if i == 0 else {}))
+            except Exception:  # descriptions are checked to encode: a task that still
+                chunk = self._drop_unencodable(link, chunk)  # does not fails alone
+                data = m.encode(m.Submit(chunk, functions if i == 0 else {}))
+            Channel._send(link, data)
+
+    def _drop_unencodable(self, link: AgentLink, tasks: list[m.TaskSpec]) -> list[m.TaskSpec]:
+        """The tasks that encode; each that does not fails with the reason."""
+        good = []
+        for spec in tasks:
+            try:
+                m.encode(spec)
+                good.append(spec)
+            except Exception as exc:
+                self._on_dropped(link.pilot, [spec.uid], f"cannot be sent to the agent: {exc}")
+        return good
 
     @without_gc
     def _receive(self, link: AgentLink) -> None:

@@ -33,6 +33,7 @@ from .description import PilotDescription, TaskDescription
 from .files import DIR_MODE, read_tail
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal
+from .keys import Keys
 from .pilots.local import LocalAgent
 from .states import TaskState, is_stale
 from .task import Task
@@ -105,7 +106,9 @@ class Session:
         self._state_waiters = 0
         self._callbacks = CallbackThread()
         self._closed = False
-        self._channel = Channel(self._on_message, self._on_lost, self._on_dropped)
+        self.keys_file = Keys.generate().save(self.path / "keys")
+        self._channel = Channel(self._on_message, self._on_lost, self._on_dropped,
+                                Keys.load(self.keys_file))
 
     def __enter__(self) -> Session:
         return self
@@ -151,6 +154,7 @@ class Session:
             parent_pid=os.getpid(),
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
             backends=[entry.to_dict() for entry in registry.registered()],
+            keys_file=str(self.keys_file.resolve()),
         )
         pilot.agent = LocalAgent(cfg)
         self._channel.watch_process(uid, pilot.agent.pid)
@@ -211,6 +215,7 @@ class Session:
         tasks: list[Task] = []
         rows = []
         functions: dict[str, bytes] = {}
+        unsendable: dict[str, str] = {}  # uid -> why
         pid = pilot.uid
         with self._lock:
             first = self._seq + 1
@@ -223,13 +228,18 @@ class Session:
                 functions[d.function_key] = d.function_blob
             task = Task(uid, seq, d, pid, self)
             task.events.append(("NEW", now))
-            specs.append(spec)
             tasks.append(task)
             journaled = spec
             if spec.args_blob is not None and len(spec.args_blob) > JOURNAL_ARGS_MAX:
                 journaled = msgspec.structs.replace(spec, args_blob=None)
+            try:
+                description = _json_encode(journaled).decode()
+                specs.append(spec)
+            except Exception as exc:  # descriptions are checked to encode: should one
+                description = "{}"  # still not, it fails alone (below)
+                unsendable[uid] = f"cannot be sent to the agent: {exc}"
             rows.append((seq, uid, pid, d.name, spec.kind, d.ranks * d.cores_per_rank,
-                         d.ranks * d.gpus_per_rank, _json_encode(journaled).decode(), now))
+                         d.ranks * d.gpus_per_rank, description, now))
         if functions:
             self.journal.add_functions(list(functions.items()))
         self.journal.add_tasks(rows)
@@ -237,6 +247,8 @@ class Session:
             for task in tasks:
                 self._live[task.uid] = task
             pilot.outstanding += len(tasks)
+        for uid, why in unsendable.items():
+            self._end_tasks([uid], TaskState.FAILED, why)
         self._channel.send(pilot.uid, m.Submit(specs, functions))
         return tasks
 
@@ -399,11 +411,12 @@ class Session:
             pilot.stats = msg.stats
             self._end_pilot(pilot, "DONE", msg.reason)
 
-    def _on_dropped(self, pilot_uid: str, submit: m.Submit) -> None:
-        """Tasks queued for a pilot that ended before they could be sent: they fail."""
-        pilot = self.pilots[pilot_uid]
-        reason = f"{pilot_uid} ended before the task reached it ({pilot.reason})"
-        self._end_tasks([spec.uid for spec in submit.tasks], TaskState.FAILED, reason)
+    def _on_dropped(self, pilot_uid: str, uids: list[str], reason: str | None) -> None:
+        """Tasks that could not be sent (their pilot ended first, or `reason`) fail."""
+        if reason is None:
+            pilot = self.pilots[pilot_uid]
+            reason = f"{pilot_uid} ended before the task reached it ({pilot.reason})"
+        self._end_tasks(uids, TaskState.FAILED, reason)
 
     def _on_lost(self, pilot_uid: str, reason: str) -> None:
         pilot = self.pilots[pilot_uid]

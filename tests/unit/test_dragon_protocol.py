@@ -37,6 +37,7 @@ from pilotfish.backends.dragon.protocol import (
     Stop,
     ToExecutor,
 )
+from pilotfish.keys import Keys
 from pilotfish.messages import TaskSpec, encode
 from pilotfish.states import TaskState
 from pilotfish.wire import Receiver
@@ -62,6 +63,8 @@ FROM_EXECUTOR: list[Any] = [
     Exited("w0", None),
     Exited("w1", -9),
 ]
+
+KEYS = Keys.generate()  # the session's: the executor and backend speak through them
 
 
 @pytest.mark.parametrize("msg", TO_EXECUTOR, ids=lambda m: type(m).__name__)
@@ -109,6 +112,7 @@ class _FakePool:
 def agent_end() -> Iterator[tuple[zmq.Socket[bytes], str]]:
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 0)
+    KEYS.serve(sock)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     yield sock, f"tcp://127.0.0.1:{port}"
     sock.close(0)
@@ -124,7 +128,7 @@ def test_the_executor_drops_what_it_cannot_use_and_keeps_going(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(executor_module, "_hostnames", lambda: ["localhost"])
     sock, address = agent_end
-    ex = executor_module.Executor(address, 0, str(tmp_path / "calls"))
+    ex = executor_module.Executor(address, 0, str(tmp_path / "calls"), KEYS)
     thread = threading.Thread(target=ex.run, daemon=True)
     thread.start()
     assert isinstance(_recv(sock), Ready)
@@ -159,12 +163,14 @@ def test_the_dragon_backend_drops_and_counts_what_it_cannot_use(
         agent_end: tuple[zmq.Socket[bytes], str], tmp_path: Path) -> None:
     executor_end, address = agent_end
     backend = DragonBackend("dragon", str(tmp_path), base.NodeLayout((0, 1)), {},
-                            str(tmp_path), 1, 1, [], dragon_pool=True)
+                            str(tmp_path), 1, 1, [], str(KEYS.save(tmp_path / "keys")),
+                            dragon_pool=True)
     events: list[base.BackendEvent] = []
     backend._emit = events.append
     backend._ready = True
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 0)
+    KEYS.connect(sock)
     sock.connect(address.replace("127.0.0.1", "localhost"))
     backend._sock = executor_end  # the backend's own end, as if bound in start()
     spec = TaskSpec("t1", "function", function_key="k")

@@ -25,6 +25,7 @@ from pilotfish.backends.functions.protocol import (
     ToWorker,
 )
 from pilotfish.backends.functions.worker import FunctionWorker
+from pilotfish.keys import Keys
 from pilotfish.messages import encode
 from pilotfish.states import TaskState
 from pilotfish.wire import Receiver
@@ -135,9 +136,11 @@ def test_an_exception_that_cannot_be_pickled_is_none() -> None:
 @pytest.fixture
 def worker() -> Iterator[FunctionWorker]:
     ctx = zmq.Context.instance()
+    keys = Keys.generate()
     agent = ctx.socket(zmq.ROUTER)
+    keys.serve(agent)
     port = agent.bind_to_random_port("tcp://127.0.0.1")
-    worker = FunctionWorker(f"tcp://127.0.0.1:{port}", "w0")
+    worker = FunctionWorker(f"tcp://127.0.0.1:{port}", "w0", None, keys)
     yield worker
     worker.sock.close(0)
     worker.announcer.sock.close(0)

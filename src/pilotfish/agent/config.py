@@ -31,6 +31,7 @@ class AgentConfig:
     parent_pid: int | None = None  # exit at once if this process ends (local pilots)
     python_path: list[str] = dataclasses.field(default_factory=list)  # for function workers
     backends: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # registered
+    keys_file: str = ""  # the session's keys (keys.py): never in argv themselves
 
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:

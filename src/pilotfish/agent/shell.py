@@ -29,6 +29,7 @@ from ..backends.base import Backend, BackendEvent, BuildContext
 from ..clock import Clock
 from ..files import private
 from ..gcpause import without_gc
+from ..keys import Gatekeeper, Keys
 from ..partitions import Partition
 from ..reactor import Reactor, readable
 from ..routing import RoutingPolicy
@@ -124,9 +125,13 @@ class Agent:
         sys.path.extend(p for p in cfg.python_path if p and p not in sys.path)
         self.reactor = Reactor()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.keys = Keys.load(cfg.keys_file)
+        # Its backends' sockets (workers, executors) admit only holders of the keys.
+        self.gatekeeper = Gatekeeper(self._ctx, self.keys)
         self.client = self._ctx.socket(zmq.DEALER)
         self.client.setsockopt(zmq.LINGER, 2000)
         self.client.setsockopt(zmq.SNDHWM, 0)  # never block on a slow client: queue
+        self.keys.connect(self.client)
         self.client.connect(cfg.client_address)
         self.from_client: Receiver[m.ToAgent] = Receiver("agent <- client", m.ToAgent)
         self.functions: dict[str, bytes] = {}
@@ -140,7 +145,7 @@ class Agent:
             core_ids=tuple(cfg.core_ids or range(cfg.cores_per_node)), gpu_env=cfg.gpu_env,
             workers_per_node=cfg.workers_per_node, function_workers=cfg.function_workers,
             python_path=cfg.python_path, functions=self.functions, clock=self.clock,
-            partitions=layouts)
+            partitions=layouts, keys=self.keys, keys_file=cfg.keys_file)
         self.backends, setups = build_backends(cfg, context, layouts)
         self.core = AgentCore(setups, _load_router(cfg), clock=self.clock.now)
         self.stats = AgentStats()
@@ -257,6 +262,7 @@ class Agent:
         if self._tell_client:
             self._send(m.Bye(reason, stats))
         self.client.close(linger=2000 if self._tell_client else 0)
+        self.gatekeeper.stop()
 
     def _heartbeat(self) -> None:
         silent = time.monotonic() - self._last_heard

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..clock import Clock
+from ..keys import Keys
 from ..messages import TaskSpec
 from ..partitions import Partition
 from ..reactor import Reactor
@@ -108,6 +109,8 @@ class BuildContext:
     functions: dict[str, bytes]  # pickled functions by key, filled as tasks arrive
     clock: Clock
     partitions: list[Partition]  # all of the pilot's
+    keys: Keys  # the session's: every socket a backend binds or connects uses them
+    keys_file: str  # where processes a backend starts read them (never pass them in argv)
     shared: dict[str, Any] = field(default_factory=dict)  # what partitions may share
 
     def node_layout(self, partition: Partition) -> NodeLayout:

@@ -24,15 +24,17 @@ def build(context: BuildContext, partition: Partition) -> BuiltinBackend:
                           python_path=context.python_path,
                           cores=partition.nodes * context.cores_per_node,
                           prestart=partition.nodes * workers if context.function_workers else 0,
-                          name=partition.name, workers_per_node=workers)
+                          name=partition.name, workers_per_node=workers,
+                          keys_file=context.keys_file)
 
 
 class BuiltinBackend:
     def __init__(self, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, python_path: list[str] | None = None, cores: int = 0,
-                 prestart: int = 0, name: str = "builtin", workers_per_node: int = 1) -> None:
+                 prestart: int = 0, name: str = "builtin", workers_per_node: int = 1,
+                 *, keys_file: str) -> None:
         self.processes = ProcessRunner(sandbox, layout, slots=cores)
-        self.pool = FunctionPool(log_dir, functions, python_path or [], name=name)
+        self.pool = FunctionPool(log_dir, functions, python_path or [], keys_file, name=name)
         self.layout = layout
         self.prestart = prestart  # function workers to start now, not at their first task
         self.workers_per_node = workers_per_node

@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 import zmq
 
 from ...files import read_tail
+from ...keys import Keys
 from ...launchers import task_environment
 from ...messages import TaskSpec, encode
 from ...partitions import Partition
@@ -133,7 +134,7 @@ def build(context: BuildContext, partition: Partition) -> DragonBackend:
         workers = max(1, min(workers, (os.cpu_count() or 1) // partition.nodes))
     return DragonBackend(partition.name, context.task_sandbox, context.node_layout(partition),
                          context.functions, context.sandbox, partition.nodes, workers,
-                         context.python_path, dragon_pool=pool)
+                         context.python_path, context.keys_file, dragon_pool=pool)
 
 
 class DragonProcesses:
@@ -174,8 +175,9 @@ class DragonProcesses:
 class DragonBackend:
     def __init__(self, name: str, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, nodes: int, workers_per_node: int, python_path: list[str],
-                 dragon_pool: bool = False) -> None:
+                 keys_file: str, dragon_pool: bool = False) -> None:
         self.name = name
+        self.keys_file = keys_file  # the executor and the workers connect with these keys
         self.sandbox = sandbox
         self.layout = layout
         self.functions = functions
@@ -188,7 +190,8 @@ class DragonBackend:
         self.pool: FunctionPool | None = None
         if not dragon_pool:
             self.processes = DragonProcesses(self)
-            self.pool = FunctionPool(log_dir, functions, python_path, self.processes, name)
+            self.pool = FunctionPool(log_dir, functions, python_path, keys_file,
+                                     self.processes, name)
         self.python_path = python_path
         self._sent_functions: set[str] = set()
         self._tasks: dict[str, PlacedTask | DispatchedTask] = {}  # sent or waiting, not ended
@@ -218,6 +221,7 @@ class DragonBackend:
             os.makedirs(self._calls_dir, exist_ok=True)
         self._sock = zmq.Context.instance().socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
+        Keys.load(self.keys_file).serve(self._sock)
         port: int = self._sock.bind_to_random_port("tcp://127.0.0.1")
         env = dict(os.environ)
         env.setdefault("DRAGON_DEFAULT_SEG_SZ", str(SEGMENT_BYTES))
@@ -231,7 +235,7 @@ class DragonBackend:
             self._proc = subprocess.Popen(
                 [launcher(), "-s", sys.executable, "-m", EXECUTOR,
                  f"tcp://127.0.0.1:{port}", str(0 if self.pool else self.workers),
-                 self._calls_dir],
+                 self._calls_dir, self.keys_file],
                 stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.sandbox, env=env,
                 process_group=0)
@@ -362,8 +366,11 @@ class DragonBackend:
                     new_functions[key] = self.functions[key]
                     self._sent_functions.add(key)
                 worker = placed.worker if isinstance(placed, DispatchedTask) else -1
-                calls.append(PoolCall(spec.uid, key, spec.args_blob, spec.timeout,
-                                      self._gpu_env(placed), worker))
+                gpu = self._gpu_env(placed)
+                env = {**spec.environment, **gpu} if spec.environment and gpu else (
+                    spec.environment or gpu)
+                calls.append(PoolCall(spec.uid, key, spec.args_blob, spec.timeout, env,
+                                      worker, spec.sandbox))
             else:
                 assert isinstance(placed, PlacedTask)  # executables have slots
                 execs.append(self._exec_message(placed))

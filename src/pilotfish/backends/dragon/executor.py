@@ -1,5 +1,5 @@
 """The executor inside a Dragon runtime:
-`dragon -s PYTHON -m pilotfish.backends.dragon.executor ADDRESS WORKERS CALLS_DIR`.
+`dragon -s PYTHON -m pilotfish.backends.dragon.executor ADDRESS WORKERS CALLS_DIR KEYS_FILE`.
 
 It connects back to the agent's Dragon backend over ZeroMQ and runs what it is sent:
 Python functions in a Dragon `multiprocessing` pool of WORKERS processes (none if 0;
@@ -55,8 +55,9 @@ from pilotfish.backends.dragon.protocol import (
     Stop,
     ToExecutor,
 )
-from pilotfish.backends.functions.calls import failed, returned
+from pilotfish.backends.functions.calls import entered, failed, returned
 from pilotfish.backends.processes import KILL_GRACE
+from pilotfish.keys import Keys
 from pilotfish.messages import encode
 from pilotfish.proctree import START_TIME, stat_field
 from pilotfish.wire import Receiver
@@ -106,11 +107,12 @@ def _has_died(marker: str) -> tuple[int, int] | None:
 def call(task: PoolCall, blob: bytes) -> Result:
     """Run one function task (its function pickled in `blob`) in a pool worker.
 
-    The task's `env` (its GPU visibility variable) is set for the call's duration."""
+    The task's `env` (with its GPU visibility variable) and `cwd` apply while it runs."""
     start = time.time()
-    if task.env:
-        os.environ.update(task.env)
+    leave = None
     try:
+        if task.env or task.cwd:
+            leave = entered(task.env, task.cwd)
         fn = _functions.get(task.key)
         if fn is None:
             fn = _functions[task.key] = pickle.loads(blob)
@@ -119,13 +121,17 @@ def call(task: PoolCall, blob: bytes) -> Result:
         value = fn(*args, **kwargs)
     except BaseException as exc:
         return failed(task.uid, exc, start, time.time())
+    finally:
+        if leave is not None:
+            leave()
     return returned(task.uid, value, start, time.time())
 
 
 class Executor:
-    def __init__(self, address: str, workers: int, calls_dir: str) -> None:
+    def __init__(self, address: str, workers: int, calls_dir: str, keys: Keys) -> None:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        keys.connect(self.sock)
         self.sock.connect(address)
         self.receiver: Receiver[ToExecutor] = Receiver("Dragon executor <- agent", ToExecutor)
         self.pool = mp.Pool(workers) if workers else None
@@ -533,7 +539,8 @@ def main(argv: list[str]) -> None:
     # Run as the importable module, not as __main__, so the pool's workers find `call`.
     from pilotfish.backends.dragon import executor as dragon_executor
 
-    dragon_executor.Executor(argv[0], int(argv[1]), argv[2]).run()
+    address, workers, calls_dir, keys_file = argv
+    dragon_executor.Executor(address, int(workers), calls_dir, Keys.load(keys_file)).run()
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ class PoolCall(msgspec.Struct, array_like=True, frozen=True, gc=False):
     key: str
     args_blob: bytes | None
     timeout: float | None
-    env: dict[str, str] | None  # the GPU visibility variable, set while it runs
+    env: dict[str, str] | None  # the task's and its GPU visibility variable, while it runs
     worker: int  # the agent's worker index: its tasks go as one pool call; -1: a one-off
+    cwd: str | None = None  # the task's sandbox, while it runs
 
 
 class Rank(msgspec.Struct, array_like=True, frozen=True):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -56,3 +57,25 @@ def returned(uid: str, value: Any, start: float, stop: float) -> Result:
     except Exception as exc:
         msg = f"return value of type {type(value).__name__} cannot be serialised: {exc}"
         return Result(uid, _ERROR, pickle_exception(TypeError(msg)), msg, start, stop)
+
+
+def entered(env: dict[str, str] | None, cwd: str | None) -> Callable[[], None]:
+    """Set a task's environment and working directory; return what puts them back."""
+    saved = {k: os.environ.get(k) for k in env or ()}
+    old_cwd = os.getcwd() if cwd else None
+    if cwd:
+        os.makedirs(cwd, exist_ok=True)
+        os.chdir(cwd)
+    if env:
+        os.environ.update(env)
+
+    def leave() -> None:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if old_cwd is not None:
+            os.chdir(old_cwd)
+
+    return leave

@@ -3,14 +3,16 @@
 Workers are started lazily, the first time the scheduler dispatches to one, and kept
 for the pilot's life. A function task that needs its own resources (several cores, a
 GPU) gets a one-off worker started with that slot's environment. If a worker dies, the
-task it was running fails with the reason and the tasks queued behind it are requeued;
-a worker that dies before it ever became ready fails all its tasks (it would again).
+task it was running is lost (it runs again if its `retries` allow, else it fails with
+the reason) and the tasks queued behind it are requeued. So are the tasks of a worker
+that dies before it became ready, unless `MAX_FAILED_STARTS` workers in a row did (a
+broken environment: they would again): then they fail with the reason.
 The messages are in protocol.py; one that cannot be decoded is dropped and counted
 (`receiver`), as are results and starts that come too late to matter.
 
 Each worker counts the tasks it has started in a small shared file (8 bytes, mapped in
 memory; `worker.<partition>.<id>.started`, next to its log): when it dies, that count
-names the task that was running, which fails; the others it held go back to the queue,
+names the task that was running, which is lost; the others it held go back to the queue,
 including any that finished in the last milliseconds without their result reaching the
 agent (they run again).
 
@@ -35,16 +37,18 @@ from typing import Protocol
 
 import zmq
 
+from ...keys import Keys
 from ...messages import TaskSpec, encode
 from ...reactor import Reactor, readable
 from ...states import TaskState
 from ...wire import Receiver
-from ..base import BackendEvent, TaskFinished, TaskRequeued, TaskStarted
+from ..base import BackendEvent, TaskFinished, TaskLost, TaskRequeued, TaskStarted
 from ..processes import signal_group, wait_fd
 from .protocol import STATES, Call, Cancel, Done, FromWorker, Ready, Result, Run, Started, Stop
 from .worker import ANNOUNCER_SUFFIX
 
 WORKER_MODULE = "pilotfish.backends.functions.worker"  # run as `python -m`
+MAX_FAILED_STARTS = 3  # workers in a row that die before ready: their tasks fail
 FORCE_GRACE = 5.0  # seconds past a timeout or cancel before a worker is killed
 WATCH_INTERVAL = 1.0
 
@@ -128,8 +132,10 @@ class _Worker:
 
 class FunctionPool:
     def __init__(self, sandbox: str, functions: dict[str, bytes], python_path: list[str],
-                 processes: WorkerProcesses | None = None, name: str = "builtin") -> None:
+                 keys_file: str, processes: WorkerProcesses | None = None,
+                 name: str = "builtin") -> None:
         self.sandbox = sandbox
+        self.keys_file = keys_file  # workers read the session's keys there
         self.name = name  # the partition's: its workers' files are its own
         self.processes = processes or LocalProcesses()
         # Workers import functions pickled by reference from the client's own modules.
@@ -142,6 +148,7 @@ class FunctionPool:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.setsockopt(zmq.SNDHWM, 0)
+        Keys.load(keys_file).serve(self._sock)  # only the session's own processes get in
         port = self._sock.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
         self.receiver: Receiver[FromWorker] = Receiver(f"function pool {name}", FromWorker)
@@ -150,6 +157,7 @@ class FunctionPool:
         self._timeouts: dict[str, float] = {}  # of outstanding tasks that have one
         self._canceling: dict[str, float] = {}  # cancel sent (monotonic time), not ended
         self._watching = False
+        self._failed_starts = 0  # workers in a row that died before they were ready
         self._reactor: Reactor | None = None
         self._emit: Callable[[BackendEvent], None] = lambda e: None
 
@@ -166,7 +174,7 @@ class FunctionPool:
         for spec, ident in tasks:  # (no per-task check that it has a function: it does)
             by_worker.setdefault(ident, []).append(Call(
                 spec.uid, spec.function_key, spec.args_blob,  # type: ignore[arg-type]
-                spec.timeout))
+                spec.timeout, spec.environment or None, spec.sandbox))
         for ident, items in by_worker.items():
             worker = self._workers.get(ident)
             if worker is None:
@@ -194,7 +202,8 @@ class FunctionPool:
         self._workers[ident] = worker
         self.processes.start(
             self._reactor, ident,
-            [sys.executable, "-m", WORKER_MODULE, self.address, ident, counter],
+            [sys.executable, "-m", WORKER_MODULE, self.address, ident, counter,
+             self.keys_file],
             {**self._env, **(env or {})}, self.sandbox, log,
             lambda code: self._on_exit(worker, code))
         return worker
@@ -245,6 +254,7 @@ class FunctionPool:
                     receiver.note_stale()
             elif type(msg) is Ready:
                 worker.ready = True
+                self._failed_starts = 0
                 if worker.unsent:
                     self._send_run(worker, worker.unsent)
                     worker.unsent = []
@@ -276,9 +286,17 @@ class FunctionPool:
         for uid in uids:
             self._forget(uid)
         if not worker.ready:
-            reason = f"function worker could not start ({how}); see {worker.log}"
-            for uid in uids:
-                self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=reason))
+            # Killed while it started, its tasks go back to be placed again; but workers
+            # that cannot start at all (a broken environment) would fail again and again.
+            self._failed_starts += 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                reason = (f"function workers could not start ({how}; {self._failed_starts} "
+                          f"in a row); see {worker.log}")
+                for uid in uids:
+                    self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=reason))
+            else:
+                for uid in uids:
+                    self._emit(TaskRequeued(uid))
             return
         running = started - 1
         for uid in uids:
@@ -286,9 +304,9 @@ class FunctionPool:
                 state, why = worker.forced[uid]
                 self._emit(TaskFinished(uid, state, None, now, error=f"{why}: its function "
                                         "worker was killed"))
-            elif worker.outstanding[uid] == running:
-                self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=f"function "
-                                        f"worker died ({how}) while running this task"))
+            elif worker.outstanding[uid] == running:  # runs again only if its retries allow
+                self._emit(TaskLost(uid, f"function worker died ({how}) while running this "
+                                         "task"))
             else:
                 self._emit(TaskRequeued(uid))
 

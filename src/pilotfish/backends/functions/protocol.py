@@ -36,12 +36,15 @@ STATES: dict[Outcome, TaskState] = {
 
 
 class Call(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """A function task: call the function `key` with the pickled (args, kwargs)."""
+    """A function task: call the function `key` with the pickled (args, kwargs), with
+    `env` set in `os.environ` and in the directory `cwd` (made if need be) while it runs."""
 
     uid: str
     key: str
     args_blob: bytes | None
     timeout: float | None
+    env: dict[str, str] | None = None
+    cwd: str | None = None
 
 
 class Result(msgspec.Struct, array_like=True, frozen=True, gc=False):

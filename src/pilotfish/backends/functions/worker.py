@@ -1,8 +1,9 @@
 """A persistent function worker: runs Python function tasks one at a time, in order.
 
-Started by a backend's function pool (`python -m pilotfish.backends.functions.worker ADDR
-IDENT COUNTER`), it receives batches of tasks over ZeroMQ and sends results back in
-batches (the messages are in protocol.py), flushing at least every few milliseconds so
+Started by a backend's function pool (`python -m pilotfish.backends.functions.worker
+ADDRESS IDENT COUNTER KEYS_FILE`), it connects with the session's keys (keys.py), receives
+batches of tasks over ZeroMQ and sends results back in batches (the messages are in
+protocol.py), flushing at least every few milliseconds so
 results do not wait behind long tasks. A message it cannot decode is dropped and logged
 (to its log file), never fatal.
 
@@ -31,10 +32,11 @@ from typing import Any
 
 import zmq
 
+from ...keys import Keys
 from ...messages import encode
 from ...reactor import readable
 from ...wire import Receiver
-from .calls import failed, returned
+from .calls import entered, failed, returned
 from .protocol import Call, Cancel, Done, Outcome, Ready, Result, Run, Started, Stop, ToWorker
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
@@ -51,9 +53,10 @@ class _Interrupt(BaseException):
 
 
 class FunctionWorker:
-    def __init__(self, address: str, ident: str, counter_path: str | None = None) -> None:
+    def __init__(self, address: str, ident: str, counter_path: str | None, keys: Keys) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.sock = _connect(self.ctx, address, ident)
+        self.keys = keys
+        self.sock = _connect(self.ctx, address, ident, keys)
         self.receiver: Receiver[ToWorker] = Receiver(f"function worker {ident}", ToWorker)
         self.functions: dict[str, Any] = {}
         self.blobs: dict[str, bytes] = {}
@@ -145,6 +148,7 @@ class FunctionWorker:
         try:
             fn = self._function(call.key)
             args, kwargs = pickle.loads(call.args_blob) if call.args_blob else ((), {})
+            leave = entered(call.env, call.cwd) if call.env or call.cwd else None
         except Exception as exc:
             return failed(uid, exc, start, time.time())
         start = time.time()
@@ -170,6 +174,8 @@ class FunctionWorker:
             self.in_task = False
             if timeout:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+            if leave is not None:
+                leave()
             self.running = None
             self.announcer.task_ended(self.started)
             self.canceled.discard(uid)
@@ -223,7 +229,7 @@ class _Announcer:
 
     def __init__(self, worker: FunctionWorker, address: str, ident: str) -> None:
         self.worker = worker
-        self.sock = _connect(worker.ctx, address, ident + ANNOUNCER_SUFFIX)
+        self.sock = _connect(worker.ctx, address, ident + ANNOUNCER_SUFFIX, worker.keys)
         self.busy = threading.Event()
         self._ended = threading.Event()
         self._announced = -1  # number of the task announced last
@@ -275,12 +281,13 @@ class _Announcer:
                 self._ended.wait(0.1)  # a timeout: the task may end as it is announced
 
 
-def _connect(ctx: zmq.Context[zmq.Socket[bytes]], address: str,
-             ident: str) -> zmq.Socket[bytes]:
+def _connect(ctx: zmq.Context[zmq.Socket[bytes]], address: str, ident: str,
+             keys: Keys) -> zmq.Socket[bytes]:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, ident.encode())
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.SNDHWM, 0)
+    keys.connect(sock)
     sock.connect(address)
     return sock
 
@@ -302,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent()
     if os.getppid() != parent:
         return  # the agent died before we asked to follow it
-    worker = FunctionWorker(args[0], args[1], args[2] if len(args) > 2 else None)
+    address, ident, counter, keys_file = args
+    worker = FunctionWorker(address, ident, counter, Keys.load(keys_file))
     try:
         worker.run()
     finally:
