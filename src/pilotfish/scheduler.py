@@ -294,7 +294,7 @@ class Scheduler:
         assert res is not None
         req = res.request
         group = self.alloc.groups.get(req.colocate) if req.colocate is not None else None
-        if group is not None and not set(group) <= set(res.nodes):
+        if group is not None and not set(res.nodes) <= set(group):
             # Its colocate group was bound to other nodes while these drained: they are
             # of no use to it; it will get a reservation on its group's nodes instead.
             self.alloc.undrain(res.nodes)

@@ -459,3 +459,19 @@ def test_the_model_catches_a_double_booked_core() -> None:
         assert "given twice" in str(exc)
     else:
         raise AssertionError("a core given twice went unnoticed")
+
+
+def test_a_reservation_on_part_of_its_colocate_group_holds() -> None:
+    """Found by these sequences: a task of a colocate group of two nodes needing one got
+    its reservation on one of them, which was dropped at the next pass (as if the group
+    had moved off those nodes) and made again after other work had landed there: the
+    drained node kept taking other tasks, and the waiting one could starve."""
+    small = (1, 1, 0.0, 0, 0, (None, None), False, 0)
+    ops: list = [("submit", [small]), ("submit", [small]),
+                 ("submit", [(1, 1, 0.25, 0, 0, (None, None), False, 0)]),
+                 ("submit", [(2, 1, 0.0, 1, 0, ("a", None), False, 0)]),  # group a: 2 nodes
+                 ("submit", [(1, 1, 0.0, 0, 0, ("a", "x"), False, 0), small]),
+                 ("wait", 11.0),  # the exclusive one waited: it gets a reservation
+                 ("submit", [(1, 1, 0.0, 0, 0, (None, None), True, 0)]),
+                 ("requeue", [124])]  # a function's lease freed on the drained node
+    run(Pilot(2, 4, 0, 4096, 1), ops)
