@@ -58,12 +58,14 @@ class Channel:
         on_lost: Callable[[str, str], None],
         on_dropped: Callable[[str, list[str], str | None], None],
         keys: Keys,
+        acked: Callable[[str], int] = lambda pilot: 0,
     ) -> None:
         # All three are called on the channel thread with the pilot's uid and: a decoded
         # message; the reason the agent was lost; a Submit that can no longer be sent.
         self._on_message = on_message
         self._on_lost = on_lost
         self._on_dropped = on_dropped
+        self._acked = acked  # a pilot's last update batch the session holds (heartbeats say)
         self._closed = False
         # A context of our own: its ZAP handler admits only holders of the session's keys.
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -96,6 +98,10 @@ class Channel:
             self._links[pilot] = link
         self._post(pilot, ("open", None))
         return link.address
+
+    def close_link(self, pilot: str) -> None:
+        """Stop listening for this pilot's agent (its pilot ended without it)."""
+        self._post(pilot, ("close", None))
 
     def watch_process(self, pilot: str, pid: int) -> None:
         """Declare the agent lost as soon as this local process exits."""
@@ -183,6 +189,8 @@ class Channel:
             self._flush_submits(link, submits.pop(pilot, []))  # keep the order per pilot
             if isinstance(item, tuple) and item[0] == "open":
                 self._poller.register(link.socket, zmq.POLLIN)
+            elif isinstance(item, tuple) and item[0] == "close":
+                self._close_link(link)
             elif isinstance(item, tuple) and item[0] == "watch":
                 try:
                     link.pidfd = os.pidfd_open(item[1])
@@ -271,13 +279,15 @@ class Channel:
                 continue
             if link.hello is not None and now - link.last_sent >= HEARTBEAT_INTERVAL:
                 link.last_sent = now
-                self._send(link, m.encode(m.Heartbeat(time.time())))
+                self._send(link, m.encode(m.Heartbeat(time.time(), self._acked(link.pilot))))
 
     def _lose(self, link: AgentLink, reason: str) -> None:
         self._close_link(link)
         self._on_lost(link.pilot, f"agent lost: {reason}")
 
     def _close_link(self, link: AgentLink) -> None:
+        if link.closed:
+            return
         link.closed = True
         self._poller.unregister(link.socket)
         if link.pidfd is not None:

@@ -53,7 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
         for t in tasks:
             if t.state is TaskState.FAILED:
-                print(f"first failure: {t.uid} ({t.description.name}): {t.error}")
+                name = t.description.name if t.description else None
+                print(f"first failure: {t.uid} ({name}): {t.error}")
                 break
         print(session.metrics(by="partition" if partitions else None))
         print(f"report: pilotfish report {session.path}")

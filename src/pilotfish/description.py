@@ -357,7 +357,8 @@ class PilotDescription:
     `reserve_after` is how long (seconds) a task passed over by smaller ones waits before
     nodes are drained for it (see scheduler.py). `routing` picks each task's partition
     (default: `routing.RoutingPolicy()`; a subclass changes the rules; it is pickled to
-    the agent and runs there).
+    the agent and runs there). `detach_grace` is how long (seconds) the pilot runs on
+    when its client disappears, waiting for a new one (`Session.attach`); 0: it stops.
     """
 
     platform: str = "local"
@@ -372,6 +373,7 @@ class PilotDescription:
     reserve_after: float = 30.0
     partitions: Sequence[PartitionSpec] = ()
     routing: RoutingPolicy | None = None
+    detach_grace: float = 0.0
 
     def __post_init__(self) -> None:
         owner = "PilotDescription"
@@ -379,6 +381,7 @@ class PilotDescription:
             raise InvalidDescription(owner, "backend", f"unknown backend {self.backend!r}; "
                                      f"known: {', '.join(registry.names())}")
         _check_seconds(owner, "reserve_after", self.reserve_after, zero_ok=True)
+        _check_seconds(owner, "detach_grace", self.detach_grace, zero_ok=True)
         if not isinstance(self.platform, str):
             raise TypeError(f"{owner}.platform must be a str, got {self.platform!r}")
         try:

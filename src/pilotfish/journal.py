@@ -73,6 +73,15 @@ _STOP = object()
 log = logging.getLogger(__name__)
 
 
+class _Mark:
+    """A `mark` in the writer's queue."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: str, value: int) -> None:
+        self.key, self.value = key, value
+
+
 class JournalError(RuntimeError):
     """Writes to the session's journal failed: what it holds is incomplete (the reason and
     how many writes were lost are in the message)."""
@@ -89,6 +98,7 @@ class Journal:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._error: BaseException | None = None  # the first failure not yet reported
         self.lost = 0  # writes (statements x rows) that failed and are not in the file
+        self.committed: dict[str, int] = {}  # marks (`mark`) that the file holds
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -141,6 +151,12 @@ class Journal:
     def add_functions(self, items: Iterable[tuple[str, bytes]]) -> None:
         self.write("INSERT OR IGNORE INTO functions VALUES (?, ?)", list(items))
 
+    def mark(self, key: str, value: int) -> None:
+        """Set `committed[key] = value` once everything written before is in the file (or
+        lost with a failed write, which is reported): e.g. the last update batch of a
+        pilot that the journal holds, which the agent may then forget."""
+        self._queue.put(_Mark(key, value))
+
     # ---- control ----------------------------------------------------------------------
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -187,6 +203,9 @@ class Journal:
                 for op in writes:
                     if not self._commit([op]):
                         self.lost += len(op[1])
+            for op in batch:
+                if type(op) is _Mark:
+                    self.committed[op.key] = op.value
             for waiter in waiters:
                 waiter.set()
 

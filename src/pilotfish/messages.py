@@ -52,6 +52,7 @@ class Cancel(msgspec.Struct, array_like=True, tag=True):
 
 class Heartbeat(msgspec.Struct, array_like=True, tag=True):
     ts: float
+    acked: int = 0  # from a client: the last `Updates.seq` its journal holds
 
 
 class Shutdown(msgspec.Struct, array_like=True, tag=True):
@@ -99,6 +100,15 @@ class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
 class Updates(msgspec.Struct, array_like=True, tag=True):
     updates: list[TaskUpdate]
     clock_offset: float = 0.0  # the agent's clock minus the wall clock (simulated pilots)
+    seq: int = 0  # numbered from 1 where the agent keeps them until acknowledged
+
+
+class Attach(msgspec.Struct, array_like=True, tag=True):
+    """To an agent whose client ended (on its attach socket): a new client listens at
+    `address`; connect there and resend what it may have missed."""
+
+    address: str
+    client_pid: int | None = None  # on the agent's host: watched, as the first client's
 
 
 class Bye(msgspec.Struct, array_like=True, tag=True):

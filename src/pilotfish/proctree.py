@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 
 # Fields of /proc/PID/stat, counted after the command name.
@@ -52,3 +53,9 @@ def stat_field(pid: int, field: int) -> int | None:
     except OSError:
         return None
     return int(fields[field]) if fields[0] not in (b"Z", b"X") else None
+
+
+def wait_fd(fd: int, timeout: float) -> bool:
+    """Wait until a pidfd is readable (its process exited), up to `timeout` seconds."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    return bool(ready)

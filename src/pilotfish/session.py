@@ -11,6 +11,7 @@ import base64
 import concurrent.futures
 import datetime
 import itertools
+import json
 import os
 import queue
 import secrets
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, overload
 
 import msgspec
+import zmq
 
 from . import messages as m
 from .agent.config import AgentConfig
@@ -32,8 +34,9 @@ from .channel import Channel
 from .description import PilotDescription, TaskDescription
 from .files import DIR_MODE, read_tail
 from .gcpause import without_gc
-from .journal import LIFECYCLE, Journal
+from .journal import LIFECYCLE, Journal, connect_readonly
 from .keys import Keys
+from .partitions import PartitionSpec
 from .pilots.local import LocalAgent
 from .states import TaskState, is_stale
 from .task import Task
@@ -63,6 +66,7 @@ class Pilot:
         self.stopped = threading.Event()
         self.outstanding = 0  # tasks submitted to it and not final yet
         self.stats: dict[str, float] = {}  # what its agent's work cost (when it ended)
+        self.agent_pid: int | None = None  # as its agent said hello
         assert description.cores_per_node is not None
         self.cores = description.nodes * description.cores_per_node
 
@@ -93,9 +97,14 @@ class Session:
         self.path = Path(path if path is not None else "pilotfish-sessions") / self.uid
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.mkdir(mode=DIR_MODE)  # the owner's only: tasks' environments are in it
-        self.journal = Journal(self.path / "session.db")
+        self._open(Keys.generate().save(self.path / "keys"))
         self.journal.set_session(uid=self.uid, created=time.time(), version=__version__)
+
+    def _open(self, keys_file: Path) -> None:
+        """What a new and an attached session both start with."""
+        self.journal = Journal(self.path / "session.db")
         self.pilots: dict[str, Pilot] = {}
+        self.attached: list[Task] = []  # unfinished tasks an attach found (`attach`)
         self.stale_updates = 0  # repeated or out-of-date updates dropped
         self._live: dict[str, Task] = {}  # tasks not final yet
         self._seq = 0
@@ -106,9 +115,77 @@ class Session:
         self._state_waiters = 0
         self._callbacks = CallbackThread()
         self._closed = False
-        self.keys_file = Keys.generate().save(self.path / "keys")
+        self.keys_file = keys_file
         self._channel = Channel(self._on_message, self._on_lost, self._on_dropped,
-                                Keys.load(self.keys_file))
+                                Keys.load(self.keys_file),
+                                acked=lambda pilot: self.journal.committed.get(pilot, 0))
+
+    @classmethod
+    def attach(cls, path: str | os.PathLike[str], timeout: float = 30.0) -> Session:
+        """Take over a session whose client ended while its pilots ran on
+        (`PilotDescription(detach_grace=...)`).
+
+        Each of its pilots still waiting for a client reconnects to this one and reports
+        what happened meanwhile: tasks that ended, with their results, and the state of
+        the others, which are followed to their end (`session.attached` lists them; no
+        task runs twice). Pilots that did not wait, or do not answer within `timeout`
+        seconds, are ended in the journal, and their unfinished tasks fail with the
+        reason. The journal is brought up to date as the updates come in.
+        """
+        session = cls.__new__(cls)
+        session.path = Path(path)
+        keys = session.path / "keys"
+        if not (session.path / "session.db").is_file() or not keys.is_file():
+            raise FileNotFoundError(f"no pilotfish session at {session.path} (a session "
+                                    "directory holds session.db and keys)")
+        session.uid = session.path.name
+        pilots, tasks, last = _unfinished(session.path)
+        session._open(keys)
+        session._seq = last
+        for uid, recorded, state in pilots:
+            pilot = session.pilots[uid] = Pilot(uid, _pilot_description(recorded),
+                                                session.path / uid)
+            pilot.state = state
+            if state not in ("STARTING", "ACTIVE"):
+                pilot.ready.set()
+                pilot.stopped.set()
+        with session._done:
+            for seq, uid, pilot_uid, kind in tasks:
+                task = Task(uid, seq, None, pilot_uid, session, kind)
+                session._live[uid] = task
+                session.attached.append(task)
+                session.pilots[pilot_uid].outstanding += 1
+        for pilot in session.pilots.values():
+            if not pilot.stopped.is_set():
+                session._reattach(pilot, timeout)
+        return session
+
+    def _reattach(self, pilot: Pilot, timeout: float) -> None:
+        """Ask a pilot's agent to report to this client; end it if it cannot."""
+        pilot.state, pilot.ready = "STARTING", threading.Event()
+        door = pilot.sandbox / "agent.address"
+        if not door.is_file():
+            self._end_pilot(pilot, "FAILED", "its client ended, and it did not wait for "
+                            "another (detach_grace was 0) or stopped waiting")
+            return
+        address = self._channel.open(pilot.uid, pilot.description.heartbeat_timeout)
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            knock = ctx.socket(zmq.DEALER)
+            Keys.load(self.keys_file).connect(knock)
+            knock.connect(door.read_text().strip())
+            knock.send(m.encode(m.Attach(address, os.getpid())))
+            knock.close(linger=int(timeout * 1000))
+        finally:
+            ctx.term()
+        if not pilot.ready.wait(timeout) or not pilot.active or pilot.agent_pid is None:
+            self._channel.close_link(pilot.uid)
+            self._end_pilot(pilot, "FAILED", f"its agent did not answer within {timeout:g} "
+                            "s (it had stopped waiting for a client, or is gone)")
+            return
+        pilot.agent = LocalAgent.adopt(pilot.agent_pid, pilot.sandbox, any(
+            p.backend == "dragon" for p in pilot.description.layout))
+        self._channel.watch_process(pilot.uid, pilot.agent_pid)
 
     def __enter__(self) -> Session:
         return self
@@ -154,7 +231,7 @@ class Session:
             parent_pid=os.getpid(),
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
             backends=[entry.to_dict() for entry in registry.registered()],
-            keys_file=str(self.keys_file.resolve()),
+            keys_file=str(self.keys_file.resolve()), detach_grace=desc.detach_grace,
         )
         pilot.agent = LocalAgent(cfg)
         self._channel.watch_process(uid, pilot.agent.pid)
@@ -398,6 +475,8 @@ class Session:
         pilot = self.pilots[pilot_uid]
         if isinstance(msg, m.Updates):
             self._apply_updates(msg.updates, msg.clock_offset)
+            if msg.seq:  # the agent keeps the batch until the journal holds it
+                self.journal.mark(pilot_uid, msg.seq)
         elif isinstance(msg, m.Accepted):
             self._accept(msg.uids, msg.ts)
         elif isinstance(msg, m.Hello):
@@ -405,6 +484,7 @@ class Session:
                 pilot.state, pilot.reason = "FAILED", f"agent speaks wire version {msg.version}"
             else:
                 pilot.state = "ACTIVE"
+                pilot.agent_pid = msg.pid
             self.journal.update_pilot(pilot_uid, ready=time.time(), state=pilot.state)
             pilot.ready.set()
         elif isinstance(msg, m.Bye):
@@ -504,6 +584,32 @@ class Session:
                 self._done.notify_all()
         if callbacks:
             self._callbacks.run(callbacks)
+
+
+def _unfinished(path: Path) -> tuple[list[tuple[str, str, str]], list[tuple[int, str, str, str]],
+                                     int]:
+    """From a session's journal: its pilots (uid, recorded description, state), its tasks
+    not known to have ended (id, uid, pilot, kind), and the last task id."""
+    db = connect_readonly(path)
+    try:
+        pilots = [tuple(r) for r in db.execute(
+            "SELECT uid, description, state FROM pilots ORDER BY uid")]
+        tasks = [tuple(r) for r in db.execute(
+            "SELECT id, uid, pilot, kind FROM tasks WHERE state NOT IN"
+            " ('DONE', 'FAILED', 'CANCELED') ORDER BY id")]
+        last = db.execute("SELECT IFNULL(MAX(id), 0) FROM tasks").fetchone()[0]
+    finally:
+        db.close()
+    return pilots, tasks, int(last)  # type: ignore[return-value]
+
+
+def _pilot_description(recorded: str) -> PilotDescription:
+    """A pilot's description as the journal recorded it (its routing policy, pickled to
+    its agent, is not needed again)."""
+    fields = json.loads(recorded)
+    fields.pop("routing", None)
+    fields["partitions"] = [PartitionSpec(**p) for p in fields.get("partitions", ())]
+    return PilotDescription(**fields)
 
 
 def _last_line(log: Path) -> str:

@@ -69,13 +69,14 @@ class Task(Future):  # type: ignore[type-arg]
     _result: Any = None
     _exception: BaseException | None = None
 
-    def __init__(self, uid: str, seq: int, description: TaskDescription, pilot: str,
-                 session: Canceller) -> None:
+    def __init__(self, uid: str, seq: int, description: TaskDescription | None, pilot: str,
+                 session: Canceller, kind: str | None = None) -> None:
         # Future.__init__ is skipped on purpose: it builds a Condition (and two lists) per
         # future; here they are made on first use (see _condition, _waiters).
         self.uid = uid
         self.id = seq
-        self.description = description
+        self.description = description  # None: a task an earlier client submitted
+        self.kind = kind or (description.kind if description is not None else "executable")
         self.pilot = pilot
         self._session = session
         self.events: list[tuple[str, float]] = []
@@ -118,10 +119,6 @@ class Task(Future):  # type: ignore[type-arg]
         return True
 
     @property
-    def kind(self) -> str:
-        return self.description.kind
-
-    @property
     def attempt(self) -> int:
         """Which run of the task this is (or was): 1, plus one for each time it was placed
         again after what ran it was lost (as its `retries` allow)."""
@@ -139,7 +136,7 @@ class Task(Future):  # type: ignore[type-arg]
         result: Any = None
         exception: BaseException | None = None
         if state is TaskState.DONE:
-            if self.description.function is None:
+            if self.kind == "executable":
                 result = self.exit_code
             elif blob:
                 try:
@@ -174,7 +171,7 @@ class Task(Future):  # type: ignore[type-arg]
 
     def _failure(self, blob: bytes | None) -> BaseException:
         reason = self.error or "failed"
-        if self.description.function is None or blob is None:
+        if self.kind == "executable" or blob is None:
             return TaskFailed(self.uid, reason, self.exit_code, self.stderr)
         try:
             exc = _load(blob)

@@ -282,6 +282,16 @@ class AgentCore:
             due = min(due or math.inf, self._flushed + FLUSH_INTERVAL)
         return due
 
+    def snapshot(self) -> list[TaskUpdate]:
+        """Every unfinished task's state, with its events not sent yet: for a new client.
+        (Ended tasks whose updates are still held go out with the next flush.)"""
+        updates = []
+        for uid, task in self.tasks.items():
+            if uid not in self._final:
+                updates.append(TaskUpdate(uid, task.state.value, task.events, pid=task.pid))
+                task.events = []
+        return updates
+
     @property
     def unfinished(self) -> int:
         return len(self.tasks) - len(self._final)

@@ -51,6 +51,7 @@ from .events import (
     TasksSubmitted,
     Tick,
 )
+from .link import AttachPoint, ClientLink
 
 HEARTBEAT_INTERVAL = 1.0
 POLL_INTERVAL = 0.001  # seconds: while events keep coming, look at sockets this often
@@ -128,11 +129,9 @@ class Agent:
         self.keys = Keys.load(cfg.keys_file)
         # Its backends' sockets (workers, executors) admit only holders of the keys.
         self.gatekeeper = Gatekeeper(self._ctx, self.keys)
-        self.client = self._ctx.socket(zmq.DEALER)
-        self.client.setsockopt(zmq.LINGER, 2000)
-        self.client.setsockopt(zmq.SNDHWM, 0)  # never block on a slow client: queue
-        self.keys.connect(self.client)
-        self.client.connect(cfg.client_address)
+        self.link = ClientLink(self.reactor, self.keys, cfg.client_address,
+                               retain=cfg.detach_grace > 0, on_readable=self._on_client)
+        self.attach_point: AttachPoint | None = None  # made in run(), where detachable
         self.from_client: Receiver[m.ToAgent] = Receiver("agent <- client", m.ToAgent)
         self.functions: dict[str, bytes] = {}
         self.task_sandbox = os.path.join(cfg.sandbox, "tasks")
@@ -153,6 +152,8 @@ class Agent:
         self._last_heard = time.monotonic()
         self._stop_reason: str | None = None
         self._tell_client = True
+        self._client_pidfd: int | None = None
+        self._give_up: int | None = None  # the timer ending a detached pilot
 
     @property
     def unique_backends(self) -> list[Backend]:
@@ -167,14 +168,12 @@ class Agent:
         os.chdir(self.task_sandbox)  # tasks in the default sandbox spawn fastest
         for backend in self.unique_backends:
             backend.start(self.reactor, self._inbox.append)
-        self.reactor.add_reader(self.client, self._on_client)
         self.reactor.add_before_wait(self._caught_up)
-        if cfg.parent_pid:
-            try:
-                parent = os.pidfd_open(cfg.parent_pid)
-                self.reactor.add_reader(parent, lambda: self._lost_client("client process exited"))
-            except ProcessLookupError:
-                return "client process exited before the agent started"
+        if cfg.detach_grace > 0:
+            self.attach_point = AttachPoint(self.reactor, self.keys, cfg.sandbox,
+                                            self._on_attach)
+        if cfg.parent_pid and not self._watch_client(cfg.parent_pid):
+            return "client process exited before the agent started"
         self._heartbeat()
         if cfg.runtime:
             self.reactor.call_later(
@@ -261,23 +260,80 @@ class Agent:
             pass
         if self._tell_client:
             self._send(m.Bye(reason, stats))
-        self.client.close(linger=2000 if self._tell_client else 0)
+        self.link.close(linger=2000 if self._tell_client and self.link.attached else 0)
+        if self.attach_point is not None:
+            self.attach_point.close()
         self.gatekeeper.stop()
 
     def _heartbeat(self) -> None:
+        self.reactor.call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+        if not self.link.attached:
+            return
         silent = time.monotonic() - self._last_heard
         if silent > self.cfg.heartbeat_timeout:
             self._lost_client(f"client lost: no message for {silent:.1f} s")
             return
         self._send(m.Heartbeat(time.time()))
-        self.reactor.call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+
+    def _watch_client(self, pid: int) -> bool:
+        """Hear at once when the client process (on this host) ends; False if it has."""
+        if self._client_pidfd is not None:
+            self.reactor.remove_reader(self._client_pidfd)
+            os.close(self._client_pidfd)
+            self._client_pidfd = None
+        try:
+            self._client_pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        self.reactor.add_reader(self._client_pidfd,
+                                lambda: self._lost_client("client process exited"))
+        return True
 
     def _lost_client(self, reason: str) -> None:
-        self._tell_client = False
-        self.stop(reason)
+        """The client is gone: stop, or (with `detach_grace`) run on and wait for a new
+        one that long."""
+        if self._client_pidfd is not None:
+            self.reactor.remove_reader(self._client_pidfd)
+            os.close(self._client_pidfd)
+            self._client_pidfd = None
+        grace = self.cfg.detach_grace
+        if grace <= 0:
+            self._tell_client = False
+            self.stop(reason)
+            return
+        if not self.link.attached:
+            return
+        self.link.detach()
+        print(f"{reason}: running on, waiting up to {grace:g} s for a client to attach",
+              file=sys.stderr, flush=True)
+
+        def give_up() -> None:
+            self._tell_client = False
+            self.stop(f"{reason}; no client attached within {grace:g} s")
+
+        self._give_up = self.reactor.call_later(grace, give_up)
+
+    def _on_attach(self, msg: m.Attach) -> None:
+        """A new client: reconnect to it, say hello, resend what it may have missed and
+        the state of every unfinished task."""
+        if self._stop_reason is not None:
+            return
+        if self._give_up is not None:
+            self.reactor.cancel_timer(self._give_up)
+            self._give_up = None
+        print(f"client attached from {msg.address}", file=sys.stderr, flush=True)
+        self.link.attach(msg.address)
+        self._last_heard = time.monotonic()
+        if msg.client_pid is not None and not self._watch_client(msg.client_pid):
+            self._lost_client("client process exited")
+            return
+        cfg = self.cfg
+        self._send(m.Hello(m.WIRE_VERSION, os.getpid(), time.time(), cfg.nodes,
+                           cfg.cores_per_node, cfg.gpus_per_node))
+        self._send(m.Updates(self.core.snapshot(), self.clock.offset))
 
     def _send(self, message: Any) -> None:
-        self.client.send(m.encode(message))
+        self.link.send(message)
 
     # ---- from the client --------------------------------------------------------------
 
@@ -286,10 +342,11 @@ class Agent:
         """Take a few messages, then let the loop see to the backend's events: a burst of
         submits must not hold back the ends of the tasks already running."""
         self._last_heard = time.monotonic()
+        sock = self.link.socket
         for _ in range(MESSAGES_PER_TURN):
-            if not readable(self.client):
+            if not readable(sock):
                 break
-            msg = self.from_client.decode(self.client.recv(copy=False).buffer)
+            msg = self.from_client.decode(sock.recv(copy=False).buffer)
             if isinstance(msg, m.Submit):
                 if self.stats.first_submit is None:
                     self.stats.first_submit = time.monotonic()
@@ -299,5 +356,7 @@ class Agent:
                 self._execute(self.core.handle(TasksSubmitted(msg.tasks)))
             elif isinstance(msg, m.Cancel):
                 self._execute(self.core.handle(CancelRequested(msg.uids)))
+            elif isinstance(msg, m.Heartbeat):
+                self.link.acked(msg.acked)
             elif isinstance(msg, m.Shutdown):
                 self.stop("shutdown requested")

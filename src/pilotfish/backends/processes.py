@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import select
 import signal
 import subprocess
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from ..files import TAIL_BYTES
 from ..launchers import Launcher, local
 from ..messages import TaskSpec
+from ..proctree import wait_fd
 from ..reactor import Reactor
 from ..resources import Slot
 from ..states import TaskState
@@ -248,9 +248,3 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def wait_fd(fd: int, timeout: float) -> bool:
-    """Wait until a pidfd is readable (its process exited), up to `timeout` seconds."""
-    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
-    return bool(ready)

@@ -39,11 +39,12 @@ import zmq
 
 from ...keys import Keys
 from ...messages import TaskSpec, encode
+from ...proctree import wait_fd
 from ...reactor import Reactor, readable
 from ...states import TaskState
 from ...wire import Receiver
 from ..base import BackendEvent, TaskFinished, TaskLost, TaskRequeued, TaskStarted
-from ..processes import signal_group, wait_fd
+from ..processes import signal_group
 from .protocol import STATES, Call, Cancel, Done, FromWorker, Ready, Result, Run, Started, Stop
 from .worker import ANNOUNCER_SUFFIX
 
