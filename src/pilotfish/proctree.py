@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 
 # Fields of /proc/PID/stat, counted after the command name.
 _PGRP, _SESSION, START_TIME = 2, 3, 19
@@ -59,3 +60,17 @@ def wait_fd(fd: int, timeout: float) -> bool:
     """Wait until a pidfd is readable (its process exited), up to `timeout` seconds."""
     ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
     return bool(ready)
+
+
+def this_process() -> str:
+    """'HOST PID START' of this process: who it is, even after its pid is reused."""
+    return f"{socket.gethostname()} {os.getpid()} {stat_field(os.getpid(), START_TIME)}"
+
+
+def is_running(who: str) -> bool | None:
+    """Whether the process `this_process()` described still runs (None: on another host,
+    which cannot be told from here)."""
+    host, pid, start = who.split()
+    if host != socket.gethostname():
+        return None
+    return str(stat_field(int(pid), START_TIME)) == start

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pilotfish.journal import connect_readonly
 from pilotfish.metrics import Metrics, SessionData, compute_metrics, load_session, time_series
+from pilotfish.proctree import is_running
 
 _ID_KEYS = ("id", "uid", "session_id", "sid")
 _TIME_KEYS = ("created", "started", "time", "ts")
@@ -56,6 +57,10 @@ def gather(session_dir: str | Path) -> SessionReport:
         data = load_session(db)
     finally:
         db.close()
+    client = dict(info).get("client")
+    if client and is_running(client) is False:  # it ended without closing the session
+        data.pilots[:] = [p._replace(state=f"LOST ({p.state} when its client ended)")
+                          if p.state in ("STARTING", "ACTIVE") else p for p in data.pilots]
     metrics = compute_metrics(data.tasks, data.pilots, data.last_event)
     return SessionReport(Path(session_dir), info, data, metrics)
 

@@ -38,6 +38,7 @@ from .journal import LIFECYCLE, Journal, connect_readonly
 from .keys import Keys
 from .partitions import PartitionSpec
 from .pilots.local import LocalAgent
+from .proctree import this_process
 from .states import TaskState, is_stale
 from .task import Task
 
@@ -98,7 +99,8 @@ class Session:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.mkdir(mode=DIR_MODE)  # the owner's only: tasks' environments are in it
         self._open(Keys.generate().save(self.path / "keys"))
-        self.journal.set_session(uid=self.uid, created=time.time(), version=__version__)
+        self.journal.set_session(uid=self.uid, created=time.time(), version=__version__,
+                                 client=this_process())
 
     def _open(self, keys_file: Path) -> None:
         """What a new and an attached session both start with."""
@@ -141,6 +143,7 @@ class Session:
         session.uid = session.path.name
         pilots, tasks, last = _unfinished(session.path)
         session._open(keys)
+        session.journal.set_session(client=this_process())
         session._seq = last
         for uid, recorded, state in pilots:
             pilot = session.pilots[uid] = Pilot(uid, _pilot_description(recorded),

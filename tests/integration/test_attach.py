@@ -13,6 +13,7 @@ import pytest
 import pilotfish as pf
 from pilotfish import TaskState
 from pilotfish.journal import connect_readonly
+from pilotfish.report import render_report
 
 from ..conftest import process_gone
 
@@ -79,6 +80,9 @@ def test_a_new_client_takes_over_a_pilot_whose_client_died(tmp_path: Path) -> No
 def test_a_pilot_that_did_not_wait_is_ended_with_its_tasks(tmp_path: Path) -> None:
     path, agent, _ = _crashed_client(tmp_path, grace=0)
     assert process_gone(agent, 10)  # no grace: it stopped with its client
+    # Its journal still says ACTIVE (no client was there to write the end); a report
+    # says what is known.
+    assert "LOST (ACTIVE when its client ended)" in render_report(path)
     session = pf.Session.attach(path, timeout=5)
     try:
         pilot = session.pilots["pilot.0000"]
@@ -90,6 +94,7 @@ def test_a_pilot_that_did_not_wait_is_ended_with_its_tasks(tmp_path: Path) -> No
     db = connect_readonly(path)
     assert {s for (s,) in db.execute("SELECT state FROM tasks")} <= {"DONE", "FAILED"}
     db.close()
+    assert "LOST" not in render_report(path)  # brought up to date: the pilot FAILED
 
 
 def test_a_pilot_stops_waiting_after_its_grace(tmp_path: Path) -> None:
