@@ -29,3 +29,17 @@ def test_a_full_disk_under_the_session_is_raised_to_the_user(tiny_disk: Path) ->
     except pf.JournalError as exc:
         assert "write(s) lost" in str(exc)
     assert session.journal.lost > 0
+
+
+def test_the_agents_log_on_a_full_disk_never_stops_it(tiny_disk: Path) -> None:
+    from pilotfish.agent.__main__ import LogStream
+
+    f = open(tiny_disk / "agent.log", "w", buffering=1)  # noqa: SIM115
+    log = LogStream(f)
+    for _ in range(10_000):  # far more than the disk holds
+        print("x" * 100, file=log)
+    log.flush()
+    try:
+        f.close()  # (what it still holds cannot be written either)
+    except OSError:
+        pass

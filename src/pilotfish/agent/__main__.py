@@ -5,12 +5,38 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TextIO
 
 from .config import AgentConfig
 from .shell import Agent
 
 
+class LogStream:
+    """The agent's log (its stdout and stderr): a write that fails (a full disk) is
+    dropped, never raised into the agent's loop, which would end a pilot for want of a
+    log line; the reason then reaches the tasks, not only a file nobody can write."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
 def main() -> int:
+    sys.stdout = sys.stderr = LogStream(sys.stderr)  # type: ignore[assignment]
     cfg = AgentConfig.from_json(sys.argv[1])
     agent = Agent(cfg)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop("agent terminated (SIGTERM)"))
