@@ -77,3 +77,22 @@ def children(pid: int) -> list[tuple[int, str]]:
         if ppid == pid:
             found.append((int(name), cmdline))
     return found
+
+
+def in_session(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes (not zombies) of process session `sid`:
+    a local agent is a session leader, so this is everything it started that is left."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
+            found.append((int(name), cmdline))
+    return found

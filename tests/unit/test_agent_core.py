@@ -36,7 +36,7 @@ from pilotfish.messages import TaskSpec, TaskUpdate
 from pilotfish.partitions import Partition
 from pilotfish.routing import RoutingPolicy
 from pilotfish.scheduler import Dequeued, Scheduler
-from pilotfish.states import TaskState
+from pilotfish.states import TaskState, is_stale
 
 DONE, FAILED, CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 
@@ -307,3 +307,23 @@ def test_a_task_lost_with_what_ran_it_runs_again_if_its_retries_allow() -> None:
     assert [e for e, _ in core.tasks["twice"].events][-2:] == ["requeued", "SCHEDULED"]
     acts = core.handle(TaskLost("twice", "died again"), CaughtUp())
     assert updates(acts)["twice"].error == "died again"  # its one retry is spent
+
+
+def test_a_task_seen_running_then_requeued_says_so_before_its_new_progress() -> None:
+    """The client saw it RUNNING: a SCHEDULED update would be stale there, and dropped with
+    its `requeued` event; it first hears the move back to SUBMITTED (found by the
+    function workers' fault test: a task that ran twice had `attempt` 1)."""
+    core, clock = make_core(cores=1)
+    core.handle(TasksSubmitted([exe("t", retries=1)]))
+    core.handle(TaskStarted("t", clock.t))
+    clock.t += PROGRESS_INTERVAL * 1.01
+    assert updates(core.handle(Tick()))["t"].state == "RUNNING"  # the client saw it
+    core.handle(TaskLost("t", "its worker died"))  # placed again at once: SCHEDULED
+    clock.t += PROGRESS_INTERVAL * 1.01
+    sent = [u for a in core.handle(Tick()) if isinstance(a, SendUpdates) for u in a.updates]
+    assert [(u.state, [e for e, _ in u.events]) for u in sent] == [
+        ("SUBMITTED", ["requeued"]), ("SCHEDULED", ["SCHEDULED"])]
+    seen = TaskState.RUNNING
+    for u in sent:  # as the client applies them
+        assert not is_stale(seen, TaskState(u.state))
+        seen = TaskState(u.state)

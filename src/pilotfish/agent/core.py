@@ -175,6 +175,19 @@ def _move(task: _Task, state: TaskState) -> None:
     task.state = state
 
 
+def _progress_after_retry(uid: str, task: _Task) -> list[TaskUpdate]:
+    """The progress update of a task that was requeued: first its move back to SUBMITTED
+    with the events up to `requeued`, then its new state with the rest. The client may
+    have seen it RUNNING, from where only SUBMITTED (or an end) may follow: it would drop
+    a SCHEDULED update as stale, and the `requeued` event with it."""
+    events = task.events
+    last = max((i for i, (name, _) in enumerate(events) if name == "requeued"), default=-1)
+    if last < 0:
+        return [TaskUpdate(uid, task.state.value, events, pid=task.pid)]
+    return [TaskUpdate(uid, SUBMITTED.value, events[:last + 1]),
+            TaskUpdate(uid, task.state.value, events[last + 1:], pid=task.pid)]
+
+
 @dataclass(slots=True)
 class _Round:
     """What one `handle` call gathers before it acts on it, per partition."""
@@ -594,7 +607,10 @@ class AgentCore:
         cutoff = math.inf if everything else self._flushed - PROGRESS_INTERVAL
         for uid in self._progress.pop_due(cutoff):
             task = tasks[uid]
-            updates.append(TaskUpdate(uid, task.state.value, task.events, pid=task.pid))
+            if task.retried:
+                updates.extend(_progress_after_retry(uid, task))
+            else:
+                updates.append(TaskUpdate(uid, task.state.value, task.events, pid=task.pid))
             task.events = []
         for i in range(0, len(updates), MAX_UPDATES_PER_MESSAGE):
             chunk = updates[i:i + MAX_UPDATES_PER_MESSAGE]

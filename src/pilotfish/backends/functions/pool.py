@@ -4,17 +4,20 @@ Workers are started lazily, the first time the scheduler dispatches to one, and 
 for the pilot's life. A function task that needs its own resources (several cores, a
 GPU) gets a one-off worker started with that slot's environment. If a worker dies, the
 task it was running is lost (it runs again if its `retries` allow, else it fails with
-the reason) and the tasks queued behind it are requeued. So are the tasks of a worker
-that dies before it became ready, unless `MAX_FAILED_STARTS` workers in a row did (a
-broken environment: they would again): then they fail with the reason.
+the reason), as are those it ran whose results had not reached the agent yet; the tasks
+queued behind it never started and are requeued. So are the tasks of a worker that dies
+before it became ready, unless `MAX_FAILED_STARTS` workers in a row did (a broken
+environment: they would again): then they fail with the reason. A task it was asked to
+cancel ends CANCELED.
 The messages are in protocol.py; one that cannot be decoded is dropped and counted
 (`receiver`), as are results and starts that come too late to matter.
 
 Each worker counts the tasks it has started in a small shared file (8 bytes, mapped in
 memory; `worker.<partition>.<id>.started`, next to its log): when it dies, that count
-names the task that was running, which is lost; the others it held go back to the queue,
-including any that finished in the last milliseconds without their result reaching the
-agent (they run again).
+names the task that was running, which is lost, as are those before it whose results
+were still held (a worker sends results a few milliseconds late, several to a message:
+they ran, and run again only if their `retries` allow); the tasks after it never
+started and go back to the queue. Tasks it was asked to cancel end CANCELED.
 
 A task that outlives its timeout, or a cancel, by `FORCE_GRACE` seconds (code stuck in C
 never sees the worker's signals) has its worker killed: it fails (or ends CANCELED) with
@@ -284,6 +287,7 @@ class FunctionPool:
                else f"exit code {code}")
         now = time.time()
         uids = list(worker.outstanding)
+        canceling = {uid for uid in uids if uid in self._canceling}  # never to run again
         for uid in uids:
             self._forget(uid)
         if not worker.ready:
@@ -305,9 +309,15 @@ class FunctionPool:
                 state, why = worker.forced[uid]
                 self._emit(TaskFinished(uid, state, None, now, error=f"{why}: its function "
                                         "worker was killed"))
+            elif uid in canceling:
+                self._emit(TaskFinished(uid, TaskState.CANCELED, None, now,
+                                        error=f"canceled (its function worker died: {how})"))
             elif worker.outstanding[uid] == running:  # runs again only if its retries allow
                 self._emit(TaskLost(uid, f"function worker died ({how}) while running this "
                                          "task"))
+            elif worker.outstanding[uid] < running:  # it ran: its result died unsent
+                self._emit(TaskLost(uid, f"function worker died ({how}) after this task ran, "
+                                         "before its result reached the agent"))
             else:
                 self._emit(TaskRequeued(uid))
 
