@@ -6,10 +6,13 @@ A bad description raises at construction (`InvalidDescription`, a `ValueError`, 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import itertools
 import os
 import pickle
+import shutil
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +25,7 @@ import msgspec
 from .backends import registry
 from .messages import TaskSpec
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
+from .pilots.slurm import current_allocation
 from .platforms import InvalidPlatform, Platform, load_platform
 from .routing import RoutingPolicy
 
@@ -35,6 +39,7 @@ MAX_COUNT = 2**31 - 1  # ranks, cores, MiB, retries, ... and |priority|
 MAX_SECONDS = 1e9  # about 31 years: timeouts, durations, runtimes
 MAX_NODES = 100_000  # per pilot (the largest machines have about 10,000)
 MAX_CORES_PER_NODE, MAX_GPUS_PER_NODE = 4096, 256
+MODES = ("local", "allocation", "batch")  # where a pilot's nodes come from
 
 
 class InvalidDescription(ValueError):
@@ -359,10 +364,18 @@ class PilotDescription:
     (default: `routing.RoutingPolicy()`; a subclass changes the rules; it is pickled to
     the agent and runs there). `detach_grace` is how long (seconds) the pilot runs on
     when its client disappears, waiting for a new one (`Session.attach`); 0: it stops.
+
+    `mode` says where the nodes come from: "local" (virtual nodes of the platform's
+    shape on this machine), "allocation" (the nodes of the Slurm job this runs in:
+    `nodes=None` takes all of them, else the first `nodes`; their real host names, CPUs
+    from the job) or "batch" (a Slurm job submitted for the pilot, with `queue`,
+    `account` and `batch_directives`: extra `#SBATCH` lines). By default "local" on the
+    `local` platform and on simulated pilots; on a Slurm platform, "allocation" inside a
+    job and "batch" outside one.
     """
 
     platform: str = "local"
-    nodes: int = 1
+    nodes: int | None = None
     cores_per_node: int | None = None
     gpus_per_node: int | None = None
     mem_per_node: int | None = None
@@ -374,6 +387,12 @@ class PilotDescription:
     partitions: Sequence[PartitionSpec] = ()
     routing: RoutingPolicy | None = None
     detach_grace: float = 0.0
+    mode: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    batch_directives: Sequence[str] = ()
+    # Derived: the allocation's hosts the pilot uses, in order ("allocation" mode).
+    hosts: tuple[str, ...] = dataclasses.field(default=(), init=False)
 
     def __post_init__(self) -> None:
         owner = "PilotDescription"
@@ -390,8 +409,9 @@ class PilotDescription:
             raise InvalidDescription(owner, "platform", exc.args[0]) from None
         except InvalidPlatform as exc:
             raise InvalidDescription(owner, "platform", str(exc)) from None
+        cores_default = self._check_mode(owner, profile)
         _check_int(owner, "nodes", self.nodes, 1, MAX_NODES)
-        for name, default in (("cores_per_node", len(profile.usable_cores)),
+        for name, default in (("cores_per_node", cores_default),
                               ("gpus_per_node", profile.gpus_per_node),
                               ("mem_per_node", profile.mem_per_node)):
             if getattr(self, name) is None:
@@ -415,6 +435,65 @@ class PilotDescription:
                 raise InvalidDescription(owner, "routing", f"must be a routing.RoutingPolicy "
                                          f"(or a subclass), got {self.routing!r}")
             self.routing_blob  # noqa: B018  (it must travel to the agent)
+
+    def _check_mode(self, owner: str, profile: Platform) -> int:
+        """Resolve `mode` (and, inside an allocation, `nodes` and `hosts`); return the
+        default cores per node."""
+        set_ = functools.partial(object.__setattr__, self)
+        cores = len(profile.usable_cores)
+        slurm = profile.batch_system == "slurm"
+        allocation = current_allocation(os.environ) if slurm else None
+        mode = self.mode
+        if mode is None:
+            mode = ("local" if not slurm or self.backend == "simulated" else
+                    "allocation" if allocation is not None else "batch")
+            set_("mode", mode)
+        if mode not in MODES:
+            raise InvalidDescription(owner, "mode", f"one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "local" and not slurm:
+            raise InvalidDescription(owner, "mode", f"{mode!r} needs a Slurm platform "
+                                     f"(slurm-local, frontier, ...); {profile.name!r} has "
+                                     f"batch system {profile.batch_system!r}")
+        if mode != "local" and self.backend == "simulated":
+            raise InvalidDescription(owner, "mode", "a simulated pilot runs on virtual nodes: "
+                                     "mode='local'")
+        for name in ("queue", "account"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, str) or not value:
+                    raise TypeError(f"{owner}.{name} must be a non-empty str, got {value!r}")
+                _check_text(owner, name, value, c_string=True)
+        directives = self.batch_directives
+        if isinstance(directives, str) or not isinstance(directives, Sequence) or not all(
+                isinstance(d, str) for d in directives):
+            raise TypeError(f"{owner}.batch_directives must be a list of str")
+        for d in directives:
+            _check_text(owner, "batch_directives", d, c_string=True)
+            if "\n" in d or "\r" in d:
+                raise InvalidDescription(owner, "batch_directives", f"one line each: {d!r}")
+        set_("batch_directives", tuple(directives))
+        if mode == "batch":
+            if shutil.which("sbatch") is None:
+                raise InvalidDescription(owner, "mode", "no Slurm here (no sbatch on PATH): "
+                                         "submit from a login node of the cluster, or use "
+                                         "mode='local' for virtual nodes of this shape")
+            if self.nodes is None:
+                set_("nodes", 1)
+            return cores
+        if mode == "local":
+            if self.nodes is None:
+                set_("nodes", 1)
+            return cores
+        if allocation is None:
+            raise InvalidDescription(owner, "mode", "'allocation' runs inside a Slurm job "
+                                     "(SLURM_JOB_ID is not set): run it in salloc or sbatch, "
+                                     "use mode='batch' from a login node, or mode='local' "
+                                     "for virtual nodes of this shape")
+        count = len(allocation.hosts) if self.nodes is None else self.nodes
+        _check_int(owner, "nodes", count, 1, len(allocation.hosts))
+        set_("nodes", count)
+        set_("hosts", allocation.hosts[:count])
+        return min(allocation.cpus[:count]) if allocation.cpus else cores
 
     @property
     def routing_blob(self) -> bytes | None:
@@ -443,6 +522,7 @@ class PilotDescription:
                     raise InvalidDescription(owner, "partitions" if specs else "backend",
                                              f"no {name} here: {why} (a simulated pilot "
                                              f"can model {name} partitions)")
+        assert self.nodes is not None  # (resolved by _check_mode)
         try:
             resolve_partitions(tuple(specs), self.nodes)
         except PartitionError as exc:
@@ -451,6 +531,7 @@ class PilotDescription:
     @property
     def layout(self) -> list[Partition]:
         """The pilot's partitions: names, backends and node slices."""
+        assert self.nodes is not None
         return resolve_partitions(tuple(self.partitions) or (PartitionSpec(backend=self.backend),),
                                   self.nodes)
 

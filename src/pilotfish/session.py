@@ -68,7 +68,7 @@ class Pilot:
         self.outstanding = 0  # tasks submitted to it and not final yet
         self.stats: dict[str, float] = {}  # what its agent's work cost (when it ended)
         self.agent_pid: int | None = None  # as its agent said hello
-        assert description.cores_per_node is not None
+        assert description.cores_per_node is not None and description.nodes is not None
         self.cores = description.nodes * description.cores_per_node
 
     def __repr__(self) -> str:
@@ -208,9 +208,13 @@ class Session:
         desc = description or PilotDescription()
         if not isinstance(desc, PilotDescription):
             raise TypeError(f"start_pilot takes a PilotDescription, got {type(desc).__name__}")
+        if desc.mode != "local":
+            raise NotImplementedError(f"mode={desc.mode!r} pilots are being built; for now, "
+                                      "mode='local' (virtual nodes on this machine)")
         uid = f"pilot.{len(self.pilots):04d}"
         pilot = Pilot(uid, desc, self.path / uid)
         assert desc.cores_per_node is not None and desc.gpus_per_node is not None
+        assert desc.nodes is not None
         recorded = {**asdict(desc), "routing": type(desc.routing).__qualname__
                     if desc.routing is not None else None}
         self.journal.add_pilot(uid, _json_encode(recorded).decode(), desc.nodes,
@@ -610,8 +614,11 @@ def _pilot_description(recorded: str) -> PilotDescription:
     """A pilot's description as the journal recorded it (its routing policy, pickled to
     its agent, is not needed again)."""
     fields = json.loads(recorded)
-    fields.pop("routing", None)
+    for derived in ("routing", "hosts"):
+        fields.pop(derived, None)
     fields["partitions"] = [PartitionSpec(**p) for p in fields.get("partitions", ())]
+    if fields.get("mode") not in (None, "local"):  # not checked again from here: its
+        fields["mode"] = "local"                   # nodes are where its agent runs
     return PilotDescription(**fields)
 
 

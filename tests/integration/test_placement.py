@@ -57,8 +57,8 @@ def test_colocated_tasks_share_the_first_ones_node(session: pf.Session) -> None:
 
 def test_blocked_cores_are_never_used_and_gpus_use_the_platforms_variable(
         session: pf.Session) -> None:
-    session.start_pilot(pf.PilotDescription(platform="frontier", nodes=1, cores_per_node=8,
-                                            gpus_per_node=2))
+    session.start_pilot(pf.PilotDescription(platform="frontier", mode="local", nodes=1,
+                                            cores_per_node=8, gpus_per_node=2))
     show = 'echo "$PILOTFISH_CORES|$ROCR_VISIBLE_DEVICES|${CUDA_VISIBLE_DEVICES-unset}"'
     whole = session.submit(TD(executable="/bin/sh", arguments=["-c", show], cores_per_rank=8,
                               gpus_per_rank=2))

@@ -111,15 +111,15 @@ def test_a_bad_user_profile_is_refused_when_the_pilot_is_described(tmp_path: Pat
     write(tmp_path, GOOD.replace("threads_per_core = 2", "threads_per_core = 0"))
     monkeypatch.setenv("PILOTFISH_PLATFORMS", str(tmp_path))
     with pytest.raises(InvalidDescription, match="threads_per_core: must be >= 1"):
-        PilotDescription(platform="frontier")
+        PilotDescription(platform="frontier", mode="local")
 
 
 def test_a_pilot_takes_the_profile_and_overrides_it() -> None:
-    desc = PilotDescription(platform="frontier", nodes=2)
+    desc = PilotDescription(platform="frontier", mode="local", nodes=2)
     assert (desc.cores_per_node, desc.gpus_per_node, desc.mem_per_node) == (56, 8, 512 * 1024)
     assert 0 not in desc.core_ids and 8 not in desc.core_ids and len(desc.core_ids) == 56
-    small = PilotDescription(platform="frontier", cores_per_node=8, gpus_per_node=2,
-                             mem_per_node=1024)
+    small = PilotDescription(platform="frontier", mode="local", cores_per_node=8,
+                             gpus_per_node=2, mem_per_node=1024)
     assert small.core_ids == (1, 2, 3, 4, 5, 6, 7, 9)  # blocked ids are still skipped
     assert (small.gpus_per_node, small.mem_per_node) == (2, 1024)
     assert small.profile.gpu_env == "ROCR_VISIBLE_DEVICES"
@@ -135,3 +135,44 @@ def test_the_platforms_command(capsys) -> None:
     assert 'gpu_kind = "rocm"' in out
     assert main(["platforms", "show", "summit"]) == 2
     assert "unknown platform 'summit'" in capsys.readouterr().err
+
+
+def test_a_pilots_mode_says_where_its_nodes_come_from(monkeypatch) -> None:
+    for name in ("SLURM_JOB_ID", "SLURM_JOBID"):
+        monkeypatch.delenv(name, raising=False)
+    assert PilotDescription().mode == "local"
+    assert PilotDescription(platform="frontier", backend="simulated").mode == "local"
+    with pytest.raises(InvalidDescription, match="'allocation' runs inside a Slurm job"):
+        PilotDescription(platform="slurm-local", mode="allocation")
+    with pytest.raises(InvalidDescription, match="needs a Slurm platform"):
+        PilotDescription(mode="batch")
+    with pytest.raises(InvalidDescription, match="mode: one of local, allocation, batch"):
+        PilotDescription(mode="cloud")
+    monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch
+    with pytest.raises(InvalidDescription, match=r"no Slurm here .*mode='local' for virtual"):
+        PilotDescription(platform="slurm-local")
+    # Inside a job: its nodes, all of them or the first few, their CPUs.
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-4]")
+    monkeypatch.setenv("SLURM_JOB_CPUS_PER_NODE", "16(x3),8")
+    whole = PilotDescription(platform="slurm-local")
+    assert whole.mode == "allocation" and whole.nodes == 4
+    assert whole.hosts == ("node1", "node2", "node3", "node4")
+    assert whole.cores_per_node == 8 and whole.gpus_per_node == 4  # the least of the job's
+    first = PilotDescription(platform="slurm-local", nodes=2)
+    assert first.hosts == ("node1", "node2") and first.cores_per_node == 16
+    with pytest.raises(InvalidDescription, match="nodes: must be <= 4"):
+        PilotDescription(platform="slurm-local", nodes=5)
+    assert PilotDescription(platform="slurm-local", mode="local", nodes=2).hosts == ()
+
+
+def test_batch_fields_are_checked() -> None:
+    d = PilotDescription(platform="slurm-local", mode="local", queue="debug", account="p1",
+                         batch_directives=["--exclusive", "--constraint=gpu"])
+    assert d.batch_directives == ("--exclusive", "--constraint=gpu")
+    with pytest.raises(TypeError, match="batch_directives must be a list of str"):
+        PilotDescription(platform="slurm-local", mode="local", batch_directives="--exclusive")
+    with pytest.raises(InvalidDescription, match="batch_directives: one line each"):
+        PilotDescription(platform="slurm-local", mode="local", batch_directives=["a\nb"])
+    with pytest.raises(TypeError, match="queue must be a non-empty str"):
+        PilotDescription(platform="slurm-local", mode="local", queue="")

@@ -56,7 +56,7 @@ def _expand_one(item: str) -> list[str]:
         return [item]
     close = item.index("]", open_)
     prefix, ranges, rest = item[:open_], item[open_ + 1:close], item[close + 1:]
-    out = []
+    out: list[str] = []
     for part in ranges.split(","):
         match = _RANGE.match(part.strip())
         if match is None:
