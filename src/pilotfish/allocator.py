@@ -35,6 +35,7 @@ class Allocator:
         self.exclusive: dict[str, NodeIndex] = {}
         self.groups: dict[str, tuple[int, ...]] = {}  # colocate tag -> its nodes
         self.drained: set[int] = set()
+        self.lost: set[int] = set()  # nodes that died: out of every pool for good
         # Bucket keys that nodes moved into by gaining room, since the scheduler last
         # looked: a task blocked on buckets none of these is in stays blocked.
         self.gained = 0
@@ -70,7 +71,8 @@ class Allocator:
         if shape.mem_per_rank > self.mem:
             return f"asks for {shape.mem_per_rank} MiB per rank, a node has {self.mem} MiB"
         group = self.groups.get(colocate) if colocate is not None else None
-        nodes = len(group) if group is not None else len(self.nodes)
+        nodes = (len(group) if group is not None else len(self.nodes)) - len(
+            self.lost.intersection(group) if group is not None else self.lost)
         where = f"colocate group {colocate!r} has" if group is not None else "there are"
         per_node, why = self.rank_limit(shape)
         if shape.ranks_per_node:
@@ -244,6 +246,7 @@ class Allocator:
         group = self.groups.get(colocate) if colocate is not None else None
         if group is not None:  # bound while the nodes drained: only its nodes will do
             indexes = [i for i in indexes if i in group]
+        indexes = [i for i in indexes if i not in self.lost]
         slot = self._place_on([self.nodes[i] for i in indexes], shape, exclusive)
         if slot is not None and colocate is not None and colocate not in self.groups:
             self.groups[colocate] = tuple(slot.node_set)
@@ -253,11 +256,23 @@ class Allocator:
         for i in indexes:
             if i in self.drained:
                 self.drained.discard(i)
+                if i in self.lost:
+                    continue
                 node = self.nodes[i]
                 if node.owner is not None and node.empty:
                     node.owner = None
                 self._pool_of(node).add(node)
                 self.gained |= 1 << node.key
+
+    def lose(self, index: int) -> None:
+        """A node that died: out of every pool for good, and no longer counted in what can
+        ever fit. (What held it is released as its tasks are reported lost.)"""
+        if index in self.lost:
+            return
+        self.lost.add(index)
+        node = self.nodes[index]
+        if node.pool is not None:
+            node.pool.remove(node)
 
     # ---- internals ----------------------------------------------------------------------
 

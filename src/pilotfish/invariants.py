@@ -101,6 +101,10 @@ def check_scheduler(s: Any) -> None:
 def _check_indexed(s: Any, node: Node) -> None:
     alloc = s.alloc
     i = node.index
+    if i in alloc.lost:
+        if node.pool is not None:
+            raise SchedulerError(f"node {i}: lost but in a pool")
+        return
     if i in alloc.drained:
         if node.pool is not None:
             raise SchedulerError(f"node {i}: drained but in a pool")

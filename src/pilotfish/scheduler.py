@@ -194,6 +194,26 @@ class Scheduler:
             self._passed_over.pop(req.uid, None)
         return taken
 
+    def lose_node(self, index: int, now: float = 0.0) -> list[Action]:
+        """A node died: nothing is placed on it again, a reservation holding it is dropped,
+        and queued tasks that can no longer ever fit fail. (Its tasks are the agent's to
+        end: they come back through `completed` or `requeue`.)"""
+        self.alloc.lose(index)
+        res = self._reservation
+        if res is not None and index in res.nodes:
+            self.alloc.undrain(res.nodes)
+            self._reservation = None
+        actions: list[Action] = []
+        for uid, req in list(self._queued.items()):
+            reason = self.alloc.never_fits(req.shape, req.colocate)
+            if reason is not None:
+                del self._queued[uid]  # its queue entry is dropped lazily
+                self._passed_over.pop(uid, None)
+                actions.append(Fail(uid, f"can never fit any more (node {index} lost): "
+                                          f"{reason}"))
+        actions.extend(self.schedule(now))
+        return actions
+
     def requeue(self, requests: Iterable[Request], now: float = 0.0) -> list[Action]:
         """Put placed-but-unstarted tasks back in the queue (e.g. their worker was lost)."""
         for req in sorted(requests, key=lambda r: r.seq, reverse=True):

@@ -20,6 +20,7 @@ from pilotfish.agent.events import (
     CaughtUp,
     DispatchTasks,
     LaunchTasks,
+    NodeLost,
     PartitionLost,
     SendAccepted,
     SendUpdates,
@@ -327,3 +328,20 @@ def test_a_task_seen_running_then_requeued_says_so_before_its_new_progress() -> 
     for u in sent:  # as the client applies them
         assert not is_stale(seen, TaskState(u.state))
         seen = TaskState(u.state)
+
+
+def test_a_lost_node_takes_no_more_tasks() -> None:
+    core, clock = make_core(("a", "builtin", 2), cores=1)
+    acts = core.handle(TasksSubmitted([exe("x"), exe("y"), exe("z"),
+                                       exe("wide", ranks=2, ranks_per_node=1)]))
+    node_of = {t.spec.uid: t.slot.nodes[0] for a in of(LaunchTasks, acts)
+               for t in a.tasks}  # type: ignore[attr-defined]
+    assert sorted(node_of.values()) == [0, 1]
+    acts = core.handle(NodeLost("a", 1, "its executor died"), CaughtUp())
+    wide = updates(acts)["wide"]
+    assert "can never fit any more (node 1 lost)" in (wide.error or "")
+    # The backend reports the node's task lost; its core is not given out again.
+    on_one = next(u for u, n in node_of.items() if n == 1)
+    assert launched(core.handle(TaskLost(on_one, "node 1 lost"))) == []
+    on_zero = next(u for u, n in node_of.items() if n == 0)
+    assert launched(core.handle(done(on_zero, clock))) == ["z"]

@@ -495,3 +495,21 @@ def test_requeued_tasks_keep_their_order(make) -> None:
     # Both cores come free, h takes one, and of a and b the older goes first.
     assert sched.requeue([b, a]) == [Launch("h", on(0, (0,))), Launch("a", on(0, (1,)))]
     assert launched(sched.completed([("h", 1.0)])) == ["b"]
+
+
+def test_a_lost_node_takes_no_more_tasks_and_what_can_never_fit_fails() -> None:
+    sched = Scheduler(2, 2)
+    assert [a.uid for a in sched.submit([task("a"), task("b"), task("c"), task("d")])] == [
+        "a", "b", "c", "d"]
+    wide = Request("wide", next(_seq), Shape(2, 2, 0.0, 1))  # a rank on each node
+    assert sched.submit([wide, task("e")]) == []
+    actions = sched.lose_node(1)
+    assert actions == [Fail("wide", actions[0].reason)]  # type: ignore[union-attr]
+    assert "node 1 lost" in actions[0].reason  # type: ignore[union-attr]
+    # What ran on node 1 ends (lost); its cores never come back into use.
+    on_one = [u for u in "abcd" if sched._slots[u][0].nodes == (1,)]
+    assert sched.completed([(u, 0.0) for u in on_one]) == []
+    on_zero = next(u for u in "abcd" if u not in on_one)
+    assert [a.uid for a in sched.completed([(on_zero, 1.0)])] == ["e"]
+    sched.validate()
+    assert sched.alloc.never_fits(Shape(3, 1)) is not None  # 1 node of 2 cores is left

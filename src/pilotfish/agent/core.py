@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from ..backends.base import (
     DispatchedTask,
+    NodeLost,
     PartitionLost,
     PlacedTask,
     TaskFinished,
@@ -267,6 +268,11 @@ class AgentCore:
                 self._cancel(event, rnd)
             elif type(event) is PartitionLost:
                 self._lose(event, rnd)
+            elif type(event) is NodeLost:
+                part = self.partitions.get(event.partition)
+                if part is not None and part.lost is None:
+                    decisions = part.scheduler.lose_node(event.node, self.clock())
+                    self._apply(part, decisions, event, rnd)
             elif type(event) is StopRequested:
                 if self.stopped is None:  # from now on nothing is launched
                     self.stopped = event.reason

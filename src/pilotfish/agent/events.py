@@ -15,6 +15,7 @@ import msgspec
 from ..backends.base import (
     BackendEvent,
     DispatchedTask,
+    NodeLost,
     PartitionLost,
     PlacedTask,
     TaskFinished,
@@ -32,6 +33,7 @@ __all__ = [
     "DispatchTasks",
     "Event",
     "LaunchTasks",
+    "NodeLost",
     "PartitionLost",
     "SendAccepted",
     "SendUpdates",

@@ -59,6 +59,15 @@ class TaskLost(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
+class NodeLost(msgspec.Struct, frozen=True, gc=False):
+    """One node of a partition died (its executor, its host): nothing is placed there
+    again. Its tasks are reported lost one by one (`TaskLost`)."""
+
+    partition: str
+    node: int  # within the partition
+    reason: str
+
+
 class PartitionLost(msgspec.Struct, frozen=True, gc=False):
     """The runtime of a partition died: the agent fails or moves all its unfinished tasks."""
 
@@ -66,7 +75,8 @@ class PartitionLost(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
-BackendEvent = TaskStarted | TaskFinished | TaskRequeued | TaskLost | PartitionLost
+BackendEvent = (TaskStarted | TaskFinished | TaskRequeued | TaskLost | NodeLost
+                | PartitionLost)
 
 
 # Hand-offs from the agent: a task with its exact slot, or a plain function task fed
