@@ -158,7 +158,9 @@ def _per_rank(script: str, spec: TaskSpec, slot: Slot, layout: NodeLayout,
     ids, first = layout.core_ids, layout.first_node
     records = [f"{first + slot.nodes[r]}/{','.join([str(ids[c]) for c in slot.cores[r]])}"
                f"/{','.join(map(str, slot.rank_gpu_ids(r)))}" for r in order]
-    gpu_env = layout.gpu_env if layout.gpu_env and slot.gpus else ""
+    # On GPU nodes a rank that asked for none is told so: the launcher may have set the
+    # variable to every GPU of the step.
+    gpu_env = layout.gpu_env if layout.gpu_env and (slot.gpus or layout.gpus) else ""
     return ["/bin/sh", "-c", script, "pilotfish", gpu_env, str(len(order)), *records,
             *_command(spec)]
 
@@ -234,9 +236,12 @@ def srun(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, str]
 
 
 def srun_per_node(hosts: Sequence[str], command: Sequence[str], *,
-                  stdin_rank: int | None = None) -> list[str]:
+                  stdin_rank: int | None = None, whole: bool = False) -> list[str]:
     """`command` once on each of `hosts` (one task a node), as one overlapping job step;
-    `stdin_rank`: the one task `srun`'s standard input goes to (default: all of them)."""
+    `stdin_rank`: the one task `srun`'s standard input goes to (default: all of them);
+    `whole`: the step holds all of each node (its CPUs and GPUs), for a command that
+    starts the node's tasks (where Slurm confines a step to its resources, they would
+    otherwise share the one CPU the step's task got)."""
     for name in hosts:
         _usable(name, _SRUN_FORBIDDEN, "srun")
     n = len(hosts)
@@ -244,6 +249,8 @@ def srun_per_node(hosts: Sequence[str], command: Sequence[str], *,
             f"--nodelist={','.join(hosts)}", "--overlap"]
     if stdin_rank is not None:
         argv.append(f"--input={stdin_rank}")
+    if whole:
+        argv.append("--whole")
     return [*argv, "--export=ALL", *command]
 
 

@@ -208,9 +208,9 @@ class Session:
         desc = description or PilotDescription()
         if not isinstance(desc, PilotDescription):
             raise TypeError(f"start_pilot takes a PilotDescription, got {type(desc).__name__}")
-        if desc.mode != "local":
-            raise NotImplementedError(f"mode={desc.mode!r} pilots are being built; for now, "
-                                      "mode='local' (virtual nodes on this machine)")
+        if desc.mode == "batch":
+            raise NotImplementedError("mode='batch' pilots are being built; for now, run in "
+                                      "an allocation (salloc, sbatch) or mode='local'")
         uid = f"pilot.{len(self.pilots):04d}"
         pilot = Pilot(uid, desc, self.path / uid)
         assert desc.cores_per_node is not None and desc.gpus_per_node is not None
@@ -239,6 +239,7 @@ class Session:
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
             backends=[entry.to_dict() for entry in registry.registered()],
             keys_file=str(self.keys_file.resolve()), detach_grace=desc.detach_grace,
+            hosts=list(desc.hosts),
         )
         pilot.agent = LocalAgent(cfg)
         self._channel.watch_process(uid, pilot.agent.pid)

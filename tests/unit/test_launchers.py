@@ -163,8 +163,11 @@ def test_a_task_without_gpus_on_gpu_nodes_sees_none() -> None:
     (under_srun,) = srun(spec, slot, GPUS, BASE, HOSTS)
     assert under_srun.env == env
     assert not any(a.startswith("--gpus") for a in under_srun.argv)
+    # Each rank sets it empty itself: the launcher may set it to every GPU of the step.
+    assert under_srun.argv[-6] == "CUDA_VISIBLE_DEVICES"
     assert mpiexec(spec, slot, GPUS, BASE, HOSTS)[0].argv == openmpi_argv(
-        1, "n0:1", ["0/1/"], exported=[*X_PILOT, "-x", "CUDA_VISIBLE_DEVICES"])
+        1, "n0:1", ["0/1/"], gpu_env="CUDA_VISIBLE_DEVICES",
+        exported=[*X_PILOT, "-x", "CUDA_VISIBLE_DEVICES"])
 
 
 def test_uneven_ranks_per_node() -> None:

@@ -33,6 +33,7 @@ class AgentConfig:
     backends: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # registered
     keys_file: str = ""  # the session's keys (keys.py): never in argv themselves
     detach_grace: float = 0.0  # seconds to run on without a client, waiting for a new one
+    hosts: list[str] = dataclasses.field(default_factory=list)  # real nodes (empty: virtual)
 
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:

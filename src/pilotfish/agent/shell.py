@@ -144,7 +144,8 @@ class Agent:
             core_ids=tuple(cfg.core_ids or range(cfg.cores_per_node)), gpu_env=cfg.gpu_env,
             workers_per_node=cfg.workers_per_node, function_workers=cfg.function_workers,
             python_path=cfg.python_path, functions=self.functions, clock=self.clock,
-            partitions=layouts, keys=self.keys, keys_file=cfg.keys_file)
+            partitions=layouts, keys=self.keys, keys_file=cfg.keys_file,
+            hosts=tuple(cfg.hosts), heartbeat_timeout=cfg.heartbeat_timeout)
         self.backends, setups = build_backends(cfg, context, layouts)
         self.core = AgentCore(setups, _load_router(cfg), clock=self.clock.now)
         self.stats = AgentStats()

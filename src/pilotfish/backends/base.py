@@ -25,15 +25,16 @@ from ..states import TaskState
 
 
 # Events: past-tense facts, with the time they were observed. (Frozen structs: one or two
-# are made per task, and they are the cheapest to make; two kinds never compare equal.)
-class TaskStarted(msgspec.Struct, frozen=True, gc=False):
+# are made per task, and they are the cheapest to make; two kinds never compare equal.
+# Tagged: a node executor sends the task events as they are.)
+class TaskStarted(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):
     uid: str
     ts: float
     pid: int | None = None  # process group of a running executable (for clean-up)
     launch_ts: float | None = None
 
 
-class TaskFinished(msgspec.Struct, frozen=True, gc=False):
+class TaskFinished(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):
     uid: str
     state: TaskState  # DONE, FAILED or CANCELED
     exec_start: float | None
@@ -45,13 +46,13 @@ class TaskFinished(msgspec.Struct, frozen=True, gc=False):
     stderr: str | None = None
 
 
-class TaskRequeued(msgspec.Struct, frozen=True, gc=False):
+class TaskRequeued(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):
     """Placed on a worker that was lost before the task started: place it again."""
 
     uid: str
 
 
-class TaskLost(msgspec.Struct, frozen=True, gc=False):
+class TaskLost(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):
     """A running task's process, worker or node died under it (not by its own doing): it
     runs again, from the start, if its `retries` allow, else it fails with `reason`."""
 
@@ -121,6 +122,8 @@ class BuildContext:
     partitions: list[Partition]  # all of the pilot's
     keys: Keys  # the session's: every socket a backend binds or connects uses them
     keys_file: str  # where processes a backend starts read them (never pass them in argv)
+    hosts: tuple[str, ...] = ()  # the pilot's nodes' host names (empty: virtual nodes)
+    heartbeat_timeout: float = 5.0  # seconds of silence before a peer is lost
     shared: dict[str, Any] = field(default_factory=dict)  # what partitions may share
 
     def node_layout(self, partition: Partition) -> NodeLayout:

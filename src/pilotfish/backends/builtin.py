@@ -11,13 +11,18 @@ from collections.abc import Callable, Sequence
 from ..launchers import task_environment
 from ..partitions import Partition
 from ..reactor import Reactor
-from .base import BackendEvent, BuildContext, DispatchedTask, NodeLayout, PlacedTask
+from .base import Backend, BackendEvent, BuildContext, DispatchedTask, NodeLayout, PlacedTask
 from .functions.pool import FunctionPool
 from .processes import ProcessRunner
 
 
-def build(context: BuildContext, partition: Partition) -> BuiltinBackend:
-    """Function workers the user asked for start with the pilot; by default, on first use."""
+def build(context: BuildContext, partition: Partition) -> Backend:
+    """Function workers the user asked for start with the pilot; by default, on first use.
+    On real nodes (a pilot holding hosts), a node executor on each (nodes/backend.py)."""
+    if context.hosts:
+        from .nodes.backend import NodesBackend
+
+        return NodesBackend(context, partition)
     workers = context.workers_per_node
     return BuiltinBackend(context.task_sandbox, context.node_layout(partition),
                           context.functions, log_dir=context.sandbox,

@@ -1,0 +1,153 @@
+"""Pilots on the local Slurm cluster (../shared/slurm): every node of an allocation used.
+
+The cluster's four nodes are this one host: they are told apart by `SLURMD_NODENAME`.
+Each test runs a client inside `salloc`, as a user would, and reads what it printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import process_gone
+
+
+def _slurm_problem() -> str | None:
+    if shutil.which("salloc") is None or shutil.which("sinfo") is None:
+        return ("no Slurm here: start the local cluster with "
+                "../shared/slurm/start-local-slurm.sh --with-mpi")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%D %t"], capture_output=True, text=True,
+                             timeout=10)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 10 s"
+    if out.returncode != 0:
+        return f"sinfo failed: {out.stderr.strip()}"
+    idle = sum(int(line.split()[0]) for line in out.stdout.splitlines()
+               if line.split()[1] in ("idle", "mix"))
+    return None if idle >= 4 else f"the local cluster has {idle} usable nodes, not 4"
+
+
+_WHY = _slurm_problem()
+pytestmark = [pytest.mark.timeout(180), pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
+
+
+def in_allocation(tmp_path: Path, body: str, nodes: int = 4, *args: str) -> Any:
+    """Run a client (`body`, with `session` open and `out` a dict to fill) inside `salloc
+    -N nodes` and return the `out` it printed as JSON."""
+    script = tmp_path / "client.py"
+    script.write_text("import json, os, sys, time\nimport pilotfish as pf\n"
+                      "TD = pf.TaskDescription\nout = {}\n"
+                      f"session = pf.Session(path={str(tmp_path)!r})\n"
+                      + textwrap.dedent(body)
+                      + "\nsession.close()\nprint('RESULT ' + json.dumps(out), flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(["salloc", f"-N{nodes}", "--exclusive", "--gpus-per-node=4", *args,
+                           sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=150)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+SHOW = 'echo "$SLURMD_NODENAME $PILOTFISH_NODE $PILOTFISH_RANK ${CUDA_VISIBLE_DEVICES-unset}"'
+
+
+def test_a_pilot_in_an_allocation_runs_on_every_node(tmp_path: Path) -> None:
+    out = in_allocation(tmp_path, f"""
+pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local"))
+show = {SHOW!r}
+# Each holding a whole node's cores: each on a node of its own, at once.
+whole = session.submit([TD(executable="/bin/sh", arguments=["-c", show + "; sleep 1"],
+                           cores_per_rank=16, gpus_per_rank=1) for _ in range(4)])
+spread = session.submit(TD(executable="/bin/sh", arguments=["-c", show], ranks=4,
+                           ranks_per_node=1))
+pids = session.submit([TD(function=os.getpid) for _ in range(8)])
+assert session.wait(timeout=60)
+out["hosts"] = list(pilot.description.hosts)
+out["whole"] = [t.stdout for t in whole]
+out["spread"] = spread.stdout
+out["errors"] = [t.error for t in [*whole, spread, *pids] if t.error]
+out["pids"] = [t.result() for t in pids]
+""")
+    assert out["hosts"] == ["node1", "node2", "node3", "node4"]
+    assert out["errors"] == []
+    # Each task ran on the node the scheduler chose: PILOTFISH_NODE i is host i.
+    seen = sorted(tuple(line.split()) for line in out["whole"])
+    assert seen == [("node1", "0", "0", "0"), ("node2", "1", "0", "0"),
+                    ("node3", "2", "0", "0"), ("node4", "3", "0", "0")]
+    ranks = sorted(tuple(line.split()) for line in out["spread"].splitlines())
+    assert ranks == [("node1", "0", "0"), ("node2", "1", "1"), ("node3", "2", "2"),
+                     ("node4", "3", "3")]  # one rank a node, told it asked for no GPU
+    assert len(set(out["pids"])) >= 1
+
+
+FIND_EXECUTOR = """
+def executors(host=None):
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{name}/cmdline", "rb").read()
+            env = open(f"/proc/{name}/environ", "rb").read().split(b"\\0")
+        except OSError:
+            continue
+        if cmd.split(b"\\0")[1:3] == [b"-m", b"pilotfish.backends.nodes.executor"] \\
+                and str(session.path).encode() in cmd \\
+                and (host is None or f"SLURMD_NODENAME={host}".encode() in env):
+            found.append(int(name))
+    return found
+"""
+
+
+def test_a_node_whose_executor_dies_is_lost_and_the_others_go_on(tmp_path: Path) -> None:
+    out = in_allocation(tmp_path, FIND_EXECUTOR + """
+pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local", heartbeat_timeout=2))
+whole_node = dict(cores_per_rank=16)  # one such task a node
+long = session.submit([TD(executable="/bin/sleep", arguments=["60"], **whole_node)
+                       for _ in range(4)])
+session.wait_for(long, pf.TaskState.RUNNING, timeout=30)
+(victim,) = executors("node3")
+os.kill(victim, 9)
+deadline, ended = time.time() + 20, []
+while time.time() < deadline and not ended:  # (each wait times out: they run 60 s)
+    session.wait(long, timeout=0.2)
+    ended = [t for t in long if t.done()]
+out["ended"] = [(t.state.value, t.error) for t in ended]
+out["running"] = sum(t.state is pf.TaskState.RUNNING for t in long)
+session.cancel([t for t in long if not t.done()])
+show = "echo $SLURMD_NODENAME"
+after = session.submit([TD(executable="/bin/sh", arguments=["-c", show], **whole_node)
+                        for _ in range(6)])
+assert session.wait(after, timeout=60)
+out["after"] = [(t.state.value, (t.stdout or "").strip(), t.error) for t in after]
+""")
+    assert len(out["ended"]) == 1 and out["running"] == 3  # that node's task only
+    state, error = out["ended"][0]
+    assert state == "FAILED" and "node node3 lost: its executor was silent" in error
+    assert {s for s, _, _ in out["after"]} == {"DONE"}, out["after"]
+    assert {host for _, host, _ in out["after"]} <= {"node1", "node2", "node4"}
+
+
+def test_the_agent_gone_takes_its_executors_with_it(tmp_path: Path) -> None:
+    out = in_allocation(tmp_path, FIND_EXECUTOR + """
+pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local", heartbeat_timeout=2))
+t = session.submit(TD(executable="/bin/sleep", arguments=["60"]))
+session.wait_for([t], pf.TaskState.RUNNING, timeout=30)
+out["executors"] = executors()
+os.kill(pilot.process.pid, 9)
+session.wait([t], timeout=30)
+out["task"] = (t.state.value, t.error, t.pid)
+""")
+    assert len(out["executors"]) == 4
+    assert out["task"][0] == "FAILED" and "agent lost" in out["task"][1]
+    for pid in out["executors"]:
+        assert process_gone(pid, 15)  # the agent silent: they end their tasks and exit
+    assert process_gone(out["task"][2], 5)
