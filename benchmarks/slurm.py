@@ -1,0 +1,132 @@
+"""The Slurm cases, inside one 4-node allocation of the local cluster (64 slots):
+`python benchmarks/slurm.py [--runs 3] [CASE ...]`.
+
+Each run of a case is one `salloc -N4 --exclusive` that runs this file again inside it
+(`--inside CASE`), which prints its figures as JSON; we print each run, the medians and
+the same-run ratios, as benchmarks/run.py does. Cases:
+
+  s1        2,000 `/bin/true`: pilotfish over the 4 nodes (node executors) against a plain
+            driver launching `srun --exact` job steps with up to 64 in flight (the
+            paper's baseline). Target: pilotfish >= 20x the driver's tasks/s.
+  s2        1,024 `sleep 1` (ideal 16 s): utilization over the execution window, the same
+            two (pilotfish: its own metric; the driver: task-seconds over 64 x its span).
+            Target: pilotfish >= 99%.
+  startup   a pilot inside the allocation until a task has run on each of its 4 nodes
+            (all node executors up). Target: < 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import pilotfish as pf
+
+TD = pf.TaskDescription
+SLOTS = 64  # 4 nodes x 16 CPUs
+
+
+def _pilot(session: pf.Session) -> pf.Pilot:
+    return session.start_pilot(pf.PilotDescription(platform="slurm-local"))
+
+
+def _srun_driver(argv: list[str], n: int) -> tuple[float, list[tuple[float, float]]]:
+    """Run `n` job steps of `argv`, up to SLOTS at a time: seconds, and each step's
+    (start, end) as the driver saw it."""
+    def step(_: int) -> tuple[float, float]:
+        start = time.time()
+        subprocess.run(["srun", "-N1", "-n1", "--exact", *argv], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start, time.time()
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(SLOTS) as pool:
+        spans = list(pool.map(step, range(n)))
+    return time.perf_counter() - t0, spans
+
+
+def inside_s1(tmp: str, n: int = 2_000) -> dict[str, float]:
+    with pf.Session(path=tmp) as session:
+        _pilot(session)
+        session.submit([TD(executable="/bin/true", cores_per_rank=16) for _ in range(4)])
+        assert session.wait(timeout=120)  # every node executor up
+        start = time.perf_counter()
+        tasks = session.submit([TD(executable="/bin/true") for _ in range(n)])
+        assert session.wait(timeout=600)
+        ours = n / (time.perf_counter() - start)
+        assert all(t.state is pf.TaskState.DONE for t in tasks)
+    seconds, _ = _srun_driver(["/bin/true"], n)
+    return {"pilotfish": ours, "srun": n / seconds}
+
+
+def inside_s2(tmp: str, n: int = 1_024) -> dict[str, float]:
+    with pf.Session(path=tmp) as session:
+        _pilot(session)
+        tasks = session.submit([TD(executable="/bin/sleep", arguments=["1"]) for _ in range(n)])
+        assert session.wait(timeout=600)
+        assert all(t.state is pf.TaskState.DONE for t in tasks)
+        ours = session.metrics().core_utilization
+    _, spans = _srun_driver(["/bin/sleep", "1"], n)
+    window = max(e for _, e in spans) - min(s for s, _ in spans)
+    return {"pilotfish": 100.0 * (ours or 0.0), "srun": 100.0 * n * 1.0 / (SLOTS * window)}
+
+
+def inside_startup(tmp: str) -> dict[str, float]:
+    with pf.Session(path=tmp) as session:
+        start = time.perf_counter()
+        _pilot(session)
+        ready = time.perf_counter() - start
+        tasks = session.submit([TD(executable="/bin/true", cores_per_rank=16)
+                                for _ in range(4)])
+        assert session.wait(timeout=120)
+        assert all(t.state is pf.TaskState.DONE for t in tasks)
+        return {"all nodes": time.perf_counter() - start, "agent": ready}
+
+
+CASES = {
+    "s1": (inside_s1, "tasks/s", lambda r: r["pilotfish"] / r["srun"], "x the srun driver"),
+    "s2": (inside_s2, "% utilization", lambda r: r["pilotfish"] / r["srun"],
+           "x the srun driver's utilization"),
+    "startup": (inside_startup, "s", lambda r: r["all nodes"], "s until a task ran on each node"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)}")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
+            print("RESULT " + json.dumps(CASES[args.inside][0](tmp)), flush=True)
+        return
+    for name in args.cases or list(CASES):
+        _, unit, summary, what = CASES[name]
+        results = []
+        for _ in range(args.runs):
+            out = subprocess.run(["salloc", "-N4", "--exclusive", "--gpus-per-node=4",
+                                  sys.executable, __file__, "--inside", name],
+                                 capture_output=True, text=True, timeout=1200)
+            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode or not lines:
+                sys.exit(f"{name}: the run failed:\n{out.stdout}\n{out.stderr}")
+            result = json.loads(lines[-1].removeprefix("RESULT "))
+            results.append(result)
+            print(f"  {name}: " + ", ".join(f"{k} {v:,.3f}" for k, v in result.items())
+                  + f" ({unit})", flush=True)
+        medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        print(f"{name}: medians " + ", ".join(f"{k} {v:,.3f}" for k, v in medians.items())
+              + f" ({unit}); {statistics.median(summary(r) for r in results):.2f} {what}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
