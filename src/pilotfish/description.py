@@ -23,6 +23,7 @@ import cloudpickle
 import msgspec
 
 from .backends import registry
+from .launchers import check_launcher
 from .messages import TaskSpec
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
 from .pilots.slurm import current_allocation
@@ -167,6 +168,15 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     `sandbox` is the working directory (default: the pilot's shared task directory);
     stdout and stderr go to `<sandbox>/<uid>.out` and `.err`.
 
+    `launcher` (a name of `launchers.LAUNCHERS`: "srun", "srun.pmix", "srun.pmi2",
+    "mpiexec", "mpiexec.openmpi", "mpiexec.mpich", "local") starts the task's ranks on a
+    pilot holding real nodes: an MPI program needs the one its MPI is wired by (Open MPI:
+    "srun.pmix" or "mpiexec.openmpi"; MPICH: "srun.pmi2" or "mpiexec.mpich"). Unset, a task
+    spanning nodes goes through the platform profile's launcher and a task on one node is
+    started by the pilot itself. On virtual nodes (a local pilot) it is ignored: they are
+    all this host, with no host names to give srun or mpiexec, and every rank is a local
+    process, as for any task there (so a workflow runs there unchanged).
+
     (A frozen `msgspec.Struct`, not a dataclass: built in C, it costs a tenth of the
     time, which counts when a workflow makes a million of them.)
     """
@@ -190,6 +200,7 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     tags: Mapping[str, str] = {}
     partition: str | None = None
     retries: int = 0
+    launcher: str | None = None
     # Derived at construction, not given: the pickled function and arguments, so that an
     # unserialisable function is refused here and submit does no pickling.
     function_key: str | None = None
@@ -245,6 +256,9 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             if self.ranks != 1:
                 raise InvalidDescription(owner, "ranks", f"a function runs as one rank, got "
                                          f"{self.ranks} (use cores_per_rank for more cores)")
+            if self.launcher is not None:
+                raise InvalidDescription(owner, "launcher", "a launcher starts an executable's "
+                                         "ranks; a function runs in the pilot's workers")
             key, blob = pickle_function(self.function)
             set_(self, "function_key", key)
             set_(self, "function_blob", blob)
@@ -290,6 +304,10 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
                 raise TypeError(f"{owner}.partition must be a non-empty str, got "
                                 f"{self.partition!r}")
             _check_text(owner, "partition", self.partition)
+        if self.launcher is not None:
+            why = check_launcher(self.launcher)
+            if why is not None:
+                raise InvalidDescription(owner, "launcher", why)
         tags = self.tags
         if tags or type(tags) is not dict:
             _check_strings(owner, "tags", tags)
@@ -315,7 +333,7 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
                         self.args_blob, self.ranks, self.cores_per_rank, self.gpus_per_rank,
                         self.priority, self.timeout, self.name, dict(self.tags),
                         self.ranks_per_node, self.mem_per_rank, self.duration, self.partition,
-                        self.retries)
+                        self.retries, self.launcher)
 
     @property
     def cores(self) -> int:
@@ -517,7 +535,12 @@ class PilotDescription:
                                      "each partition its backend (PartitionSpec.backend)")
         if self.backend != "simulated":  # a simulated pilot simulates every kind
             for name in dict.fromkeys([s.backend for s in specs] or [self.backend]):
-                why = registry.get(name).unavailable()
+                entry = registry.get(name)
+                why = entry.unavailable()
+                if why is None and entry.real_nodes and self.mode == "local":
+                    why = ("it runs only on real nodes, and this pilot's are virtual "
+                           "(mode='local'): start it inside a Slurm allocation (salloc, "
+                           "sbatch) with a Slurm platform (slurm-local, frontier, ...)")
                 if why is not None:
                     raise InvalidDescription(owner, "partitions" if specs else "backend",
                                              f"no {name} here: {why} (a simulated pilot "

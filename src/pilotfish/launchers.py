@@ -12,6 +12,15 @@ them, they build argv lists, never shell strings.
 - `srun_per_node`: one `srun` running a command once on each of some hosts (how a Flux
   instance is started over a slice of an allocation).
 
+`LAUNCHERS` names them as tasks (`TaskDescription(launcher=...)`) and platform profiles
+(`launcher = ...`) do: `local`; `srun` (Slurm's default MPI plugin), `srun.pmix` and
+`srun.pmi2` (`--mpi=pmix`: Open MPI and other PMIx builds; `--mpi=pmi2`: MPICH); `mpiexec`
+(the `mpiexec` on PATH, Open MPI's options), `mpiexec.openmpi` and `mpiexec.mpich` (those
+programs, Debian's names, with Open MPI's and Hydra's options). A name says which program
+starts the ranks and how they are wired: the MPI a program was built with decides which
+one it needs (an Open MPI program under `srun` without PMIx fails in MPI_Init; an MPICH
+one under `srun` without PMI2 runs as unconnected singletons).
+
 Every rank sees PILOTFISH_TASK_ID, PILOTFISH_RANK, PILOTFISH_RANKS, PILOTFISH_NODE,
 PILOTFISH_NODES, PILOTFISH_CORES and the layout's GPU variable, as `task_environment`
 sets them. Under `srun` and `mpiexec` one environment serves every rank, so a fixed `sh`
@@ -28,13 +37,15 @@ order of hosts rather than the one it was given. `local` keeps the slot's number
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from .backends.base import NodeLayout
-from .messages import TaskSpec
-from .resources import Slot
+if TYPE_CHECKING:  # (types only: descriptions and profiles import this module's names)
+    from .backends.base import NodeLayout
+    from .messages import TaskSpec
+    from .resources import Slot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,7 +204,7 @@ _SRUN_FORBIDDEN = ",/[]*"  # list separator, a file name, a host range, a repeat
 
 
 def srun(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, str],
-         hosts: Sequence[str] = ()) -> list[Process]:
+         hosts: Sequence[str] = (), *, mpi: str | None = None) -> list[Process]:
     """One `srun` starting every rank of the task as one job step of the allocation.
 
     - Placement: `--distribution=arbitrary` with one `--nodelist` entry per rank lays the
@@ -213,8 +224,19 @@ def srun(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, str]
       exactly its slot's GPUs. `--gpus-per-task` would let Slurm choose the GPUs, which
       overlapping steps may then share with tasks the pilot placed there, and Slurm
       documents predictable GPU binding only when every GPU of the node is allocated.
+    - Concurrent steps: `--overlap` is what lets them run at once. Without it a step
+      waits while another holds its CPUs, which every step here does (no `--exact`), as
+      does the pilot's own step of node executors (`--whole`): on Slurm 22.05, eight
+      4-rank steps of `sleep 2` on the same two nodes took 2.4 s with `--overlap` and
+      17 s without it, with or without `--exact`.
+    - `mpi`: `--mpi=` (the PMI wiring the ranks' MPI needs); None leaves Slurm's
+      `MpiDefault`.
     - `--kill-on-bad-exit=1`: one rank failing ends the others (as the built-in backend
       does); `--export=ALL`: the ranks get the environment of `srun`.
+
+    Stopping: SIGTERM to `srun` makes it cancel the step, whose ranks Slurm kills on
+    their nodes (even ranks that ignore SIGTERM), so killing the task's process group
+    is enough.
     """
     order = _rank_order(slot)
     names = _host_names(hosts, slot, layout, _SRUN_FORBIDDEN, "srun")
@@ -230,6 +252,8 @@ def srun(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, str]
             f"--cpus-per-task={len(slot.cores[0])}", f"--cpu-bind={bind}"]
     if slot.gpus:
         argv.append(f"--gpus-per-node={layout.gpus}")
+    if mpi is not None:
+        argv.append(f"--mpi={mpi}")
     argv += ["--overlap", "--export=ALL", "--kill-on-bad-exit=1",
              *_per_rank(SRUN_SCRIPT, spec, slot, layout, order)]
     return [Process(argv=argv, env=_shared_environment(spec, slot, layout, base))]
@@ -258,9 +282,9 @@ def srun_per_node(hosts: Sequence[str], command: Sequence[str], *,
 
 
 def mpiexec(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, str],
-            hosts: Sequence[str] = (), *,
-            flavor: Literal["openmpi", "mpich"] = "openmpi") -> list[Process]:
-    """One `mpiexec` starting every rank of the task.
+            hosts: Sequence[str] = (), *, flavor: Literal["openmpi", "mpich"] = "openmpi",
+            program: str = "mpiexec") -> list[Process]:
+    """One `mpiexec` (`program`) starting every rank of the task.
 
     Hosts go as `host:ranks` in launcher order (both flavors read the suffix as the
     number of ranks to place there, and fill hosts in order), with `-n` the total.
@@ -277,13 +301,21 @@ def mpiexec(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, s
 
     GPUs: neither flavor binds them here, so each rank's GPU variable names its slot's
     GPUs.
+
+    Inside a Slurm allocation both start their daemons on the task's nodes with `srun`
+    (Open MPI's `orted`, Hydra's proxies), as a job step that holds every CPU of its
+    nodes: `SLURM_OVERLAP=1` in `mpiexec`'s environment makes that `srun` overlap the
+    other steps (without it two such tasks on a node ran one after the other). It
+    reaches the ranks too, where it changes nothing but the `srun`s they may start
+    themselves; outside Slurm nothing reads it.
     """
     order = _rank_order(slot)
     names = _host_names(hosts, slot, layout, ",:", "mpiexec")
     host_list = ",".join([f"{names[node]}:{n}" for node, n in _node_counts(slot, order)])
     env = _shared_environment(spec, slot, layout, base)
+    env["SLURM_OVERLAP"] = "1"
     if flavor == "openmpi":
-        argv = ["mpiexec", "-n", str(len(order)), "--host", host_list, "--map-by", "slot",
+        argv = [program, "-n", str(len(order)), "--host", host_list, "--map-by", "slot",
                 "--bind-to", "none"]
         exported = [*spec.environment, "PILOTFISH_TASK_ID", "PILOTFISH_RANKS",
                     "PILOTFISH_NODES"]
@@ -293,7 +325,7 @@ def mpiexec(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, s
             argv += ["-x", name]
         script = OPENMPI_SCRIPT
     elif flavor == "mpich":
-        argv = ["mpiexec", "-n", str(len(order)), "-hosts", host_list]
+        argv = [program, "-n", str(len(order)), "-hosts", host_list]
         same = _same_binding(slot, layout, order)
         if same is not None:
             argv += ["-bind-to", "user:" + ",".join(["+".join(map(str, c)) for c in same])]
@@ -304,4 +336,21 @@ def mpiexec(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, s
     return [Process(argv=argv, env=env)]
 
 
-LAUNCHERS: dict[str, Launcher] = {"local": local, "srun": srun, "mpiexec": mpiexec}
+LAUNCHERS: dict[str, Launcher] = {
+    "local": local,
+    "srun": srun,
+    "srun.pmix": functools.partial(srun, mpi="pmix"),
+    "srun.pmi2": functools.partial(srun, mpi="pmi2"),
+    "mpiexec": mpiexec,
+    "mpiexec.openmpi": functools.partial(mpiexec, program="mpiexec.openmpi"),
+    "mpiexec.mpich": functools.partial(mpiexec, flavor="mpich", program="mpiexec.mpich"),
+}
+"""Every launcher by the name tasks and platform profiles give it."""
+SRUN_LAUNCHERS = tuple(name for name in LAUNCHERS if name.split(".")[0] == "srun")
+
+
+def check_launcher(name: object) -> str | None:
+    """None if `name` names a launcher, else what is wrong with it (the choices)."""
+    if isinstance(name, str) and name in LAUNCHERS:
+        return None
+    return f"unknown launcher {name!r}; one of {', '.join(LAUNCHERS)}"

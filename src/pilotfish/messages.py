@@ -39,6 +39,7 @@ class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
     duration: float | None = None
     partition: str | None = None
     retries: int = 0  # placements elsewhere allowed when its partition is lost
+    launcher: str | None = None  # a name of launchers.LAUNCHERS (None: the platform's)
 
 
 class Submit(msgspec.Struct, array_like=True, tag=True):

@@ -6,8 +6,8 @@ Default rules (`RoutingPolicy`):
    `{"partition": ...}`) goes there, or fails at once if that partition does not exist
    or cannot run it.
 2. Otherwise only partitions that can run it are candidates (functions, executables,
-   ranks that may span nodes, GPUs, shared GPUs, and big enough to ever hold it); none:
-   it fails at once, saying why each partition cannot.
+   ranks that may span nodes, GPUs, shared GPUs, the launcher it names, and big enough
+   to ever hold it); none: it fails at once, saying why each partition cannot.
 3. Functions go to the first backend kind of `function_backends` present (Dragon before
    the built-in function workers); tasks of several ranks to the first of
    `parallel_backends` (Flux first); each among partitions of that kind. Other tasks
@@ -45,6 +45,7 @@ class TaskTraits:
     ranks: int = 1
     gpus_per_rank: float = 0.0
     partition: str | None = None  # pinned
+    launcher: str | None = None  # named by the task (launchers.LAUNCHERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ class Reject:
 def why_not(traits: TaskTraits, backend: str) -> str | None:
     """None if a partition of this backend can run the task, else why not."""
     return registry.get(backend).abilities.why_not(traits.kind, traits.ranks,
-                                                    traits.gpus_per_rank)
+                                                    traits.gpus_per_rank, traits.launcher)
 
 
 class RoutingPolicy:

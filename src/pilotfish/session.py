@@ -239,7 +239,7 @@ class Session:
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
             backends=[entry.to_dict() for entry in registry.registered()],
             keys_file=str(self.keys_file.resolve()), detach_grace=desc.detach_grace,
-            hosts=list(desc.hosts),
+            hosts=list(desc.hosts), launcher=desc.profile.launcher,
         )
         pilot.agent = LocalAgent(cfg)
         self._channel.watch_process(uid, pilot.agent.pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,6 +116,9 @@ def test_an_entry_is_checked_and_travels_as_plain_data() -> None:
                      preferred_for=("everything",))
     dragon = registry.get("dragon")
     assert BackendEntry.from_dict(dragon.to_dict()) == dragon
+    for name in ("dragon", "srun", "builtin"):  # through JSON, as the agent gets them
+        entry = registry.get(name)
+        assert BackendEntry.from_dict(json.loads(json.dumps(entry.to_dict()))) == entry
     with pytest.raises(ValueError, match="unknown backend 'toy'"):
         PS(backend="toy")
 

@@ -40,7 +40,8 @@ _WHY = _slurm_problem()
 pytestmark = [pytest.mark.timeout(180), pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
 
 
-def in_allocation(tmp_path: Path, body: str, nodes: int = 4, *args: str) -> Any:
+def in_allocation(tmp_path: Path, body: str, nodes: int = 4, *args: str,
+                  timeout: float = 150) -> Any:
     """Run a client (`body`, with `session` open and `out` a dict to fill) inside `salloc
     -N nodes` and return the `out` it printed as JSON."""
     script = tmp_path / "client.py"
@@ -52,7 +53,7 @@ def in_allocation(tmp_path: Path, body: str, nodes: int = 4, *args: str) -> Any:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(["salloc", f"-N{nodes}", "--exclusive", "--gpus-per-node=4", *args,
                            sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=150)
+                          env=env, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
     return json.loads(lines[-1].removeprefix("RESULT "))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import shutil
 import threading
 from collections.abc import Iterator, Mapping
 
@@ -260,9 +261,31 @@ def test_retries_are_a_non_negative_int() -> None:
         TaskDescription(executable="x", retries=1.5)  # type: ignore[arg-type]
 
 
+def test_a_launcher_is_for_executables() -> None:
+    assert TaskDescription(executable="/bin/hostname", ranks=4,
+                           launcher="mpiexec.mpich").launcher == "mpiexec.mpich"
+    assert TaskDescription(executable="/bin/hostname").launcher is None
+    with invalid("launcher", match="a launcher starts an executable's ranks; a function runs "
+                                   "in the pilot's workers"):
+        TaskDescription(function=pow, args=(2, 3), launcher="srun")
+
+
+def test_the_srun_backend_needs_real_nodes() -> None:
+    # Where srun is installed, the reason is that a local pilot's nodes are virtual.
+    why = "it runs only on real nodes" if shutil.which("srun") else "no srun on PATH"
+    with invalid("backend", match=f"no srun here: {why}"):
+        PilotDescription(backend="srun")
+    with invalid("partitions", match=f"no srun here: {why}"):
+        PilotDescription(nodes=2, partitions=[PartitionSpec(backend="builtin", nodes=1),
+                                              PartitionSpec(backend="srun")])
+    # A simulated pilot models it.
+    assert PilotDescription(backend="simulated", nodes=2, partitions=[
+        PartitionSpec(backend="srun")]).layout[0].backend == "srun"
+
+
 def test_a_pilot_backend_and_reservation_delay_are_checked() -> None:
     assert PilotDescription(backend="simulated", reserve_after=0).backend == "simulated"
-    with invalid("backend", match="unknown backend 'nope'; known: flux, dragon, builtin, "
+    with invalid("backend", match="unknown backend 'nope'; known: flux, dragon, builtin, srun, "
                                   "simulated"):
         PilotDescription(backend="nope")
     with invalid("backend", match="given each partition its backend|give each partition"):
@@ -343,7 +366,7 @@ def test_the_wire_spec_carries_every_field_of_a_description_by_name() -> None:
                           sandbox="/tmp/box", ranks=4, cores_per_rank=2, gpus_per_rank=0.5,
                           ranks_per_node=2, mem_per_rank=64, priority=3, timeout=9.5,
                           duration=2.0, name="n", tags={"colocate": "g"}, partition="p",
-                          retries=2)
+                          retries=2, launcher="srun.pmix")
     fn = TaskDescription(function=pow, args=(2, 3), cores_per_rank=2, retries=1)
     for d in (exe, fn):
         spec = d.to_spec("task.000001")
@@ -375,6 +398,10 @@ def test_the_wire_spec_carries_every_field_of_a_description_by_name() -> None:
     ({"duration": float("nan")}, InvalidDescription, "duration: must be >= 0 s"),
     ({"retries": -1}, InvalidDescription, "retries: must be >= 0"),
     ({"partition": ""}, TypeError, "partition must be a non-empty str"),
+    ({"launcher": "mpirun"}, InvalidDescription, "launcher: unknown launcher 'mpirun'; one of "
+                                                 "local, srun, srun.pmix, srun.pmi2, mpiexec, "
+                                                 "mpiexec.openmpi, mpiexec.mpich"),
+    ({"launcher": 1}, InvalidDescription, "launcher: unknown launcher 1; one of local"),
 ])
 def test_every_field_has_bounds_and_its_errors_name_it(fields: dict[str, object],
                                                        error: type[Exception], match: str) -> None:
@@ -397,11 +424,12 @@ def test_a_pilot_has_bounds_too(fields: dict[str, object], match: str) -> None:
 
 _NASTY = [0, 1, -1, 2**31, 2**64, 10**30, -(2**63), 0.0, -0.0, 0.5, 1e-300, 5e-324, 1e300,
           float("inf"), float("nan"), True, False, None, "", "x", "\udc80", "a\0b", "é", b"x",
+          "srun", "mpiexec.mpich",
           [], ["a"], [1, 2.5], ["\udc80"], (), {}, {"k": "v"}, {"k": 1}, {1: "v"},
           {"A=B": "c"}, object()]
 _FIELDS = ["arguments", "environment", "sandbox", "ranks", "cores_per_rank", "gpus_per_rank",
            "ranks_per_node", "mem_per_rank", "priority", "timeout", "duration", "name", "tags",
-           "partition", "retries"]
+           "partition", "retries", "launcher"]
 
 
 @settings(max_examples=600, deadline=None)

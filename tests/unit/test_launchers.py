@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -23,8 +24,10 @@ from pilotfish.launchers import (
     LAUNCHERS,
     MPICH_SCRIPT,
     OPENMPI_SCRIPT,
+    SRUN_LAUNCHERS,
     SRUN_SCRIPT,
     Process,
+    check_launcher,
     local,
     mpiexec,
     srun,
@@ -59,6 +62,11 @@ def srun_argv(*options: str, table: list[str], gpu_env: str = "") -> list[str]:
     return ["srun", *options, "--overlap", "--export=ALL", "--kill-on-bad-exit=1",
             "/bin/sh", "-c", SRUN_SCRIPT, "pilotfish", gpu_env, str(len(table)), *table,
             *COMMAND]
+
+
+def overlapping(env: dict[str, str]) -> dict[str, str]:
+    """mpiexec's environment: its daemons' srun steps overlap the others'."""
+    return {**env, "SLURM_OVERLAP": "1"}
 
 
 X_PILOT = ["-x", "OMP_NUM_THREADS", "-x", "PILOTFISH_TASK_ID", "-x", "PILOTFISH_RANKS",
@@ -96,9 +104,9 @@ def test_one_rank() -> None:
         "--ntasks=1", "--distribution=arbitrary", "--nodelist=n0", "--cpus-per-task=1",
         "--cpu-bind=map_cpu:1", table=["0/1/"]), env=env)]
     assert mpiexec(spec, slot, CPUS, BASE, HOSTS) == [Process(
-        argv=openmpi_argv(1, "n0:1", ["0/1/"]), env=env)]
+        argv=openmpi_argv(1, "n0:1", ["0/1/"]), env=overlapping(env))]
     assert mpiexec(spec, slot, CPUS, BASE, HOSTS, flavor="mpich") == [Process(
-        argv=mpich_argv(1, "n0:1", ["-bind-to", "user:1"], ["0/1/"]), env=env)]
+        argv=mpich_argv(1, "n0:1", ["-bind-to", "user:1"], ["0/1/"]), env=overlapping(env))]
 
 
 def test_four_ranks_over_two_nodes_two_per_node() -> None:
@@ -117,9 +125,9 @@ def test_four_ranks_over_two_nodes_two_per_node() -> None:
         "--ntasks=4", "--distribution=arbitrary", "--nodelist=n0,n0,n1,n1",
         "--cpus-per-task=1", "--cpu-bind=map_cpu:1,2", table=table), env=env)]
     assert mpiexec(spec, slot, CPUS, BASE, HOSTS) == [Process(
-        argv=openmpi_argv(4, "n0:2,n1:2", table), env=env)]
+        argv=openmpi_argv(4, "n0:2,n1:2", table), env=overlapping(env))]
     assert mpiexec(spec, slot, CPUS, BASE, HOSTS, flavor="mpich") == [Process(
-        argv=mpich_argv(4, "n0:2,n1:2", ["-bind-to", "user:1,2"], table), env=env)]
+        argv=mpich_argv(4, "n0:2,n1:2", ["-bind-to", "user:1,2"], table), env=overlapping(env))]
 
 
 def test_ranks_with_two_cores_each() -> None:
@@ -146,7 +154,7 @@ def test_gpu_ranks_see_their_own_gpus() -> None:
         "--cpu-bind=map_cpu:1,2", "--gpus-per-node=4", table=table,
         gpu_env="CUDA_VISIBLE_DEVICES"), env=env)]
     assert mpiexec(spec, slot, GPUS, BASE, HOSTS) == [Process(argv=openmpi_argv(
-        2, "n0:2", table, gpu_env="CUDA_VISIBLE_DEVICES"), env=env)]
+        2, "n0:2", table, gpu_env="CUDA_VISIBLE_DEVICES"), env=overlapping(env))]
     assert mpiexec(spec, slot, GPUS, BASE, HOSTS, flavor="mpich")[0].argv == mpich_argv(
         2, "n0:2", ["-bind-to", "user:1,2"], table, gpu_env="CUDA_VISIBLE_DEVICES")
     # Two ranks sharing one GPU by halves both name it.
@@ -256,7 +264,32 @@ def test_bad_input_is_refused() -> None:
 
 
 def test_launchers_by_name() -> None:
-    assert dict(LAUNCHERS) == {"local": local, "srun": srun, "mpiexec": mpiexec}
+    assert list(LAUNCHERS) == ["local", "srun", "srun.pmix", "srun.pmi2", "mpiexec",
+                               "mpiexec.openmpi", "mpiexec.mpich"]
+    assert (LAUNCHERS["local"], LAUNCHERS["srun"], LAUNCHERS["mpiexec"]) == (local, srun,
+                                                                            mpiexec)
+    assert SRUN_LAUNCHERS == ("srun", "srun.pmix", "srun.pmi2")
+    assert check_launcher("srun.pmix") is None
+    for bad in ("srun.pmi3", "mpirun", "", None, 3):
+        assert check_launcher(bad) == (f"unknown launcher {bad!r}; one of local, srun, "
+                                       "srun.pmix, srun.pmi2, mpiexec, mpiexec.openmpi, "
+                                       "mpiexec.mpich")
+    # Each variant is its launcher with the PMI plugin or the program (and flavor) named.
+    spec, slot = task(ranks=2, ranks_per_node=1), Slot((0, 1), ((0,), (0,)))
+    table = ["0/1/", "1/1/"]
+    env = shared(PILOTFISH_RANKS="2", PILOTFISH_NODES="0,1")
+    options = ["--ntasks=2", "--distribution=arbitrary", "--nodelist=n0,n1",
+               "--cpus-per-task=1", "--cpu-bind=map_cpu:1"]
+    for plugin in ("pmix", "pmi2"):
+        assert LAUNCHERS[f"srun.{plugin}"](spec, slot, CPUS, BASE, HOSTS) == [Process(
+            argv=srun_argv(*options, f"--mpi={plugin}", table=table), env=env)]
+    (openmpi,) = LAUNCHERS["mpiexec.openmpi"](spec, slot, CPUS, BASE, HOSTS)
+    assert openmpi == Process(argv=["mpiexec.openmpi", *openmpi_argv(2, "n0:1,n1:1",
+                                                                    table)[1:]],
+                              env=overlapping(env))
+    (mpich_,) = LAUNCHERS["mpiexec.mpich"](spec, slot, CPUS, BASE, HOSTS)
+    assert mpich_ == Process(argv=["mpiexec.mpich", *mpich_argv(
+        2, "n0:1,n1:1", ["-bind-to", "user:1"], table)[1:]], env=overlapping(env))
 
 
 # ---- srun one process per node: how Flux instances start -------------------------------
@@ -358,5 +391,62 @@ def test_the_runner_starts_a_launchers_processes_in_one_group(tmp_path: Path) ->
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # already reaped
         assert runner.running == 1
+    finally:
+        runner.stop(1.0)
+
+
+def test_the_runner_starts_a_task_through_the_launcher_it_names(tmp_path: Path) -> None:
+    argvs: list[list[str]] = []
+
+    def spawn(argv: list[str], env: dict[str, str], cwd: str | None, out_fd: int,
+              err_fd: int, pgid: int) -> int:
+        argvs.append(argv)
+        return spawn_process(["true"], env, cwd, out_fd, err_fd, pgid)
+
+    def named(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, str],
+              hosts: Sequence[str] = ()) -> list[Process]:
+        return [Process(argv=["named", *hosts], env=dict(base))]
+
+    reactor, events = Reactor(), list[object]()
+    runner = ProcessRunner(str(tmp_path), CPUS, spawn=spawn, hosts=HOSTS,
+                           launchers={"srun.pmix": named})
+    runner.start(reactor, events.append)
+    try:
+        slot = Slot((0,), ((0,),))
+        runner.launch([PlacedTask(TaskSpec("a", "executable", "/bin/app"), slot),
+                       PlacedTask(TaskSpec("b", "executable", "/bin/app", launcher="srun.pmix"),
+                                  slot),
+                       PlacedTask(TaskSpec("c", "executable", "/bin/app", launcher="mpiexec"),
+                                  slot)])
+        # Its own launcher (the default) where it names none, or one the runner lacks.
+        assert argvs == [["/bin/app"], ["named", *HOSTS], ["/bin/app"]]
+        while runner.running:
+            reactor.run_once(1.0)
+    finally:
+        runner.stop(1.0)
+
+
+def test_a_launchers_task_is_signalled_once_it_has_settled(tmp_path: Path) -> None:
+    """srun signalled while it launches its step leaves the step behind: a kill waits until
+    the task has run `settle` seconds (processes.LAUNCH_SETTLE), then SIGTERM, SIGKILL after
+    `kill_grace`."""
+    reactor, events = Reactor(), list[object]()
+    runner = ProcessRunner(str(tmp_path), CPUS, settle=0.5, kill_grace=0.3)
+    runner.start(reactor, events.append)
+    try:
+        stubborn = ["-c", "trap '' TERM; echo up; sleep 30 & wait; sleep 30"]
+        runner.launch([PlacedTask(TaskSpec("t", "executable", "/bin/sh", stubborn),
+                                  Slot((0,), ((0,),)))])
+        (started,) = events
+        assert isinstance(started, TaskStarted) and started.pid is not None
+        runner.cancel(["t"])
+        reactor.run_once(0.2)
+        os.kill(started.pid, 0)  # not signalled yet: still there
+        deadline = time.monotonic() + 10
+        while runner.running and time.monotonic() < deadline:
+            reactor.run_once(0.1)
+        finished = events[-1]
+        assert isinstance(finished, TaskFinished) and finished.state is TaskState.CANCELED
+        assert 0.5 + 0.3 <= finished.exec_stop - (finished.exec_start or 0) < 5
     finally:
         runner.stop(1.0)

@@ -9,6 +9,7 @@ import pytest
 
 from pilotfish.cli import main
 from pilotfish.description import InvalidDescription, PilotDescription
+from pilotfish.launchers import LAUNCHERS
 from pilotfish.platforms import (
     InvalidPlatform,
     available_platforms,
@@ -52,6 +53,8 @@ def test_the_shipped_profiles() -> None:
     assert len(known["aurora"].usable_cores) == 102
     local = known["local"]
     assert local.cores_per_node == os.cpu_count() and local.gpu_env is None
+    assert local.launcher == "local"
+    assert all(p.launcher in LAUNCHERS for p in known.values())  # names that line up
 
 
 def test_a_profile_round_trips_through_toml(tmp_path: Path) -> None:
@@ -92,6 +95,8 @@ def test_a_toml_path_is_a_platform(tmp_path: Path) -> None:
     (("mem_per_node_gib = 64", "mem_per_node_gib = 0"), "mem_per_node_gib"),
     (('batch_system = "slurm"', 'batch_system = "sge"'), "batch_system"),
     (('name = "mycluster"', 'name = "My Cluster"'), "name"),
+    (('launcher = "srun"', 'launcher = "builtin"'), "launcher"),  # not a launcher's name
+    (('launcher = "srun"', 'launcher = "local"'), "launcher"),  # cannot span a cluster's nodes
     (('description = "a test cluster"\n', ""), "description"),
 ])
 def test_a_bad_profile_names_the_file_and_key(tmp_path: Path, edit: tuple[str, str],

@@ -142,3 +142,22 @@ def test_late_binding_keeps_single_executables_where_routing_would() -> None:
     assert policy.may_move(one, dragon, builtin) and policy.may_move(one, builtin, flux)
     assert policy.may_move(TaskTraits(kind="executable", ranks=4), builtin, dragon)
     assert policy.may_move(TaskTraits(kind="function"), dragon, builtin)
+
+
+def test_a_task_naming_a_launcher_goes_where_ranks_start_through_launchers() -> None:
+    # Flux and Dragon start ranks their own way: a task naming a launcher goes elsewhere.
+    assert route(kind="executable", ranks=16, launcher="mpiexec.mpich") == "builtin"
+    assert route(kind="executable", launcher="srun") == "builtin"
+    with_srun = resolve_partitions((S(backend="flux"), S(backend="srun")), 4)
+    policy = RoutingPolicy()
+    assert policy.route(TaskTraits(kind="executable", ranks=8, launcher="srun.pmix"),
+                        with_srun, {}) == "srun"
+    assert policy.route(TaskTraits(kind="executable", ranks=8), with_srun, {}) == "flux"
+    assert policy.route(TaskTraits(kind="executable", launcher="mpiexec"), with_srun,
+                        {}) == Reject(
+        "no partition can run it: flux (flux) starts no ranks through launcher 'mpiexec'; "
+        "srun (srun) starts no ranks through launcher 'mpiexec' (only srun, srun.pmix, "
+        "srun.pmi2)")
+    assert policy.route(TaskTraits(kind="function"), with_srun, {}) == Reject(
+        "no partition can run it: flux (flux) runs no Python functions; srun (srun) runs "
+        "no Python functions")

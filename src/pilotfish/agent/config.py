@@ -34,6 +34,7 @@ class AgentConfig:
     keys_file: str = ""  # the session's keys (keys.py): never in argv themselves
     detach_grace: float = 0.0  # seconds to run on without a client, waiting for a new one
     hosts: list[str] = dataclasses.field(default_factory=list)  # real nodes (empty: virtual)
+    launcher: str = "srun"  # the platform's, for ranks spanning real nodes (launchers.py)
 
     @classmethod
     def from_json(cls, text: str) -> AgentConfig:

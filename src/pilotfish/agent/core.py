@@ -371,7 +371,7 @@ class AgentCore:
         if not self._layouts:
             return "every partition was lost: " + "; ".join(
                 f"{name!r}: {reason}" for name, reason in lost.items())
-        traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank, pinned)
+        traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank, pinned, spec.launcher)
         if not load:
             for p in self.partitions.values():
                 load[p.name] = (p.scheduler.queued + p.scheduler.placed) / p.cores
@@ -552,8 +552,9 @@ class AgentCore:
             return False  # it would wait for the same few workers
         if _pinned(spec) is not None:
             return False
-        traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank)
-        return to.abilities.why_not(spec.kind, spec.ranks, spec.gpus_per_rank) is None and (
+        traits = TaskTraits(spec.kind, spec.ranks, spec.gpus_per_rank, None, spec.launcher)
+        return to.abilities.why_not(spec.kind, spec.ranks, spec.gpus_per_rank,
+                                    spec.launcher) is None and (
             self.router.may_move(traits, source.layout, to.layout)) and (
             to.scheduler.alloc.never_fits(request.shape) is None)
 

@@ -145,7 +145,8 @@ class Agent:
             workers_per_node=cfg.workers_per_node, function_workers=cfg.function_workers,
             python_path=cfg.python_path, functions=self.functions, clock=self.clock,
             partitions=layouts, keys=self.keys, keys_file=cfg.keys_file,
-            hosts=tuple(cfg.hosts), heartbeat_timeout=cfg.heartbeat_timeout)
+            hosts=tuple(cfg.hosts), heartbeat_timeout=cfg.heartbeat_timeout,
+            launcher=cfg.launcher)
         self.backends, setups = build_backends(cfg, context, layouts)
         self.core = AgentCore(setups, _load_router(cfg), clock=self.clock.now)
         self.stats = AgentStats()

@@ -1,7 +1,8 @@
 """Running executables as local processes: spawn, wait on pidfds, time out, cancel.
 
 What to start for a task comes from a launcher (`launchers.py`; `local` by default: one
-process per rank). Each task gets its own process group (all of the processes its
+process per rank), or from the one the task names where the runner is given `launchers`
+by name. Each task gets its own process group (all of the processes its
 launcher asked for), so a timeout or a cancel kills the task and everything it started;
 stdout and stderr of all of them are appended to `<sandbox>/<uid>.out` and `.err`.
 """
@@ -13,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..files import TAIL_BYTES
@@ -27,6 +28,15 @@ from .base import BackendEvent, NodeLayout, PlacedTask, TaskFinished, TaskStarte
 from .outputs import PUBLISH_AFTER, OutputFile, OutputFiles
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+# For tasks started through srun (or mpiexec, whose daemons srun starts): SIGTERM makes
+# `srun` cancel its step and wait (up to 7 s here) until the ranks are gone on every
+# node, so it gets the time; and a kill waits until `srun` has run LAUNCH_SETTLE seconds.
+# Signalled while still launching the step ("aborted before step completely launched"),
+# srun gave up on it, and a node's slurmstepd held the ended step (its ranks gone) for 60 s
+# more, waiting for srun to take its output: on Slurm 22.05 here, 2 steps of 2 when
+# cancelled as they started, 1 of 6 half a second later, none with this wait.
+LAUNCHER_KILL_GRACE = 10.0
+LAUNCH_SETTLE = 2.0
 
 
 def spawn_process(argv: list[str], env: dict[str, str], cwd: str | None, out_fd: int,
@@ -70,12 +80,17 @@ class ProcessRunner:
 
     def __init__(self, sandbox: str, layout: NodeLayout, slots: int = 0,
                  spawn: Callable[..., int] | None = None, launcher: Launcher = local,
-                 hosts: Sequence[str] = ()) -> None:
+                 hosts: Sequence[str] = (),
+                 launchers: Mapping[str, Launcher] | None = None,
+                 kill_grace: float = KILL_GRACE, settle: float = 0.0) -> None:
         self.sandbox = sandbox
         self.layout = layout
         self._slots = slots  # how many tasks may run at once: output files made ahead
         self._spawn = spawn or spawn_process  # the one seam for process creation
         self._launcher = launcher  # what to start for a task's ranks (launchers.py)
+        self._launchers = launchers or {}  # by name: a task naming one is started by it
+        self._kill_grace = kill_grace  # seconds between SIGTERM and SIGKILL
+        self._settle = settle  # seconds a task runs before it is signalled to end
         self._hosts = hosts  # the pilot's host names, by node index (for launchers)
         self._base_env = dict(os.environ)
         self._made_dirs: set[str] = set()
@@ -112,8 +127,10 @@ class ProcessRunner:
                 outputs.append(self._outputs.open(sandbox, path))
             out, err = outputs
             cwd = None if sandbox == self._cwd else sandbox
-            for process in self._launcher(spec, slot, self.layout, self._base_env,
-                                          self._hosts):
+            launcher = self._launcher
+            if spec.launcher is not None and spec.launcher in self._launchers:
+                launcher = self._launchers[spec.launcher]
+            for process in launcher(spec, slot, self.layout, self._base_env, self._hosts):
                 pid = self._spawn(process.argv, process.env, cwd, out.fd, err.fd, pgid)
                 if not pgid:
                     pgid = pid  # the first process leads the task's group
@@ -201,9 +218,20 @@ class ProcessRunner:
         if task.spec.uid not in self._running or task.killed:
             return
         task.killed = why
+        early = task.exec_start + self._settle - time.time()
+        if early > 0:  # (its launcher is still starting it: see LAUNCH_SETTLE)
+            task.timers.append(self._reactor.call_later(early, functools.partial(
+                self._terminate, task)))
+        else:
+            self._terminate(task)
+
+    def _terminate(self, task: _Running) -> None:
+        assert self._reactor is not None
+        if task.spec.uid not in self._running:
+            return
         signal_group(task.pgid, signal.SIGTERM)
         task.timers.append(self._reactor.call_later(
-            KILL_GRACE, lambda: signal_group(task.pgid, signal.SIGKILL)))
+            self._kill_grace, lambda: signal_group(task.pgid, signal.SIGKILL)))
 
     def cancel(self, uids: Sequence[str]) -> list[str]:
         """Kill the running tasks among `uids`; return those that were not ours."""
@@ -218,6 +246,9 @@ class ProcessRunner:
 
     def stop(self, timeout: float) -> None:
         """Kill every running task's process group and reap it (no event is emitted)."""
+        if self._settle and self._running:  # (see LAUNCH_SETTLE)
+            youngest = max(task.exec_start for task in self._running.values())
+            time.sleep(max(0.0, min(youngest + self._settle - time.time(), timeout / 2)))
         for task in self._running.values():
             signal_group(task.pgid, signal.SIGTERM)
         deadline = time.monotonic() + timeout

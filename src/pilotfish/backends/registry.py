@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from ..launchers import SRUN_LAUNCHERS
+
 TASK_KINDS = ("functions", "multi-rank", "executables")  # what `preferred_for` names
 
 
@@ -39,14 +41,23 @@ class Abilities:
     shared_gpus: bool = True  # fractional GPUs per rank
     places_itself: bool = False  # the runtime places tasks (Flux); else it binds to slots
     function_workers: bool = False  # plain functions are fed ahead to persistent workers
+    # The launchers (launchers.LAUNCHERS) a task may name here: None, any (on real nodes
+    # they start its ranks; virtual nodes ignore them); () none (the runtime starts ranks
+    # its own way, and a task naming a launcher goes to another partition).
+    launchers: tuple[str, ...] | None = None
 
     @property
     def runs_anything(self) -> bool:
         return (self.executables and self.functions and self.multi_rank and self.gpus
-                and self.shared_gpus)
+                and self.shared_gpus and self.launchers is None)
 
-    def why_not(self, kind: str, ranks: int = 1, gpus_per_rank: float = 0.0) -> str | None:
+    def why_not(self, kind: str, ranks: int = 1, gpus_per_rank: float = 0.0,
+                launcher: str | None = None) -> str | None:
         """None if this backend can run such a task, else why not."""
+        if launcher is not None and self.launchers is not None and (
+                launcher not in self.launchers):
+            return (f"starts no ranks through launcher {launcher!r}"
+                    + (f" (only {', '.join(self.launchers)})" if self.launchers else ""))
         if kind == "function" and not self.functions:
             return "runs no Python functions"
         if kind == "executable" and not self.executables:
@@ -69,6 +80,7 @@ class BackendEntry:
     preferred_for: tuple[str, ...] = ()  # kinds of TASK_KINDS routing sends here first
     function_runners: tuple[str, ...] = ()  # PartitionSpec(functions=...): the default first
     check: str | None = None  # "module:function" saying why it cannot run here (None: it can)
+    real_nodes: bool = False  # runs only on a pilot holding real nodes (not mode="local")
 
     def __post_init__(self) -> None:
         unknown = set(self.preferred_for) - set(TASK_KINDS)
@@ -92,7 +104,10 @@ class BackendEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BackendEntry:
-        return cls(**{**data, "abilities": Abilities(**data["abilities"]),
+        abilities = data["abilities"]
+        if abilities.get("launchers") is not None:
+            abilities = {**abilities, "launchers": tuple(abilities["launchers"])}
+        return cls(**{**data, "abilities": Abilities(**abilities),
                       "preferred_for": tuple(data["preferred_for"]),
                       "function_runners": tuple(data["function_runners"])})
 
@@ -100,12 +115,13 @@ class BackendEntry:
 SHIPPED = (
     BackendEntry(
         name="flux", module="pilotfish.backends.flux.backend",
-        abilities=Abilities(functions=False, shared_gpus=False, places_itself=True),
+        abilities=Abilities(functions=False, shared_gpus=False, places_itself=True,
+                            launchers=()),
         summary="a Flux instance per partition: executables and MPI, placed by Flux",
         preferred_for=("multi-rank", "executables"), check="pilotfish.backends.flux:unavailable"),
     BackendEntry(
         name="dragon", module="pilotfish.backends.dragon.backend",
-        abilities=Abilities(shared_gpus=False, function_workers=True),
+        abilities=Abilities(shared_gpus=False, function_workers=True, launchers=()),
         summary="a Dragon runtime per partition: functions (workers or a Dragon pool), "
                 "processes, PMI groups",
         preferred_for=("functions", "multi-rank"), function_runners=("workers", "pool"),
@@ -115,6 +131,12 @@ SHIPPED = (
         abilities=Abilities(function_workers=True),
         summary="the embedded default: local processes (posix_spawn) and function workers",
         preferred_for=TASK_KINDS),
+    BackendEntry(
+        name="srun", module="pilotfish.backends.srun",
+        abilities=Abilities(functions=False, launchers=SRUN_LAUNCHERS),
+        summary="every task one Slurm job step (srun) on its nodes: the baseline, in the "
+                "same pilot",
+        check="pilotfish.backends.srun:unavailable", real_nodes=True),
     BackendEntry(
         name="simulated", module="pilotfish.backends.simulated",
         abilities=Abilities(),

@@ -7,7 +7,9 @@ listed in `PILOTFISH_PLATFORMS` (os.pathsep-separated) and in
 one. `PilotDescription(platform=...)` also takes the path of a `.toml` file.
 
 Every key is checked: an unknown key (a typo), a wrong type or an impossible value is an
-`InvalidPlatform` naming the file and the key.
+`InvalidPlatform` naming the file and the key. `launcher` names a launcher of
+`launchers.LAUNCHERS`: how a task's ranks spanning real nodes are started when the task
+names none ("local" only where there is no batch system).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..launchers import LAUNCHERS
 
 GPU_KINDS = {"none": None, "cuda": "CUDA_VISIBLE_DEVICES", "rocm": "ROCR_VISIBLE_DEVICES",
              "level_zero": "ZE_AFFINITY_MASK"}
@@ -44,7 +48,7 @@ class Platform:
     gpus_per_node: int
     gpu_kind: str  # none | cuda | rocm | level_zero
     mem_per_node: int  # MiB usable by tasks
-    launcher: str  # builtin | srun | mpiexec | ...
+    launcher: str  # of launchers.LAUNCHERS: how ranks spanning nodes start (real nodes)
     batch_system: str  # none | slurm | pbs | lsf | flux
     source: str  # the file it was read from
 
@@ -120,10 +124,16 @@ def parse_platform(data: dict[str, Any], source: str) -> Platform:
         mem = _memory_gib()
     elif isinstance(mem, bool) or not isinstance(mem, int | float) or not mem > 0:
         raise bad("mem_per_node_gib", f'must be a number of GiB > 0 or "auto", got {mem!r}')
+    launcher = text("launcher", tuple(LAUNCHERS))
+    batch = text("batch_system", BATCH_SYSTEMS)
+    if launcher == "local" and batch != "none":
+        raise bad("launcher", f"'local' starts ranks on one host only; on a {batch} cluster "
+                  f"tasks spanning nodes need one of "
+                  f"{', '.join([n for n in LAUNCHERS if n != 'local'])}")
     return Platform(name=name, description=text("description"), cores_per_node=cores,
                     blocked_cores=tuple(blocked), threads_per_core=integer("threads_per_core", 1),
                     gpus_per_node=gpus, gpu_kind=kind, mem_per_node=round(mem * 1024),
-                    launcher=text("launcher"), batch_system=text("batch_system", BATCH_SYSTEMS),
+                    launcher=launcher, batch_system=batch,
                     source=source)
 
 

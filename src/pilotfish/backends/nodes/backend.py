@@ -7,7 +7,8 @@ per node of the partition with ONE `srun --ntasks-per-node=1` over them (never o
 agent's scheduler stays the only one: a task placed on one node goes to that node's
 executor (an executable, a function needing its own slot, or a plain function for the
 node's persistent workers); a task whose ranks span nodes is started from here through
-the `srun` launcher (launchers.py), as one job step on exactly its nodes.
+the launcher it names, or else the platform's (launchers.py: `srun`, one job step on
+exactly its nodes, or `mpiexec`), as is a task on one node that names an MPI launcher.
 
 An executor that dies or stays silent past the heartbeat timeout loses its node: its
 tasks are reported lost (they run again elsewhere if their `retries` allow, else fail
@@ -29,11 +30,12 @@ from typing import Any
 import zmq
 
 from ...files import private
-from ...launchers import srun, srun_per_node
+from ...launchers import LAUNCHERS, srun_per_node
 from ...messages import encode
 from ...partitions import Partition
 from ...proctree import kill_group
 from ...reactor import Reactor, readable
+from ...states import TaskState
 from ...wire import Receiver
 from ..base import (
     BackendEvent,
@@ -46,7 +48,7 @@ from ..base import (
     TaskLost,
     TaskRequeued,
 )
-from ..processes import ProcessRunner
+from ..processes import LAUNCH_SETTLE, LAUNCHER_KILL_GRACE, ProcessRunner
 from .protocol import (
     Beat,
     Cancel,
@@ -90,9 +92,12 @@ class NodesBackend:
         self.nodes = [_Node(i, host) for i, host in enumerate(hosts)]
         self._by_host = {n.host: n for n in self.nodes}
         self._where: dict[str, int] = {}  # uid -> its node (or _HERE), while it runs
-        # Tasks whose ranks span nodes: one srun step each, started from here.
+        # Tasks whose ranks span nodes, or that name an MPI launcher: started from here,
+        # each through its launcher (by default the platform's).
         self.runner = ProcessRunner(context.task_sandbox, context.node_layout(partition),
-                                    launcher=srun, hosts=context.hosts)
+                                    launcher=LAUNCHERS[context.launcher], hosts=context.hosts,
+                                    launchers=LAUNCHERS, kill_grace=LAUNCHER_KILL_GRACE,
+                                    settle=LAUNCH_SETTLE)
         self.receiver: Receiver[FromExecutor] = Receiver(f"nodes {self.name} <- executors",
                                                          FromExecutor)
         self._sock: zmq.Socket[bytes] | None = None
@@ -161,7 +166,15 @@ class NodesBackend:
         spanning = []
         for placed in tasks:
             nodes = set(placed.slot.nodes)
-            if len(nodes) > 1:
+            named = placed.spec.launcher
+            if len(nodes) > 1 or (named is not None and named != "local"):
+                if (named or self.context.launcher) == "local":
+                    self._emit(TaskFinished(
+                        placed.spec.uid, TaskState.FAILED, None, time.time(),
+                        error=f"launcher 'local' starts ranks on one host only; these span "
+                              f"{len(nodes)} nodes (name one of "
+                              f"{', '.join([n for n in LAUNCHERS if n != 'local'])})"))
+                    continue
                 spanning.append(placed)
                 self._where[placed.spec.uid] = _HERE
                 continue
