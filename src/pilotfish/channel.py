@@ -6,6 +6,12 @@ thread sends them (merging queued submits into large batches), receives the agen
 batched updates and hands them to the session, sends a heartbeat to every agent each
 second, and declares an agent lost when it stays silent past its heartbeat timeout or
 its local process exits.
+
+A batch pilot's agent connects when its job starts, which may be hours after the link
+opened: until then (`awaiting_job`) no start-up timeout applies and what is sent to it
+waits in order. The session says when the job started (from then on its agent has
+JOB_STARTUP_TIMEOUT to say hello) and when it ended: before hello, the agent is lost at
+once with the job's reason; after, unless it says goodbye within JOB_END_GRACE.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 1.0
 RETRY_INTERVAL = 0.05  # how soon to retry messages an unconnected socket would not take
 STARTUP_TIMEOUT = 30.0  # an agent that has not said hello yet may take this long
+JOB_STARTUP_TIMEOUT = 120.0  # ... one whose batch job started (Python from a shared file system)
+JOB_END_GRACE = 3.0  # a batch job ended: its agent's goodbye may still be on its way
 MAX_TASKS_PER_MESSAGE = 5_000
 
 
@@ -47,6 +55,9 @@ class AgentLink:
     hello: m.Hello | None = None
     closed: bool = False
     stopping: bool = False  # Shutdown sent: the session's close() times the agent out
+    batch: bool = False  # a batch pilot's: its agent starts with its job
+    awaiting_job: bool = False  # ... which has not started yet: no start-up timeout
+    job_ended: tuple[float, str] | None = None  # (when, why) after hello: lost after the grace
     sent_functions: set[str] = field(default_factory=set)
     unsent: deque[bytes] = field(default_factory=deque)  # the socket would have blocked
 
@@ -86,14 +97,17 @@ class Channel:
 
     # ---- called from user threads -----------------------------------------------------
 
-    def open(self, pilot: str, heartbeat_timeout: float) -> str:
-        """Bind a socket for a new agent to connect to; returns its address."""
+    def open(self, pilot: str, heartbeat_timeout: float, host: str = "127.0.0.1",
+             awaiting_job: bool = False) -> str:
+        """Bind a socket on `host` (an IP address) for a new agent to connect to; returns
+        its address. `awaiting_job`: the agent starts with a batch job (`job_started`)."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # queue rather than block; sends never wait
         self.keys.serve(sock)
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
-        link = AgentLink(pilot, sock, f"tcp://127.0.0.1:{port}", heartbeat_timeout)
+        port = sock.bind_to_random_port(f"tcp://{host}")
+        link = AgentLink(pilot, sock, f"tcp://{host}:{port}", heartbeat_timeout,
+                         batch=awaiting_job, awaiting_job=awaiting_job)
         with self._lock:
             self._links[pilot] = link
         self._post(pilot, ("open", None))
@@ -106,6 +120,15 @@ class Channel:
     def watch_process(self, pilot: str, pid: int) -> None:
         """Declare the agent lost as soon as this local process exits."""
         self._post(pilot, ("watch", pid))
+
+    def job_started(self, pilot: str) -> None:
+        """The pilot's batch job runs: its agent has JOB_STARTUP_TIMEOUT to say hello."""
+        self._post(pilot, ("job_started", None))
+
+    def job_ended(self, pilot: str, reason: str) -> None:
+        """The pilot's batch job ended: an agent that never said hello is lost at once with
+        `reason`; one that did, unless its goodbye arrives within JOB_END_GRACE."""
+        self._post(pilot, ("job_ended", reason))
 
     def send(self, pilot: str, message: Any) -> None:
         self._post(pilot, message)
@@ -153,7 +176,9 @@ class Channel:
             self._ctx.term()
 
     def _loop_once(self) -> None:
-        blocked = any(link.unsent and not link.closed for link in self._links.values())
+        # (What waits for an agent that has not said hello goes when it does.)
+        blocked = any(link.unsent and not link.closed and link.hello is not None
+                      for link in self._links.values())
         wait = RETRY_INTERVAL if blocked else HEARTBEAT_INTERVAL
         events = dict(self._poller.poll(int(wait * 1000)))
         if self._wake_r in events:
@@ -197,6 +222,16 @@ class Channel:
                     self._poller.register(link.pidfd, zmq.POLLIN)
                 except ProcessLookupError:
                     self._lose(link, "agent process exited")
+            elif isinstance(item, tuple) and item[0] == "job_started":
+                if link.awaiting_job:
+                    link.awaiting_job = False
+                    link.last_heard = time.monotonic()
+            elif isinstance(item, tuple) and item[0] == "job_ended":
+                if link.hello is None:
+                    self._close_link(link)
+                    self._on_lost(link.pilot, item[1])
+                else:
+                    link.job_ended = (time.monotonic(), item[1])
             else:
                 if isinstance(item, m.Shutdown):
                     link.stopping = True
@@ -262,6 +297,8 @@ class Channel:
                 continue
             if isinstance(msg, m.Hello):
                 link.hello = msg
+                link.awaiting_job = False
+                self._retry_unsent(link)  # what waited for it (the agent is connected now)
             self._on_message(link.pilot, msg)
             if isinstance(msg, m.Bye):
                 self._close_link(link)
@@ -272,8 +309,14 @@ class Channel:
         for link in list(self._links.values()):
             if link.closed:
                 continue
+            if link.job_ended is not None and now - link.job_ended[0] > JOB_END_GRACE:
+                self._lose(link, link.job_ended[1])
+                continue
+            if link.awaiting_job:  # its batch job has not started: nothing to time
+                continue
             silent = now - link.last_heard
-            limit = link.heartbeat_timeout if link.hello is not None else STARTUP_TIMEOUT
+            limit = (link.heartbeat_timeout if link.hello is not None else
+                     JOB_STARTUP_TIMEOUT if link.batch else STARTUP_TIMEOUT)
             if silent > limit and not link.stopping:
                 self._lose(link, f"no heartbeat for {silent:.1f} s")
                 continue

@@ -29,22 +29,43 @@ def parse_partitions(text: str) -> list[PartitionSpec]:
     return specs
 
 
+def run_description(args: argparse.Namespace) -> PilotDescription:
+    """The demo's pilot: virtual nodes on the local platform (2 x 16 cores x 4 GPUs by
+    default); on a Slurm platform, its nodes' shape, as a batch pilot from a login node
+    (`--nodes`, default 1) or over the allocation it runs in (`--nodes`, default all)."""
+    partitions = parse_partitions(args.partitions) if args.partitions else []
+    local = args.platform == "local"
+    return PilotDescription(
+        platform=args.platform, partitions=partitions, runtime=args.runtime,
+        nodes=args.nodes if args.nodes is not None or not local else 2,
+        cores_per_node=args.cores if args.cores is not None or not local else 16,
+        gpus_per_node=args.gpus if args.gpus is not None or not local else 4)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .workloads.demo import demo_tasks
 
     try:
-        partitions = parse_partitions(args.partitions) if args.partitions else []
-        desc = PilotDescription(nodes=args.nodes, cores_per_node=args.cores,
-                                gpus_per_node=args.gpus, partitions=partitions)
+        desc = run_description(args)
     except ValueError as exc:  # InvalidDescription and PartitionError too
         print(f"pilotfish run: {exc}", file=sys.stderr)
         return 2
+    partitions = desc.partitions
     with Session(path=args.sessions) as session:
         print(f"session {session.uid} ({session.path})")
         t0 = time.monotonic()
         pilot = session.start_pilot(desc)
-        print(f"pilot {pilot.uid}: {desc.nodes} node(s) x {desc.cores_per_node} cores, "
-              f"{desc.gpus_per_node} GPUs per node; ready in {time.monotonic() - t0:.2f} s")
+        where = f"{desc.mode}" + (f", on {','.join(desc.hosts)}" if desc.hosts else "")
+        if pilot.state == "PENDING":
+            print(f"pilot {pilot.uid}: batch job {pilot.job_id} submitted; waiting for it to "
+                  "start (Ctrl-C cancels it)", flush=True)
+            if not pilot.wait_active():
+                print(f"pilot {pilot.uid} {pilot.state}: {pilot.reason}", file=sys.stderr)
+                return 1
+            where += f", job {pilot.job_id}"
+        print(f"pilot {pilot.uid} ({where}): {desc.nodes} node(s) x {desc.cores_per_node} "
+              f"cores, {desc.gpus_per_node} GPUs per node; ready in "
+              f"{time.monotonic() - t0:.2f} s")
         tasks = session.submit(demo_tasks(args.tasks, desc.gpus_per_node or 0))
         wait_with_progress(session, len(tasks), time.monotonic(), sys.stderr)
         counts = {s.value: 0 for s in TaskState if s.final}
@@ -143,10 +164,17 @@ def cmd_backends(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the demo workload on a local pilot")
-    run.add_argument("--nodes", type=int, default=2, help="virtual nodes (default 2)")
-    run.add_argument("--cores", type=int, default=16, help="cores per node (default 16)")
-    run.add_argument("--gpus", type=int, default=4, help="GPUs per node (default 4)")
+    run = sub.add_parser("run", help="run the demo workload on a pilot (local by default)")
+    run.add_argument("--platform", default="local",
+                     help="platform profile (default local: virtual nodes); on a Slurm one "
+                          "(slurm-local, frontier, ...), a batch pilot from a login node, or "
+                          "the allocation it runs in (salloc --exclusive)")
+    run.add_argument("--nodes", type=int, help="nodes (default: 2 virtual ones; a batch "
+                                               "pilot 1; in an allocation, all of it)")
+    run.add_argument("--cores", type=int, help="cores per node (default 16, or the "
+                                               "platform's)")
+    run.add_argument("--gpus", type=int, help="GPUs per node (default 4, or the platform's)")
+    run.add_argument("--runtime", type=float, help="seconds (a batch pilot's time limit)")
     run.add_argument("--tasks", type=int, default=2000, help="number of tasks (default 2000)")
     run.add_argument("--partitions", metavar="BACKEND[:NODES],...",
                      help="split the pilot, e.g. dragon:1,builtin (metrics then by partition)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import itertools
 import os
 import pickle
@@ -26,6 +27,7 @@ from .backends import registry
 from .launchers import check_launcher
 from .messages import TaskSpec
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
+from .pilots.batch import check_directives
 from .pilots.slurm import current_allocation
 from .platforms import InvalidPlatform, Platform, load_platform
 from .routing import RoutingPolicy
@@ -386,10 +388,12 @@ class PilotDescription:
     `mode` says where the nodes come from: "local" (virtual nodes of the platform's
     shape on this machine), "allocation" (the nodes of the Slurm job this runs in:
     `nodes=None` takes all of them, else the first `nodes`; their real host names, CPUs
-    from the job) or "batch" (a Slurm job submitted for the pilot, with `queue`,
-    `account` and `batch_directives`: extra `#SBATCH` lines). By default "local" on the
-    `local` platform and on simulated pilots; on a Slurm platform, "allocation" inside a
-    job and "batch" outside one.
+    from the job) or "batch" (a Slurm job submitted for the pilot from a login node:
+    `nodes` whole nodes, `runtime` its time limit, `queue` its partition, `account`, and
+    `batch_directives`: extra `#SBATCH` lines as sbatch options, e.g. `--qos=debug`,
+    `-C gpu`, `--exclusive`; not those set from the fields above; see pilots/batch.py).
+    By default "local" on the `local` platform and on simulated pilots; on a Slurm
+    platform, "allocation" inside a job and "batch" outside one.
     """
 
     platform: str = "local"
@@ -489,12 +493,22 @@ class PilotDescription:
             _check_text(owner, "batch_directives", d, c_string=True)
             if "\n" in d or "\r" in d:
                 raise InvalidDescription(owner, "batch_directives", f"one line each: {d!r}")
-        set_("batch_directives", tuple(directives))
+        try:
+            set_("batch_directives", check_directives(directives))
+        except ValueError as exc:
+            raise InvalidDescription(owner, "batch_directives", str(exc)) from None
         if mode == "batch":
             if shutil.which("sbatch") is None:
                 raise InvalidDescription(owner, "mode", "no Slurm here (no sbatch on PATH): "
                                          "submit from a login node of the cluster, or use "
                                          "mode='local' for virtual nodes of this shape")
+            if importlib.util.find_spec("psij") is None:
+                raise InvalidDescription(owner, "mode", "batch pilots submit their jobs "
+                                         "through PSI/J: pip install 'pilotfish[batch]'")
+            if self.detach_grace:
+                raise InvalidDescription(owner, "detach_grace", "a batch pilot cannot be "
+                                         "reattached yet (its agent runs on a compute node): "
+                                         "0, or run it in an allocation")
             if self.nodes is None:
                 set_("nodes", 1)
             return cores

@@ -60,7 +60,8 @@ def gather(session_dir: str | Path) -> SessionReport:
     client = dict(info).get("client")
     if client and is_running(client) is False:  # it ended without closing the session
         data.pilots[:] = [p._replace(state=f"LOST ({p.state} when its client ended)")
-                          if p.state in ("STARTING", "ACTIVE") else p for p in data.pilots]
+                          if p.state in ("STARTING", "PENDING", "ACTIVE") else p
+                          for p in data.pilots]
     metrics = compute_metrics(data.tasks, data.pilots, data.last_event)
     return SessionReport(Path(session_dir), info, data, metrics)
 

@@ -12,6 +12,7 @@ import concurrent.futures
 import datetime
 import itertools
 import json
+import logging
 import os
 import queue
 import secrets
@@ -30,19 +31,22 @@ import zmq
 from . import messages as m
 from .agent.config import AgentConfig
 from .backends import registry
-from .channel import Channel
+from .channel import JOB_END_GRACE, Channel
 from .description import PilotDescription, TaskDescription
-from .files import DIR_MODE, read_tail
+from .files import DIR_MODE, private, private_dir, read_tail
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal, connect_readonly
 from .keys import Keys
 from .partitions import PartitionSpec
+from .pilots.batch import BatchError, BatchJob, JobEvent, SlurmBatch, client_host, job_request
+from .pilots.batch import stop_margin as batch_stop_margin
 from .pilots.local import LocalAgent
 from .proctree import this_process
 from .states import TaskState, is_stale
 from .task import Task
 
 __version__ = "0.1.0"
+log = logging.getLogger(__name__)
 
 _STATES = {s.value: s for s in TaskState}
 _ORDER = {s: i for i, s in enumerate(TaskState)}  # NEW < SUBMITTED < ... < RUNNING < final
@@ -54,17 +58,30 @@ JOURNAL_ARGS_MAX = 4096
 
 
 class Pilot:
-    """A started pilot: its description, agent process, and state."""
+    """A started pilot: its description, agent (a local process, or a batch job), and state.
 
-    def __init__(self, uid: str, description: PilotDescription, sandbox: Path) -> None:
+    `state`: STARTING (a local agent starting) or PENDING (a batch pilot's job submitted,
+    its agent not connected yet), then ACTIVE once its agent says hello, then DONE,
+    FAILED or CANCELED; `reason` says why (while PENDING: the job's pending reason).
+    """
+
+    def __init__(self, uid: str, description: PilotDescription, sandbox: Path,
+                 session: Session | None = None) -> None:
         self.uid = uid
         self.description = description
         self.sandbox = sandbox
-        self.state = "STARTING"  # -> ACTIVE -> DONE | FAILED
+        self.state = "STARTING"  # or PENDING -> ACTIVE -> DONE | FAILED | CANCELED
         self.reason: str | None = None
         self.agent: LocalAgent | None = None
-        self.ready = threading.Event()
+        self.job: BatchJob | None = None  # a batch pilot's Slurm job
+        self.submitted = time.monotonic()  # when start_pilot was called
+        self.startup_time: float | None = None  # seconds from start_pilot to ACTIVE
+        self.ready = threading.Event()  # ACTIVE, or ended without
         self.stopped = threading.Event()
+        self._session = session
+        self._lock = threading.Lock()
+        self._ended = False  # its end is decided (stopped is set once it is recorded)
+        self._canceling: str | None = None  # why cancel() stops it
         self.outstanding = 0  # tasks submitted to it and not final yet
         self.stats: dict[str, float] = {}  # what its agent's work cost (when it ended)
         self.agent_pid: int | None = None  # as its agent said hello
@@ -77,6 +94,25 @@ class Pilot:
     @property
     def active(self) -> bool:
         return self.state == "ACTIVE"
+
+    @property
+    def job_id(self) -> str | None:
+        """A batch pilot's Slurm job id."""
+        return self.job.job_id if self.job is not None else None
+
+    def wait_active(self, timeout: float | None = None) -> bool:
+        """Block until the pilot is ACTIVE (True), or ended without becoming so, or
+        `timeout` seconds passed (False: see `state` and `reason`)."""
+        self.ready.wait(timeout)
+        return self.active
+
+    def cancel(self, timeout: float = 10.0) -> None:
+        """End the pilot: a pending batch pilot's job is canceled and its tasks end
+        CANCELED; a running one stops (its tasks CANCELED), then its job is canceled.
+        Its state becomes CANCELED (unless it had ended)."""
+        if self._session is None:
+            raise RuntimeError(f"{self.uid} belongs to no session")
+        self._session._cancel_pilot(self, "pilot canceled", timeout)
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -117,6 +153,7 @@ class Session:
         self._state_waiters = 0
         self._callbacks = CallbackThread()
         self._closed = False
+        self._batch: SlurmBatch | None = None  # the session's batch jobs (made on first use)
         self.keys_file = keys_file
         self._channel = Channel(self._on_message, self._on_lost, self._on_dropped,
                                 Keys.load(self.keys_file),
@@ -147,9 +184,9 @@ class Session:
         session._seq = last
         for uid, recorded, state in pilots:
             pilot = session.pilots[uid] = Pilot(uid, _pilot_description(recorded),
-                                                session.path / uid)
+                                                session.path / uid, session)
             pilot.state = state
-            if state not in ("STARTING", "ACTIVE"):
+            if state not in ("STARTING", "PENDING", "ACTIVE"):
                 pilot.ready.set()
                 pilot.stopped.set()
         with session._done:
@@ -203,16 +240,23 @@ class Session:
 
     def start_pilot(self, description: PilotDescription | None = None,
                     timeout: float = 60.0) -> Pilot:
-        """Start a pilot and return once its agent is ready for tasks."""
+        """Start a pilot and return once its agent is ready for tasks (`timeout`).
+
+        A batch pilot (`mode="batch"`) returns at once, PENDING: its Slurm job is
+        submitted, and it turns ACTIVE when the job starts and its agent connects back
+        (`pilot.wait_active()`). Tasks submitted meanwhile wait for it. If sbatch
+        refuses the job, this raises RuntimeError with sbatch's message."""
         self._check_open()
         desc = description or PilotDescription()
         if not isinstance(desc, PilotDescription):
             raise TypeError(f"start_pilot takes a PilotDescription, got {type(desc).__name__}")
-        if desc.mode == "batch":
-            raise NotImplementedError("mode='batch' pilots are being built; for now, run in "
-                                      "an allocation (salloc, sbatch) or mode='local'")
+        batch = desc.mode == "batch"
+        try:  # where its agent will connect to: an address the compute nodes reach
+            host = client_host(os.environ) if batch else "127.0.0.1"
+        except BatchError as exc:
+            raise RuntimeError(str(exc)) from None
         uid = f"pilot.{len(self.pilots):04d}"
-        pilot = Pilot(uid, desc, self.path / uid)
+        pilot = Pilot(uid, desc, self.path / uid, self)
         assert desc.cores_per_node is not None and desc.gpus_per_node is not None
         assert desc.nodes is not None
         recorded = {**asdict(desc), "routing": type(desc.routing).__qualname__
@@ -222,7 +266,7 @@ class Session:
         self.journal.add_partitions(uid, [(p.name, p.backend, p.first, p.nodes)
                                           for p in desc.layout])
         self.pilots[uid] = pilot
-        address = self._channel.open(uid, desc.heartbeat_timeout)
+        address = self._channel.open(uid, desc.heartbeat_timeout, host, awaiting_job=batch)
         cfg = AgentConfig(
             client_address=address, pilot_uid=uid, sandbox=str(pilot.sandbox.resolve()),
             nodes=desc.nodes, cores_per_node=desc.cores_per_node,
@@ -235,12 +279,16 @@ class Session:
             partitions=[(p.name, p.backend, p.first, p.nodes, p.functions)
                         for p in desc.layout],
             heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
-            parent_pid=os.getpid(),
+            parent_pid=None if batch else os.getpid(),  # (a batch agent's client is elsewhere)
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],
             backends=[entry.to_dict() for entry in registry.registered()],
             keys_file=str(self.keys_file.resolve()), detach_grace=desc.detach_grace,
-            hosts=list(desc.hosts), launcher=desc.profile.launcher,
+            hosts=list(desc.hosts), launcher=desc.profile.launcher, batch_job=batch,
+            runtime_margin=batch_stop_margin(desc.runtime) if batch and desc.runtime else 0.0,
         )
+        if batch:
+            self._submit_job(pilot, cfg)
+            return pilot
         pilot.agent = LocalAgent(cfg)
         self._channel.watch_process(uid, pilot.agent.pid)
         log = pilot.sandbox / "agent.log"
@@ -253,6 +301,67 @@ class Session:
             raise RuntimeError(f"{uid}: agent failed to start: {pilot.reason} "
                                f"({_last_line(log)}); see {log}")
         return pilot
+
+    def _submit_job(self, pilot: Pilot, cfg: AgentConfig) -> None:
+        """A batch pilot: its config to `<pilot>/agent.json` (0600), its job submitted."""
+        import pilotfish
+
+        sandbox = private_dir(pilot.sandbox)
+        config = sandbox / "agent.json"
+        with open(config, "w", opener=private) as f:
+            f.write(cfg.to_json())
+        request = job_request(
+            pilot.description, pilot_uid=pilot.uid, sandbox=cfg.sandbox,
+            config_path=str(config.resolve()), executable=sys.executable,
+            package_root=str(Path(pilotfish.__file__).resolve().parent.parent), env=os.environ)
+        pilot.state = pilot.reason = "PENDING"
+        self.journal.update_pilot(pilot.uid, state="PENDING")
+        try:
+            if self._batch is None:
+                self._batch = SlurmBatch(self.path / "batch")
+            pilot.job = self._batch.submit(request, lambda e: self._on_job_event(pilot, e))
+        except (BatchError, OSError) as exc:
+            self._channel.close_link(pilot.uid)
+            self._end_pilot(pilot, "FAILED", f"its batch job was not submitted: {exc}")
+            raise RuntimeError(f"{pilot.uid}: sbatch refused the pilot's job: {exc}") from None
+        with pilot._lock:
+            if pilot.state == "PENDING":
+                pilot.reason = f"batch job {pilot.job_id} submitted"
+
+    def _on_job_event(self, pilot: Pilot, event: JobEvent) -> None:
+        """A batch pilot's job changed (on a PSI/J or watcher thread)."""
+        if event.kind == "pending":
+            if pilot.state == "PENDING":
+                pilot.reason = f"batch job {event.job_id} pending: {event.text}"
+        elif event.kind == "started":
+            self._channel.job_started(pilot.uid)
+        elif event.kind == "ended":
+            self._channel.job_ended(pilot.uid, f"its batch job {event.job_id} {event.text}")
+        elif event.kind == "lost" and pilot.state == "PENDING":  # (once active, its
+            if pilot.job is not None:                            # heartbeats tell)
+                pilot.job.cancel()
+            self._channel.job_ended(pilot.uid, f"its batch job {event.job_id} {event.text}; "
+                                    "canceled")
+
+    def _cancel_pilot(self, pilot: Pilot, reason: str, timeout: float) -> None:
+        """End a pilot (`Pilot.cancel`, `close`): see `Pilot.cancel`."""
+        with pilot._lock:
+            ended = pilot._ended
+            pending = not ended and pilot.state == "PENDING"
+            if not ended:
+                pilot._canceling = reason
+        if pending:  # no agent yet: the pilot ends here, its job is canceled
+            self._channel.close_link(pilot.uid)
+            self._end_pilot(pilot, "CANCELED", f"{pilot.uid}: {reason}", TaskState.CANCELED)
+        elif not ended:
+            self._channel.send(pilot.uid, m.Shutdown(reason))
+            if not self._wait_stopped(pilot, time.monotonic() + timeout, timeout):
+                self._kill_agent(pilot)
+                self._on_lost(pilot.uid, "agent did not stop within the timeout; killed")
+        if pilot.job is not None and not pilot.job.cancel(
+                wait=timeout, grace=0.0 if pending else JOB_END_GRACE):
+            log.warning("%s: its batch job %s did not end within %g s of scancel", pilot.uid,
+                        pilot.job_id, timeout)
 
     # ---- tasks ------------------------------------------------------------------------
 
@@ -282,12 +391,16 @@ class Session:
         return tasks[0] if single else tasks
 
     def _pick_pilot(self, pilot: Pilot | None) -> Pilot:
+        """The pilot given (active, or a pending batch pilot: the tasks wait for it), or
+        the least loaded active pilot, or if none is active, pending one."""
         self._check_open()
         if pilot is not None:
-            if pilot.uid not in self.pilots or not pilot.active:
-                raise RuntimeError(f"{pilot.uid} is not an active pilot of this session")
+            if pilot.uid not in self.pilots or pilot.state not in ("ACTIVE", "PENDING"):
+                raise RuntimeError(f"{pilot.uid} is not an active or pending pilot of this "
+                                   f"session ({pilot.state}: {pilot.reason})")
             return pilot
-        active = [p for p in self.pilots.values() if p.active]
+        active = ([p for p in self.pilots.values() if p.active]
+                  or [p for p in self.pilots.values() if p.state == "PENDING"])
         if not active:
             raise RuntimeError("no active pilot: call session.start_pilot() first")
         # The least loaded: fewest unfinished tasks per core.
@@ -338,7 +451,8 @@ class Session:
         return tasks
 
     def cancel(self, tasks: Iterable[Task]) -> None:
-        """Cancel queued or running tasks; each ends CANCELED unless it finished first."""
+        """Cancel queued or running tasks; each ends CANCELED unless it finished first
+        (at once for the tasks of a pending batch pilot)."""
         by_pilot: dict[str, list[str]] = {}
         now = time.time()
         rows = []
@@ -348,7 +462,9 @@ class Session:
                 rows.append((t.id, "cancel_requested", now))
         self.journal.add_events(rows)
         for pilot, uids in by_pilot.items():
-            self._channel.send(pilot, m.Cancel(uids))
+            self._channel.send(pilot, m.Cancel(uids))  # (queued for a pending pilot: its
+            if self.pilots[pilot].state == "PENDING":  # agent must not run them either)
+                self._end_tasks(uids, TaskState.CANCELED, "canceled")
 
     def wait(self, tasks: Iterable[Task] | None = None, timeout: float | None = None) -> bool:
         """Block until the tasks (default: all submitted so far) are final.
@@ -447,13 +563,17 @@ class Session:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop every pilot (tasks still running are canceled) and close the journal."""
+        """Stop every pilot (tasks still running are canceled), cancel the batch jobs of
+        pilots still pending or running (and wait until Slurm holds none), and close the
+        journal."""
         if self._closed:
             return
         self._closed = True
         for pilot in self.pilots.values():
             if pilot.active:
                 self._channel.send(pilot.uid, m.Shutdown("session closed"))
+            elif pilot.state == "PENDING":
+                self._cancel_pilot(pilot, "session closed", timeout)
         deadline = time.monotonic() + timeout
         for pilot in self.pilots.values():
             if not self._wait_stopped(pilot, deadline, timeout):
@@ -463,6 +583,12 @@ class Session:
                     max(0.1, deadline - time.monotonic())):
                 pilot.agent.kill()
                 pilot.agent.wait(5)
+            if pilot.job is not None and not pilot.job.cancel(  # (ended by itself, mostly)
+                    wait=max(1.0, deadline - time.monotonic()), grace=JOB_END_GRACE):
+                log.warning("%s: its batch job %s did not end within the timeout of scancel",
+                            pilot.uid, pilot.job_id)
+        if self._batch is not None:
+            self._batch.close()
         self._channel.close()
         self._fail_live(None, TaskState.CANCELED, "session closed")
         self._callbacks.close(timeout)
@@ -476,6 +602,8 @@ class Session:
     def _kill_agent(pilot: Pilot) -> None:
         if pilot.agent is not None:
             pilot.agent.kill()
+        if pilot.job is not None:  # a batch pilot's: its job (what its agent started ends
+            pilot.job.cancel()     # with it)
 
     # ---- called on the channel thread -------------------------------------------------
 
@@ -488,16 +616,26 @@ class Session:
         elif isinstance(msg, m.Accepted):
             self._accept(msg.uids, msg.ts)
         elif isinstance(msg, m.Hello):
-            if msg.version != m.WIRE_VERSION:
-                pilot.state, pilot.reason = "FAILED", f"agent speaks wire version {msg.version}"
-            else:
-                pilot.state = "ACTIVE"
-                pilot.agent_pid = msg.pid
+            with pilot._lock:
+                if pilot._ended:  # (a pending pilot canceled as its agent connected)
+                    return
+                if msg.version != m.WIRE_VERSION:
+                    pilot.state = "FAILED"
+                    pilot.reason = f"agent speaks wire version {msg.version}"
+                else:
+                    pilot.state, pilot.reason = "ACTIVE", None
+                    pilot.agent_pid = msg.pid
+                    pilot.startup_time = time.monotonic() - pilot.submitted
             self.journal.update_pilot(pilot_uid, ready=time.time(), state=pilot.state)
+            if not pilot.active:  # an agent of another version: it ends here
+                self._channel.close_link(pilot_uid)
+                self._kill_agent(pilot)
+                self._end_pilot(pilot, "FAILED", pilot.reason or "")
             pilot.ready.set()
         elif isinstance(msg, m.Bye):
             pilot.stats = msg.stats
-            self._end_pilot(pilot, "DONE", msg.reason)
+            canceled = pilot._canceling is not None
+            self._end_pilot(pilot, "CANCELED" if canceled else "DONE", msg.reason)
 
     def _on_dropped(self, pilot_uid: str, uids: list[str], reason: str | None) -> None:
         """Tasks that could not be sent (their pilot ended first, or `reason`) fail."""
@@ -508,18 +646,29 @@ class Session:
 
     def _on_lost(self, pilot_uid: str, reason: str) -> None:
         pilot = self.pilots[pilot_uid]
-        if pilot.stopped.is_set():
+        if pilot._ended:
             return
         if pilot.agent is not None:  # it, and everything it started
             pilot.agent.clean_up()
+        if pilot.job is not None:
+            if pilot.agent_pid is None and (log_end := _log_end(pilot.sandbox / "agent.log")):
+                reason += f" (its agent.log ends: {log_end})"
+            pilot.job.cancel()
         self._end_pilot(pilot, "FAILED", reason)
 
-    def _end_pilot(self, pilot: Pilot, state: str, reason: str) -> None:
-        pilot.state, pilot.reason = state, reason
+    def _end_pilot(self, pilot: Pilot, state: str, reason: str,
+                   tasks: TaskState = TaskState.FAILED) -> None:
+        """The pilot ended (once: later ends are ignored); its unfinished tasks end as
+        `tasks` with the reason."""
+        with pilot._lock:
+            if pilot._ended:
+                return
+            pilot._ended = True
+            pilot.state, pilot.reason = state, reason
         # A simulated pilot's clock ran ahead of the wall clock: its end is on that clock.
         stopped = time.time() + pilot.stats.get("clock_offset", 0.0)
         self.journal.update_pilot(pilot.uid, stopped=stopped, state=state, error=reason)
-        self._fail_live(pilot.uid, TaskState.FAILED, reason)
+        self._fail_live(pilot.uid, tasks, reason)
         pilot.ready.set()
         pilot.stopped.set()
 
@@ -625,8 +774,13 @@ def _pilot_description(recorded: str) -> PilotDescription:
 
 def _last_line(log: Path) -> str:
     """The last line an agent wrote to its log (a failed start ends with its cause)."""
+    end = _log_end(log)
+    return f"its log ends: {end}" if end else "its log is empty or unreadable"
+
+
+def _log_end(log: Path) -> str | None:
     lines = (read_tail(str(log)) or "").strip().splitlines()
-    return f"its log ends: {lines[-1]}" if lines else "its log is empty or unreadable"
+    return lines[-1] if lines else None
 
 
 def _journal_row(task: Task, final: float, extra: list[tuple[int, str, float]]

@@ -1,4 +1,5 @@
-"""Entry point of the agent process: `python -m pilotfish.agent CONFIG_JSON`."""
+"""Entry point of the agent process: `python -m pilotfish.agent CONFIG` (the config as JSON,
+or the path of a JSON file: config.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import signal
 import sys
 from typing import TextIO
 
-from .config import AgentConfig
+from .config import JOB_TASK_VARIABLES, AgentConfig
 from .shell import Agent
 
 
@@ -37,7 +38,11 @@ class LogStream:
 
 def main() -> int:
     sys.stdout = sys.stderr = LogStream(sys.stderr)  # type: ignore[assignment]
-    cfg = AgentConfig.from_json(sys.argv[1])
+    cfg = AgentConfig.load(sys.argv[1])
+    if cfg.batch_job:  # in its Slurm job: the job's nodes are the pilot's
+        cfg = cfg.in_job(os.environ)
+        for name in JOB_TASK_VARIABLES:
+            os.environ.pop(name, None)
     agent = Agent(cfg)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop("agent terminated (SIGTERM)"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)

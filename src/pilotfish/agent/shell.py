@@ -153,6 +153,7 @@ class Agent:
         self._inbox: list[BackendEvent] = []
         self._last_heard = time.monotonic()
         self._stop_reason: str | None = None
+        self._canceled = False  # stopped by the client (Shutdown)
         self._tell_client = True
         self._client_pidfd: int | None = None
         self._give_up: int | None = None  # the timer ending a detached pilot
@@ -177,9 +178,8 @@ class Agent:
         if cfg.parent_pid and not self._watch_client(cfg.parent_pid):
             return "client process exited before the agent started"
         self._heartbeat()
-        if cfg.runtime:
-            self.reactor.call_later(
-                cfg.runtime, lambda: self.stop(f"pilot runtime of {cfg.runtime:g} s exceeded"))
+        if cfg.stop_after is not None:  # (a batch job's: its margin before the time limit)
+            self.reactor.call_later(cfg.stop_after, lambda: self.stop(cfg.runtime_reason))
         self._send(m.Hello(m.WIRE_VERSION, os.getpid(), time.time(), cfg.nodes,
                            cfg.cores_per_node, cfg.gpus_per_node))
         polled = 0.0
@@ -243,7 +243,7 @@ class Agent:
     def _shutdown(self) -> None:
         reason = self._stop_reason or "stopped"
         # Outcomes that arrived with the stop still count; nothing more is launched.
-        stop = StopRequested(reason, canceled=reason == "shutdown requested")
+        stop = StopRequested(reason, canceled=self._canceled)
         actions = self.core.handle(stop, *self._inbox)
         self._inbox.clear()
         if self._tell_client:
@@ -360,5 +360,7 @@ class Agent:
                 self._execute(self.core.handle(CancelRequested(msg.uids)))
             elif isinstance(msg, m.Heartbeat):
                 self.link.acked(msg.acked)
-            elif isinstance(msg, m.Shutdown):
-                self.stop("shutdown requested")
+            elif isinstance(msg, m.Shutdown):  # the client's: its tasks end CANCELED
+                self._canceled = self._stop_reason is None
+                self.stop(f"shutdown requested ({msg.reason})" if msg.reason
+                          else "shutdown requested")
