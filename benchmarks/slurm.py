@@ -5,14 +5,20 @@ Each run of a case is one `salloc -N4 --exclusive` that runs this file again ins
 (`--inside CASE`), which prints its figures as JSON; we print each run, the medians and
 the same-run ratios, as benchmarks/run.py does. Cases:
 
-  s1        2,000 `/bin/true`: pilotfish over the 4 nodes (node executors) against a plain
-            driver launching `srun --exact` job steps with up to 64 in flight (the
-            paper's baseline). Target: pilotfish >= 20x the driver's tasks/s.
+  s1        2,000 `/bin/true`: pilotfish over the 4 nodes (node executors), pilotfish's
+            srun backend (every task a job step), and a plain driver launching `srun
+            --exact` job steps with up to 64 in flight (the paper's baseline). Target:
+            pilotfish >= 20x the driver's tasks/s.
   s2        1,024 `sleep 1` (ideal 16 s): utilization over the execution window, the same
-            two (pilotfish: its own metric; the driver: task-seconds over 64 x its span).
+            three (pilotfish: its own metric; the driver: task-seconds over 64 x its span).
             Target: pilotfish >= 99%.
   startup   a pilot inside the allocation until a task has run on each of its 4 nodes
             (all node executors up). Target: < 2 s.
+  batch     (outside any allocation) a batch pilot of 4 nodes from `start_pilot` to
+            ACTIVE (its job submitted, started, its agent connected back), and until a
+            task has run on each node. Target: ACTIVE < 3 s on the idle cluster.
+
+MPI tasks through the launchers (s3): benchmarks/slurm_mpi.py.
 """
 
 from __future__ import annotations
@@ -32,8 +38,25 @@ TD = pf.TaskDescription
 SLOTS = 64  # 4 nodes x 16 CPUs
 
 
-def _pilot(session: pf.Session) -> pf.Pilot:
-    return session.start_pilot(pf.PilotDescription(platform="slurm-local"))
+def _pilot(session: pf.Session, backend: str = "builtin") -> pf.Pilot:
+    return session.start_pilot(pf.PilotDescription(platform="slurm-local", backend=backend))
+
+
+def _on_every_node(session: pf.Session) -> None:
+    """A task filling each node has run (so every node executor is up)."""
+    tasks = session.submit([TD(executable="/bin/true", cores_per_rank=16) for _ in range(4)])
+    assert session.wait(tasks, timeout=120)
+    assert all(t.state is pf.TaskState.DONE for t in tasks), [t.error for t in tasks]
+
+
+def _run(session: pf.Session, descriptions: list[pf.TaskDescription]) -> float:
+    """Submit them all, wait until all are done: seconds."""
+    start = time.perf_counter()
+    tasks = session.submit(descriptions)
+    assert session.wait(tasks, timeout=900)
+    bad = [t.error for t in tasks if t.state is not pf.TaskState.DONE]
+    assert not bad, bad[:3]
+    return time.perf_counter() - start
 
 
 def _srun_driver(argv: list[str], n: int) -> tuple[float, list[tuple[float, float]]]:
@@ -52,29 +75,29 @@ def _srun_driver(argv: list[str], n: int) -> tuple[float, list[tuple[float, floa
 
 
 def inside_s1(tmp: str, n: int = 2_000) -> dict[str, float]:
-    with pf.Session(path=tmp) as session:
-        _pilot(session)
-        session.submit([TD(executable="/bin/true", cores_per_rank=16) for _ in range(4)])
-        assert session.wait(timeout=120)  # every node executor up
-        start = time.perf_counter()
-        tasks = session.submit([TD(executable="/bin/true") for _ in range(n)])
-        assert session.wait(timeout=600)
-        ours = n / (time.perf_counter() - start)
-        assert all(t.state is pf.TaskState.DONE for t in tasks)
+    out = {}
+    for backend in ("builtin", "srun"):
+        with pf.Session(path=f"{tmp}/{backend}") as session:
+            _pilot(session, backend)
+            _on_every_node(session)
+            seconds = _run(session, [TD(executable="/bin/true") for _ in range(n)])
+            out["pilotfish" if backend == "builtin" else "srun backend"] = n / seconds
     seconds, _ = _srun_driver(["/bin/true"], n)
-    return {"pilotfish": ours, "srun": n / seconds}
+    return {**out, "srun driver": n / seconds}
 
 
 def inside_s2(tmp: str, n: int = 1_024) -> dict[str, float]:
-    with pf.Session(path=tmp) as session:
-        _pilot(session)
-        tasks = session.submit([TD(executable="/bin/sleep", arguments=["1"]) for _ in range(n)])
-        assert session.wait(timeout=600)
-        assert all(t.state is pf.TaskState.DONE for t in tasks)
-        ours = session.metrics().core_utilization
+    out = {}
+    for backend in ("builtin", "srun"):
+        with pf.Session(path=f"{tmp}/{backend}") as session:
+            _pilot(session, backend)
+            _on_every_node(session)
+            _run(session, [TD(executable="/bin/sleep", arguments=["1"]) for _ in range(n)])
+            utilization = session.metrics().core_utilization or 0.0
+            out["pilotfish" if backend == "builtin" else "srun backend"] = 100 * utilization
     _, spans = _srun_driver(["/bin/sleep", "1"], n)
     window = max(e for _, e in spans) - min(s for s, _ in spans)
-    return {"pilotfish": 100.0 * (ours or 0.0), "srun": 100.0 * n * 1.0 / (SLOTS * window)}
+    return {**out, "srun driver": 100.0 * n * 1.0 / (SLOTS * window)}
 
 
 def inside_startup(tmp: str) -> dict[str, float]:
@@ -82,18 +105,28 @@ def inside_startup(tmp: str) -> dict[str, float]:
         start = time.perf_counter()
         _pilot(session)
         ready = time.perf_counter() - start
-        tasks = session.submit([TD(executable="/bin/true", cores_per_rank=16)
-                                for _ in range(4)])
-        assert session.wait(timeout=120)
-        assert all(t.state is pf.TaskState.DONE for t in tasks)
+        _on_every_node(session)
         return {"all nodes": time.perf_counter() - start, "agent": ready}
 
 
+def outside_batch(tmp: str) -> dict[str, float]:
+    with pf.Session(path=tmp) as session:
+        start = time.perf_counter()
+        pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local", nodes=4,
+                                                        mode="batch", runtime=600))
+        assert pilot.wait_active(120), pilot.reason
+        active = time.perf_counter() - start
+        _on_every_node(session)
+        return {"active": active, "all nodes": time.perf_counter() - start}
+
+
 CASES = {
-    "s1": (inside_s1, "tasks/s", lambda r: r["pilotfish"] / r["srun"], "x the srun driver"),
-    "s2": (inside_s2, "% utilization", lambda r: r["pilotfish"] / r["srun"],
+    "s1": (inside_s1, "tasks/s", lambda r: r["pilotfish"] / r["srun driver"],
+           "x the srun driver"),
+    "s2": (inside_s2, "% utilization", lambda r: r["pilotfish"] / r["srun driver"],
            "x the srun driver's utilization"),
     "startup": (inside_startup, "s", lambda r: r["all nodes"], "s until a task ran on each node"),
+    "batch": (outside_batch, "s", lambda r: r["active"], "s from submission to ACTIVE"),
 }
 
 
@@ -112,9 +145,10 @@ def main() -> None:
         _, unit, summary, what = CASES[name]
         results = []
         for _ in range(args.runs):
-            out = subprocess.run(["salloc", "-N4", "--exclusive", "--gpus-per-node=4",
-                                  sys.executable, __file__, "--inside", name],
-                                 capture_output=True, text=True, timeout=1200)
+            where = [] if name == "batch" else ["salloc", "-N4", "--exclusive",
+                                                "--gpus-per-node=4"]
+            out = subprocess.run([*where, sys.executable, __file__, "--inside", name],
+                                 capture_output=True, text=True, timeout=1800)
             lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode or not lines:
                 sys.exit(f"{name}: the run failed:\n{out.stdout}\n{out.stderr}")

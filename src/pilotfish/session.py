@@ -284,6 +284,7 @@ class Session:
             backends=[entry.to_dict() for entry in registry.registered()],
             keys_file=str(self.keys_file.resolve()), detach_grace=desc.detach_grace,
             hosts=list(desc.hosts), launcher=desc.profile.launcher, batch_job=batch,
+            interface=desc.profile.interface,
             runtime_margin=batch_stop_margin(desc.runtime) if batch and desc.runtime else 0.0,
         )
         if batch:

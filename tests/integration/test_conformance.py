@@ -79,6 +79,9 @@ SHOWS = {
         results=f"{NO_PROCESS}: a function ends DONE without being called"),
 }
 BACKENDS = [entry.name for entry in registry.SHIPPED]
+# Backends that run only on a pilot holding real nodes (a Slurm allocation), which these
+# local pilots are not: their own tests run them there.
+ON_REAL_NODES = {"srun": "tests/integration/test_slurm_mpi.py runs it inside an allocation"}
 
 
 def shows(backend: str, what: str) -> None:
@@ -105,6 +108,9 @@ def backend(request: pytest.FixtureRequest) -> str:
     why = registry.get(name).unavailable()
     if why is not None:
         pytest.skip(f"{name} cannot run here: {why}")
+    if registry.get(name).real_nodes:
+        pytest.skip(f"{name} runs only on real nodes, not on this local pilot's virtual "
+                    f"ones: {ON_REAL_NODES[name]}")
     assert name in SHOWS, f"add backend {name!r} to SHOWS: what can its tasks show?"
     return name
 
@@ -131,7 +137,8 @@ def session(shared: tuple[pf.Session, pf.Pilot]) -> Iterator[pf.Session]:
 
 
 def test_every_backend_says_what_its_tasks_can_show() -> None:
-    assert sorted(SHOWS) == sorted(BACKENDS)
+    assert sorted([*SHOWS, *ON_REAL_NODES]) == sorted(BACKENDS)
+    assert all(registry.get(name).real_nodes for name in ON_REAL_NODES)
 
 
 # ---- executables ----------------------------------------------------------------------

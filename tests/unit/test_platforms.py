@@ -55,14 +55,17 @@ def test_the_shipped_profiles() -> None:
     assert local.cores_per_node == os.cpu_count() and local.gpu_env is None
     assert local.launcher == "local"
     assert all(p.launcher in LAUNCHERS for p in known.values())  # names that line up
+    # Where the agent listens for node executors: optional, the host's name by default.
+    assert (frontier.interface, local.interface, known["slurm-local"].interface) == (
+        "hsn0", "", "lo")
 
 
 def test_a_profile_round_trips_through_toml(tmp_path: Path) -> None:
     for platform in available_platforms().values():
         again = read_platform(write(tmp_path, platform_to_toml(platform), "again.toml"))
         assert again.usable_cores == platform.usable_cores
-        assert (again.gpus_per_node, again.gpu_kind, again.mem_per_node) == (
-            platform.gpus_per_node, platform.gpu_kind, platform.mem_per_node)
+        assert (again.gpus_per_node, again.gpu_kind, again.mem_per_node, again.interface) == (
+            platform.gpus_per_node, platform.gpu_kind, platform.mem_per_node, platform.interface)
 
 
 def test_user_profiles_are_found_and_override_shipped_ones(tmp_path: Path,
@@ -98,6 +101,9 @@ def test_a_toml_path_is_a_platform(tmp_path: Path) -> None:
     (('launcher = "srun"', 'launcher = "builtin"'), "launcher"),  # not a launcher's name
     (('launcher = "srun"', 'launcher = "local"'), "launcher"),  # cannot span a cluster's nodes
     (('description = "a test cluster"\n', ""), "description"),
+    (('batch_system = "slurm"', 'batch_system = "slurm"\ninterface = "hsn0 eth0"'),
+     "interface"),
+    (('batch_system = "slurm"', 'batch_system = "slurm"\ninterface = 0'), "interface"),
 ])
 def test_a_bad_profile_names_the_file_and_key(tmp_path: Path, edit: tuple[str, str],
                                               key: str) -> None:
@@ -181,3 +187,12 @@ def test_batch_fields_are_checked() -> None:
         PilotDescription(platform="slurm-local", mode="local", batch_directives=["a\nb"])
     with pytest.raises(TypeError, match="queue must be a non-empty str"):
         PilotDescription(platform="slurm-local", mode="local", queue="")
+
+
+def test_the_agent_listens_for_node_executors_where_the_profile_says() -> None:
+    import socket
+
+    from pilotfish.backends.nodes.backend import listen_on
+
+    assert listen_on("hsn0") == "hsn0"  # (ZeroMQ binds an interface by its name)
+    assert listen_on("") == socket.gethostbyname(socket.gethostname())

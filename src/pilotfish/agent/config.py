@@ -47,6 +47,7 @@ class AgentConfig:
     detach_grace: float = 0.0  # seconds to run on without a client, waiting for a new one
     hosts: list[str] = dataclasses.field(default_factory=list)  # real nodes (empty: virtual)
     launcher: str = "srun"  # the platform's, for ranks spanning real nodes (launchers.py)
+    interface: str = ""  # the platform's: where node executors connect ("": the host's name)
     batch_job: bool = False  # runs as a batch job: its hosts come from the job's environment
     runtime_margin: float = 0.0  # stop this long before `runtime` ends (a job's time limit)
 

@@ -146,7 +146,7 @@ class Agent:
             python_path=cfg.python_path, functions=self.functions, clock=self.clock,
             partitions=layouts, keys=self.keys, keys_file=cfg.keys_file,
             hosts=tuple(cfg.hosts), heartbeat_timeout=cfg.heartbeat_timeout,
-            launcher=cfg.launcher)
+            launcher=cfg.launcher, interface=cfg.interface)
         self.backends, setups = build_backends(cfg, context, layouts)
         self.core = AgentCore(setups, _load_router(cfg), clock=self.clock.now)
         self.stats = AgentStats()

@@ -124,6 +124,7 @@ class BuildContext:
     keys_file: str  # where processes a backend starts read them (never pass them in argv)
     hosts: tuple[str, ...] = ()  # the pilot's nodes' host names (empty: virtual nodes)
     launcher: str = "srun"  # the platform's, for ranks spanning real nodes (launchers.py)
+    interface: str = ""  # the platform's: where node executors connect ("": the host's name)
     heartbeat_timeout: float = 5.0  # seconds of silence before a peer is lost
     shared: dict[str, Any] = field(default_factory=dict)  # what partitions may share
 

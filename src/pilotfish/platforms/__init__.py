@@ -7,7 +7,9 @@ listed in `PILOTFISH_PLATFORMS` (os.pathsep-separated) and in
 one. `PilotDescription(platform=...)` also takes the path of a `.toml` file.
 
 Every key is checked: an unknown key (a typo), a wrong type or an impossible value is an
-`InvalidPlatform` naming the file and the key. `launcher` names a launcher of
+`InvalidPlatform` naming the file and the key. `interface` (optional) names the network
+interface the agent listens on for its node executors (Frontier's `hsn0`, `lo` where
+every node is this host; default: the address of the host's name). `launcher` names a launcher of
 `launchers.LAUNCHERS`: how a task's ranks spanning real nodes are started when the task
 names none ("local" only where there is no batch system).
 """
@@ -32,6 +34,8 @@ _USER_DIR = Path("~/.config/pilotfish/platforms")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _KEYS = ("name", "description", "cores_per_node", "blocked_cores", "threads_per_core",
          "gpus_per_node", "gpu_kind", "mem_per_node_gib", "launcher", "batch_system")
+_OPTIONAL = {"interface": ""}  # key: its default
+_INTERFACE = re.compile(r"^[A-Za-z0-9_.:-]*$")
 
 
 class InvalidPlatform(ValueError):
@@ -51,6 +55,7 @@ class Platform:
     launcher: str  # of launchers.LAUNCHERS: how ranks spanning nodes start (real nodes)
     batch_system: str  # none | slurm | pbs | lsf | flux
     source: str  # the file it was read from
+    interface: str = ""  # the agent listens there for node executors ("": the host's name)
 
     @property
     def usable_cores(self) -> tuple[int, ...]:
@@ -74,9 +79,9 @@ def parse_platform(data: dict[str, Any], source: str) -> Platform:
     def bad(key: str, message: str) -> InvalidPlatform:
         return InvalidPlatform(f"{where}: {key}: {message}")
 
-    unknown = sorted(set(data) - set(_KEYS))
+    unknown = sorted(set(data) - set(_KEYS) - set(_OPTIONAL))
     if unknown:
-        raise bad(unknown[0], f"unknown key (known: {', '.join(_KEYS)})")
+        raise bad(unknown[0], f"unknown key (known: {', '.join([*_KEYS, *_OPTIONAL])})")
     missing = [k for k in _KEYS if k not in data]
     if missing:
         raise bad(missing[0], "missing")
@@ -124,6 +129,10 @@ def parse_platform(data: dict[str, Any], source: str) -> Platform:
         mem = _memory_gib()
     elif isinstance(mem, bool) or not isinstance(mem, int | float) or not mem > 0:
         raise bad("mem_per_node_gib", f'must be a number of GiB > 0 or "auto", got {mem!r}')
+    interface = data.get("interface", _OPTIONAL["interface"])
+    if not isinstance(interface, str) or not _INTERFACE.match(interface):
+        raise bad("interface", f"must be a network interface's name (hsn0, eth0, lo), got "
+                  f"{interface!r}")
     launcher = text("launcher", tuple(LAUNCHERS))
     batch = text("batch_system", BATCH_SYSTEMS)
     if launcher == "local" and batch != "none":
@@ -133,8 +142,8 @@ def parse_platform(data: dict[str, Any], source: str) -> Platform:
     return Platform(name=name, description=text("description"), cores_per_node=cores,
                     blocked_cores=tuple(blocked), threads_per_core=integer("threads_per_core", 1),
                     gpus_per_node=gpus, gpu_kind=kind, mem_per_node=round(mem * 1024),
-                    launcher=launcher, batch_system=batch,
-                    source=source)
+                    launcher=launcher, batch_system=batch, source=source,
+                    interface=interface)
 
 
 def read_platform(path: str | os.PathLike[str]) -> Platform:
@@ -202,5 +211,7 @@ def platform_to_toml(p: Platform) -> str:
         "gpus_per_node": p.gpus_per_node, "gpu_kind": p.gpu_kind,
         "mem_per_node_gib": int(mem) if mem == int(mem) else mem,
         "launcher": p.launcher, "batch_system": p.batch_system}
+    if p.interface:
+        fields["interface"] = p.interface
     lines = [f"# from {p.source}"] + [f"{k} = {value(v)}" for k, v in fields.items()]
     return "\n".join(lines) + "\n"

@@ -70,6 +70,14 @@ BEAT_INTERVAL = 1.0
 _HERE = -1  # where a multi-node task runs: from this process, through srun
 
 
+def listen_on(interface: str) -> str:
+    """Where the agent listens for its node executors: the platform's network interface
+    (Frontier's `hsn0`, `lo` where every node is this host), else the address this host's
+    name resolves to (never every interface: executors connect from the cluster's
+    network only)."""
+    return interface or socket.gethostbyname(socket.gethostname())
+
+
 @dataclass(slots=True)
 class _Node:
     index: int  # within the partition
@@ -117,9 +125,16 @@ class NodesBackend:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, 0)
         self.context.keys.serve(sock)
-        port: int = sock.bind_to_random_port("tcp://*")
+        where = listen_on(self.context.interface)
+        try:
+            sock.bind_to_random_port(f"tcp://{where}")
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise RuntimeError(f"cannot listen on {where!r} for the node executors ({exc}): "
+                               "set the platform profile's `interface` to a network interface "
+                               "of this node") from None
         self._sock = sock
-        address = f"tcp://{socket.gethostname()}:{port}"
+        address = sock.getsockopt_string(zmq.LAST_ENDPOINT)  # (its address, if an interface)
         reactor.add_reader(sock, self._on_message)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([p for p in self.context.python_path if p]
