@@ -45,7 +45,8 @@ def kill_agent(pilot: pf.Pilot) -> None:
 
 def runtime_killer(command: str) -> Callable[[pf.Pilot], None]:
     """Kills the process group led by the agent's child running `command` (`dragon -s`,
-    `flux start`: each runtime is started in a process group of its own)."""
+    `flux-broker`, which `flux start` becomes: each runtime is started in a process group
+    of its own)."""
     def kill(pilot: pf.Pilot) -> None:
         assert pilot.process is not None
         leaders = [pid for pid, cmd in children(pilot.process.pid) if command in cmd]
@@ -70,7 +71,7 @@ SHOWS = {
     "builtin": Shows(kill_agent, "agent lost"),
     "dragon": Shows(runtime_killer("dragon -s"),
                     "partition 'dragon' lost: the Dragon runtime exited"),
-    "flux": Shows(runtime_killer("flux start"), "partition 'flux' lost"),
+    "flux": Shows(runtime_killer("flux-broker"), "partition 'flux' lost"),
     "simulated": Shows(
         kill_agent, "agent lost",
         output=f"{NO_PROCESS}: there is no output to capture",

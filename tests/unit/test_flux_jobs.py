@@ -10,7 +10,7 @@ import pytest
 
 from pilotfish.backends.base import TaskFinished, TaskStarted
 from pilotfish.backends.flux.backend import jobspec, start_command
-from pilotfish.backends.flux.jobs import FluxJobTracker, job_request, urgency
+from pilotfish.backends.flux.jobs import RANK_SCRIPT, FluxJobTracker, job_request, urgency
 from pilotfish.messages import TaskSpec
 from pilotfish.states import TaskState
 
@@ -85,7 +85,10 @@ def test_job_request_translates_the_task() -> None:
                     ranks=16, cores_per_rank=7, gpus_per_rank=1.0, priority=3, timeout=600.0,
                     ranks_per_node=8)
     req = job_request(spec, "/sandbox", {"PATH": "/bin"})
-    assert req.command == ["lmp", "-in", "in.lj"]
+    # Every rank through RANK_SCRIPT (its rank, its size, its GPUs told as everywhere).
+    assert req.command == ["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", "", "lmp", "-in", "in.lj"]
+    assert job_request(spec, "/s", {}, gpu_env="ROCR_VISIBLE_DEVICES").command[4] == (
+        "ROCR_VISIBLE_DEVICES")
     assert (req.num_tasks, req.cores_per_task, req.gpus_per_task, req.num_nodes) == (
         16, 7, 1, 2)
     assert req.environment == {"PATH": "/bin", "OMP": "7", "PILOTFISH_TASK_ID": "task.000007"}
@@ -94,6 +97,11 @@ def test_job_request_translates_the_task() -> None:
     plain = job_request(TaskSpec("t", "executable", "true", sandbox="/own"), "/sandbox", {})
     assert (plain.gpus_per_task, plain.num_nodes, plain.duration, plain.cwd) == (
         None, None, 0.0, "/own")
+    # Virtual nodes: one broker holds them all (no node count), their core ids are not
+    # this host's (no binding).
+    virtual = job_request(spec, "/sandbox", {}, virtual=True)
+    assert (virtual.num_tasks, virtual.num_nodes) == (16, None)
+    assert virtual.shell_options == {"gpu-affinity": "per-task", "cpu-affinity": "off"}
 
 
 def test_what_flux_cannot_run_is_refused() -> None:
@@ -113,6 +121,9 @@ def test_urgency_keeps_clear_of_hold_and_expedite() -> None:
 def test_instances_start_on_this_host_or_over_their_hosts_under_srun() -> None:
     local = start_command(None)
     assert local[:3] == ["flux", "start", "sh"] and 'echo "$FLUX_URI"' in local[-1]
+    configured = start_command(None, "/opt/flux/bin/flux", "/pilot/flux-p")
+    assert configured[:4] == ["/opt/flux/bin/flux", "start", "-o,--config-path=/pilot/flux-p",
+                              "sh"]
     spread = start_command(["n1", "n2"])
     assert spread[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
                           "--nodelist=n1,n2"]
@@ -128,6 +139,10 @@ class _RecordingJobspec:
 
     def __init__(self, arguments: dict[str, object]) -> None:
         self.arguments = arguments
+        self.shell_options: dict[str, object] = {}
+
+    def setattr_shell_option(self, name: str, value: object) -> None:
+        self.shell_options[name] = value
 
     @classmethod
     def from_command(cls, command: list[str], **arguments: object) -> _RecordingJobspec:
@@ -141,11 +156,13 @@ def test_a_task_becomes_a_jobspec_with_its_resources_files_and_limits() -> None:
     request = job_request(spec, "/sandbox", {"PATH": "/bin"})
     js = jobspec(type("flux_job", (), {"JobspecV1": _RecordingJobspec}), request)
     assert js.arguments == {
-        "command": ["/bin/app", "-n", "3"], "num_tasks": 6, "cores_per_task": 2,
+        "command": ["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", "", "/bin/app", "-n", "3"],
+        "num_tasks": 6, "cores_per_task": 2,
         "gpus_per_task": 1, "num_nodes": 2, "duration": 30.0, "cwd": "/work",
         "environment": {"PATH": "/bin", "A": "1", "PILOTFISH_TASK_ID": "task.000007"},
         "name": "task.000007", "output": "/work/task.000007.out",
         "error": "/work/task.000007.err"}
+    assert js.shell_options == {"gpu-affinity": "per-task"}  # each rank its own GPUs
     assert request.urgency == 18
     untimed = job_request(TaskSpec("t", "executable", "/bin/true"), "/sandbox", {})
     assert jobspec(type("flux_job", (), {"JobspecV1": _RecordingJobspec}),

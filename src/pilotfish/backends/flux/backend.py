@@ -20,10 +20,12 @@ import os
 import queue
 import select
 import shlex
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -42,6 +44,7 @@ from ..base import (
     PlacedTask,
     TaskFinished,
 )
+from . import flux_command, unavailable
 from .jobs import FluxJobTracker, JobRequest, job_request
 
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
@@ -50,42 +53,85 @@ _URI_SCRIPT = 'echo "$FLUX_URI"; exec cat >/dev/null'  # runs until its stdin cl
 _REMOTE_URI_SCRIPT = 'flux uri --remote "$FLUX_URI"; exec cat >/dev/null'
 
 
-def start_command(hosts: Sequence[str] | None) -> list[str]:
+def start_command(hosts: Sequence[str] | None, flux: str = "flux",
+                  config: str | None = None) -> list[str]:
     """The command that starts an instance and prints its URI (one line) on stdout.
 
     With `hosts`, one broker per host under `srun` (the URI is the remote form, so an
     agent on another node can connect); without, one broker on this host. The instance
-    lives until the command's stdin closes.
+    lives until the command's stdin closes. `config`: a config folder (its resources).
     """
+    start = [flux, "start", *([f"-o,--config-path={config}"] if config else [])]
     if not hosts:
-        return ["flux", "start", "sh", "-c", _URI_SCRIPT]
-    return srun_per_node(hosts, ["flux", "start", "sh", "-c", _REMOTE_URI_SCRIPT],
+        return [*start, "sh", "-c", _URI_SCRIPT]
+    return srun_per_node(hosts, [*start, "sh", "-c", _REMOTE_URI_SCRIPT],
                          stdin_rank=0)
 
 
 def jobspec(flux_job: Any, request: JobRequest) -> Any:
     """A `JobspecV1` for one task (`from_command` takes every field we set: given no
     environment it would copy the agent's whole `os.environ` into each job)."""
-    return flux_job.JobspecV1.from_command(
+    spec = flux_job.JobspecV1.from_command(
         request.command, num_tasks=request.num_tasks, cores_per_task=request.cores_per_task,
         gpus_per_task=request.gpus_per_task, num_nodes=request.num_nodes,
         duration=request.duration or None, environment=request.environment,
         cwd=request.cwd, name=request.name, output=request.stdout, error=request.stderr)
+    for name, value in request.shell_options.items():
+        spec.setattr_shell_option(name, value)
+    return spec
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What an instance is given, whatever hwloc sees: one broker per host, each with
+    `cores` cores and `gpus` GPUs (a local pilot: one broker holding all of its
+    partition's virtual nodes)."""
+
+    hosts: tuple[str, ...]
+    cores: int
+    gpus: int
+
+
+def resource_config(flux: str, resources: Resources, directory: str) -> str:
+    """A config folder making an instance use exactly `resources` (an R from `flux R
+    encode`, `noverify`: the host's own topology is not checked against it); its path."""
+    os.makedirs(directory, exist_ok=True)
+    ranks = "0" if len(resources.hosts) == 1 else f"0-{len(resources.hosts) - 1}"
+    argv = [flux, "R", "encode", f"--ranks={ranks}",
+            f"--cores=0-{resources.cores - 1}", f"--hosts={','.join(resources.hosts)}"]
+    if resources.gpus:
+        argv.append(f"--gpus=0-{resources.gpus - 1}")
+    encoded = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if encoded.returncode != 0:
+        raise RuntimeError(f"`{shlex.join(argv)}` failed: {encoded.stderr.strip()}")
+    with open(os.path.join(directory, "R.json"), "w") as f:
+        f.write(encoded.stdout)
+    with open(os.path.join(directory, "resource.toml"), "w") as f:
+        f.write(f'[resource]\npath = "{os.path.join(directory, "R.json")}"\nnoverify = true\n')
+    return directory
 
 
 def build(context: BuildContext, partition: Partition) -> FluxBackend:
     # Inside a Flux allocation a single Flux partition uses that instance.
     fluxes = [p for p in context.partitions if p.backend == "flux"]
     uri = os.environ.get("FLUX_URI") if len(fluxes) == 1 else None
-    return FluxBackend(partition.name, context.task_sandbox, context.sandbox, uri=uri)
+    layout = context.node_layout(partition)
+    resources = Resources((socket.gethostname(),), partition.nodes * len(layout.core_ids),
+                          partition.nodes * layout.gpus)
+    return FluxBackend(partition.name, context.task_sandbox, context.sandbox, uri=uri,
+                       resources=resources, gpu_env=layout.gpu_env or "" if layout.gpus else "")
 
 
 class FluxBackend:
     workers_per_node = 0  # it runs no functions
 
     def __init__(self, name: str, sandbox: str, log_dir: str, uri: str | None = None,
-                 hosts: Sequence[str] | None = None) -> None:
+                 hosts: Sequence[str] | None = None, resources: Resources | None = None,
+                 gpu_env: str = "") -> None:
         self.name = name
+        self.gpu_env = gpu_env  # tells ranks their GPUs (RANK_SCRIPT); "": no GPUs here
+        self.resources = resources  # None: what the brokers find (hwloc)
+        self.virtual = resources is not None and not hosts
         self.sandbox = sandbox
         self.log_dir = log_dir
         self.uri = uri
@@ -133,7 +179,8 @@ class FluxBackend:
         requests, failed = [], []
         for placed in tasks:
             try:
-                requests.append(job_request(placed.spec, self.sandbox, self._env))
+                requests.append(job_request(placed.spec, self.sandbox, self._env,
+                                            virtual=self.virtual, gpu_env=self.gpu_env))
             except ValueError as exc:  # routing keeps these away; a bug if it happens
                 failed.append(TaskFinished(placed.spec.uid, TaskState.FAILED, None,
                                            time.time(), error=str(exc)))
@@ -168,6 +215,9 @@ class FluxBackend:
 
     def _run(self) -> None:
         try:
+            why = unavailable()  # (puts the install's bindings on sys.path if need be)
+            if why is not None:
+                raise RuntimeError(why)
             import flux
             import flux.job
 
@@ -236,14 +286,20 @@ class FluxBackend:
 
     def _start_instance(self) -> str:
         """Start `flux start` in its own process group and read the URI it prints."""
+        flux = flux_command() or "flux"
+        config = None
+        if self.resources is not None:
+            config = resource_config(flux, self.resources,
+                                     os.path.join(self.log_dir, f"flux-{self.name}"))
+        command = start_command(self.hosts, flux, config)
         with open(os.path.join(self.log_dir, f"flux-{self.name}.log"), "ab") as log:
-            self._proc = subprocess.Popen(start_command(self.hosts), stdin=subprocess.PIPE,
+            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=log, cwd=self.sandbox,
                                           process_group=0)
         assert self._proc.stdout is not None
         ready, _, _ = select.select([self._proc.stdout], [], [], START_TIMEOUT)
         line = self._proc.stdout.readline().decode().strip() if ready else ""
         if not line:
-            raise RuntimeError(f"`{shlex.join(start_command(self.hosts))}` printed no URI "
+            raise RuntimeError(f"`{shlex.join(command)}` printed no URI "
                                f"within {START_TIMEOUT:g} s; see flux-{self.name}.log")
         return line

@@ -11,7 +11,10 @@ These are the parts of the Flux backend that can be tested where Flux cannot run
 
 Flux places tasks itself: with `ranks_per_node` it is asked for ceil(ranks / rpn) nodes
 and spreads the ranks evenly over them (5 ranks at 2 per node: 2, 2, 1, as pilotfish
-would; 6 ranks at 4 per node: 3 and 3 where pilotfish would place 4 and 2).
+would; 6 ranks at 4 per node: 3 and 3 where pilotfish would place 4 and 2). On virtual
+nodes (a local pilot: one broker holds all of a partition's nodes) it is asked for no
+node count, and binds no cores (their ids are not this host's); each rank gets its own
+GPUs (`gpu-affinity=per-task`) everywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ from ...states import TaskState
 from ..base import BackendEvent, TaskFinished, TaskStarted
 
 URGENCY_DEFAULT, URGENCY_MAX = 16, 31  # Flux: 0 holds a job, 31 expedites it
+
+# Run by every rank as `sh -c RANK_SCRIPT pilotfish GPU_VARIABLE COMMAND...`: tells it
+# its rank and its task's size as every backend does (PILOTFISH_RANK, PILOTFISH_RANKS),
+# and its GPUs through the platform's variable (GPU_VARIABLE; empty: leave it alone). Flux
+# names a rank's GPUs in CUDA_VISIBLE_DEVICES, "-1" for none, told here as empty.
+RANK_SCRIPT = """\
+export PILOTFISH_RANK="$FLUX_TASK_RANK" PILOTFISH_RANKS="$FLUX_JOB_SIZE"
+gpus=${CUDA_VISIBLE_DEVICES-}
+[ "$gpus" != -1 ] || gpus=
+[ -z "$1" ] || export "$1=$gpus"
+shift
+exec "$@"
+"""
 
 
 def urgency(priority: int) -> int:
@@ -47,10 +63,14 @@ class JobRequest:
     duration: float  # seconds; 0: no limit
     urgency: int
     name: str
+    shell_options: dict[str, str] = field(default_factory=dict)
 
 
-def job_request(spec: TaskSpec, sandbox: str, base_env: Mapping[str, str]) -> JobRequest:
-    """The Flux job for an executable task; ValueError for what Flux cannot run."""
+def job_request(spec: TaskSpec, sandbox: str, base_env: Mapping[str, str],
+                virtual: bool = False, gpu_env: str = "") -> JobRequest:
+    """The Flux job for an executable task; ValueError for what Flux cannot run.
+    `virtual`: the instance's cores are virtual (see above); `gpu_env`: the variable that
+    tells a rank its GPUs on nodes that have some (RANK_SCRIPT)."""
     if spec.kind != "executable" or spec.executable is None:
         raise ValueError(f"{spec.uid}: Flux runs executables, not {spec.kind} tasks")
     gpus = spec.gpus_per_rank
@@ -61,12 +81,18 @@ def job_request(spec: TaskSpec, sandbox: str, base_env: Mapping[str, str]) -> Jo
     env.update(spec.environment)
     env["PILOTFISH_TASK_ID"] = spec.uid
     rpn = spec.ranks_per_node
+    options = {"gpu-affinity": "per-task"}
+    if virtual:
+        options["cpu-affinity"] = "off"
     return JobRequest(
-        command=[spec.executable, *spec.arguments], num_tasks=spec.ranks,
+        command=["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", gpu_env, spec.executable,
+                 *spec.arguments], num_tasks=spec.ranks,
         cores_per_task=spec.cores_per_rank, gpus_per_task=int(gpus) or None,
-        num_nodes=math.ceil(spec.ranks / rpn) if rpn else None, cwd=cwd, environment=env,
+        num_nodes=math.ceil(spec.ranks / rpn) if rpn and not virtual else None, cwd=cwd,
+        environment=env,
         stdout=os.path.join(cwd, spec.uid + ".out"), stderr=os.path.join(cwd, spec.uid + ".err"),
-        duration=float(spec.timeout or 0.0), urgency=urgency(spec.priority), name=spec.uid)
+        duration=float(spec.timeout or 0.0), urgency=urgency(spec.priority), name=spec.uid,
+        shell_options=options)
 
 
 @dataclass(slots=True)

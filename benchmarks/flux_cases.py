@@ -1,0 +1,146 @@
+"""The Flux cases: a Flux partition against the same Flux instance driven by a plain script.
+
+`python benchmarks/flux_cases.py [--runs 3] [CASE ...]`. Each run starts one Flux instance on
+this host given 64 virtual cores (a resource set, as a pilot's Flux partition gets) and
+runs this file again inside it (`--inside CASE`): first a plain script submits the jobs
+straight to the instance (bulk `submit_async`, one `JournalConsumer` following them to
+their end, output to files), then a pilot whose one Flux partition attaches to that same
+instance (`FLUX_URI`) runs the same tasks. We print each run, the medians and the
+same-run ratios. Cases:
+
+  f1   2,000 `/bin/true`: tasks/s from the first submit to the last end. Target:
+       pilotfish >= 90% of the plain script.
+  f3   1,024 `sleep 1` on the 64 cores: utilization over the execution window (first
+       start to last end, Flux's own start and finish times for both). Target: pilotfish
+       >= 0.98 of the plain script's.
+
+Needs Flux (../shared/flux/install-flux.sh) and `pip install 'pilotfish[flux]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import pilotfish as pf
+from pilotfish.backends.flux import flux_command, unavailable
+from pilotfish.backends.flux.backend import Resources, resource_config
+
+CORES = 64
+TD = pf.TaskDescription
+
+
+def plain_script(tmp: str, command: list[str], n: int) -> tuple[float, float]:
+    """The jobs submitted straight to the instance: (seconds, utilization)."""
+    import flux
+    import flux.job
+
+    handle = flux.Flux()
+    spec = flux.job.JobspecV1.from_command(command, num_tasks=1, cores_per_task=1,
+                                           environment={"PATH": os.environ["PATH"]},
+                                           cwd=tmp, output=f"{tmp}/{{{{id}}}}.out",
+                                           error=f"{tmp}/{{{{id}}}}.err")
+    spec.setattr_shell_option("cpu-affinity", "off")  # (virtual cores)
+    consumer = flux.job.JournalConsumer(handle).start()
+    start = time.perf_counter()
+    futures = [flux.job.submit_async(handle, spec) for _ in range(n)]
+    pending = {int(f.get_id()) for f in futures}
+    spans: dict[int, list[float]] = {}
+    while pending:
+        event = consumer.poll(timeout=600)
+        if event is None or int(event.jobid) not in pending:
+            continue
+        if event.name == "start":
+            spans[int(event.jobid)] = [event.timestamp]
+        elif event.name == "finish":
+            assert event.context.get("status") == 0, event.context
+            spans[int(event.jobid)].append(event.timestamp)
+        elif event.name == "clean":
+            pending.discard(int(event.jobid))
+    seconds = time.perf_counter() - start
+    consumer.stop()
+    busy = sum(end - begin for begin, end in spans.values())
+    window = max(e for _, e in spans.values()) - min(b for b, _ in spans.values())
+    return seconds, busy / (CORES * window)
+
+
+def through_pilotfish(tmp: str, command: list[str], n: int) -> tuple[float, float]:
+    """The same tasks through a pilot's Flux partition on this instance."""
+    with pf.Session(path=tmp) as session:
+        session.start_pilot(pf.PilotDescription(
+            nodes=1, cores_per_node=CORES, partitions=[pf.PartitionSpec(backend="flux")]))
+        start = time.perf_counter()
+        tasks = session.submit([TD(executable=command[0], arguments=command[1:])
+                                for _ in range(n)])
+        assert session.wait(timeout=900)
+        seconds = time.perf_counter() - start
+        bad = [t.error for t in tasks if t.state is not pf.TaskState.DONE]
+        assert not bad, bad[:3]
+        utilization = session.metrics().core_utilization
+    return seconds, utilization or 0.0
+
+
+def inside_f1(tmp: str, n: int = 2_000) -> dict[str, float]:
+    seconds, _ = plain_script(f"{tmp}/plain", ["/bin/true"], n)
+    ours, _ = through_pilotfish(f"{tmp}/ours", ["/bin/true"], n)
+    return {"pilotfish": n / ours, "plain script": n / seconds}
+
+
+def inside_f3(tmp: str, n: int = 1_024) -> dict[str, float]:
+    _, theirs = plain_script(f"{tmp}/plain", ["/bin/sleep", "1"], n)
+    _, ours = through_pilotfish(f"{tmp}/ours", ["/bin/sleep", "1"], n)
+    return {"pilotfish": 100 * ours, "plain script": 100 * theirs}
+
+
+CASES = {"f1": (inside_f1, "tasks/s"), "f3": (inside_f3, "% utilization")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)}")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inside:
+        with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
+            os.makedirs(f"{tmp}/plain")
+            print("RESULT " + json.dumps(CASES[args.inside][0](tmp)), flush=True)
+        return
+    why = unavailable()
+    flux = flux_command()
+    if why is not None or flux is None:
+        sys.exit(f"no Flux here: {why}")
+    for name in args.cases or list(CASES):
+        unit = CASES[name][1]
+        results = []
+        for _ in range(args.runs):
+            with tempfile.TemporaryDirectory(prefix="pilotfish-flux-") as where:
+                config = resource_config(flux, Resources((socket.gethostname(),), CORES, 0),
+                                         where)
+                out = subprocess.run([flux, "start", f"-o,--config-path={config}",
+                                      sys.executable, __file__, "--inside", name],
+                                     capture_output=True, text=True, timeout=1800)
+            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode or not lines:
+                sys.exit(f"{name}: the run failed:\n{out.stdout}\n{out.stderr}")
+            result = json.loads(lines[-1].removeprefix("RESULT "))
+            results.append(result)
+            print(f"  {name}: " + ", ".join(f"{k} {v:,.2f}" for k, v in result.items())
+                  + f" ({unit}); ratio {result['pilotfish'] / result['plain script']:.3f}",
+                  flush=True)
+        medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        ratio = statistics.median(r["pilotfish"] / r["plain script"] for r in results)
+        print(f"{name}: medians " + ", ".join(f"{k} {v:,.2f}" for k, v in medians.items())
+              + f" ({unit}); ratio {ratio:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
