@@ -260,12 +260,14 @@ def srun(spec: TaskSpec, slot: Slot, layout: NodeLayout, base: Mapping[str, str]
 
 
 def srun_per_node(hosts: Sequence[str], command: Sequence[str], *,
-                  stdin_rank: int | None = None, whole: bool = False) -> list[str]:
+                  stdin_rank: int | None = None, whole: bool = False,
+                  mpi: str | None = None) -> list[str]:
     """`command` once on each of `hosts` (one task a node), as one overlapping job step;
     `stdin_rank`: the one task `srun`'s standard input goes to (default: all of them);
     `whole`: the step holds all of each node (its CPUs and GPUs), for a command that
     starts the node's tasks (where Slurm confines a step to its resources, they would
-    otherwise share the one CPU the step's task got)."""
+    otherwise share the one CPU the step's task got); `mpi`: the PMI the command
+    bootstraps with (`pmi2` for Flux's brokers)."""
     for name in hosts:
         _usable(name, _SRUN_FORBIDDEN, "srun")
     n = len(hosts)
@@ -275,6 +277,8 @@ def srun_per_node(hosts: Sequence[str], command: Sequence[str], *,
         argv.append(f"--input={stdin_rank}")
     if whole:
         argv.append("--whole")
+    if mpi is not None:
+        argv.append(f"--mpi={mpi}")
     return [*argv, "--export=ALL", *command]
 
 

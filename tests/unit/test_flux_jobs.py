@@ -86,7 +86,9 @@ def test_job_request_translates_the_task() -> None:
                     ranks_per_node=8)
     req = job_request(spec, "/sandbox", {"PATH": "/bin"})
     # Every rank through RANK_SCRIPT (its rank, its size, its GPUs told as everywhere).
-    assert req.command == ["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", "", "lmp", "-in", "in.lj"]
+    assert req.command == ["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", "", "", "lmp", "-in",
+                           "in.lj"]
+    assert job_request(spec, "/s", {}, first_node=4).command[5] == "4"  # real nodes
     assert job_request(spec, "/s", {}, gpu_env="ROCR_VISIBLE_DEVICES").command[4] == (
         "ROCR_VISIBLE_DEVICES")
     assert (req.num_tasks, req.cores_per_task, req.gpus_per_task, req.num_nodes) == (
@@ -127,6 +129,7 @@ def test_instances_start_on_this_host_or_over_their_hosts_under_srun() -> None:
     spread = start_command(["n1", "n2"])
     assert spread[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
                           "--nodelist=n1,n2"]
+    assert "--mpi=pmi2" in spread and "--whole" in spread  # PMI bootstrap, whole nodes
     assert spread[spread.index("flux"):][:2] == ["flux", "start"]
     assert "flux uri --remote" in spread[-1]  # reachable from the agent's node
 
@@ -156,7 +159,7 @@ def test_a_task_becomes_a_jobspec_with_its_resources_files_and_limits() -> None:
     request = job_request(spec, "/sandbox", {"PATH": "/bin"})
     js = jobspec(type("flux_job", (), {"JobspecV1": _RecordingJobspec}), request)
     assert js.arguments == {
-        "command": ["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", "", "/bin/app", "-n", "3"],
+        "command": ["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", "", "", "/bin/app", "-n", "3"],
         "num_tasks": 6, "cores_per_task": 2,
         "gpus_per_task": 1, "num_nodes": 2, "duration": 30.0, "cwd": "/work",
         "environment": {"PATH": "/bin", "A": "1", "PILOTFISH_TASK_ID": "task.000007"},

@@ -302,10 +302,13 @@ def test_one_process_per_node() -> None:
     assert srun_per_node(["n1"], ["hostname"]) == [
         "srun", "--nodes=1", "--ntasks=1", "--ntasks-per-node=1", "--nodelist=n1",
         "--overlap", "--export=ALL", "hostname"]
-    assert start_command(["n1", "n2"]) == [  # as Flux's backend built it itself before
+    assert srun_per_node(["n1"], ["flux", "start"], whole=True, mpi="pmi2") == [
+        "srun", "--nodes=1", "--ntasks=1", "--ntasks-per-node=1", "--nodelist=n1",
+        "--overlap", "--whole", "--mpi=pmi2", "--export=ALL", "flux", "start"]
+    assert start_command(["n1", "n2"]) == [  # Flux's brokers: PMI2, whole nodes
         "srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--nodelist=n1,n2",
-        "--overlap", "--input=0", "--export=ALL", "flux", "start", "sh", "-c",
-        'flux uri --remote "$FLUX_URI"; exec cat >/dev/null']
+        "--overlap", "--input=0", "--whole", "--mpi=pmi2", "--export=ALL", "flux", "start",
+        "sh", "-c", 'echo "$FLUX_URI $(flux uri --remote "$FLUX_URI")"; exec cat >/dev/null']
 
 
 # ---- the per-rank script, run for real -------------------------------------------------

@@ -50,22 +50,36 @@ from .jobs import FluxJobTracker, JobRequest, job_request
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
 POLL_SECONDS = 0.005  # the Flux thread's longest wait for journal events between submits
 _URI_SCRIPT = 'echo "$FLUX_URI"; exec cat >/dev/null'  # runs until its stdin closes
-_REMOTE_URI_SCRIPT = 'flux uri --remote "$FLUX_URI"; exec cat >/dev/null'
+# Over hosts: the local URI (used where its socket is on the agent's host: the agent runs
+# on the partition's first node) and the remote one (ssh://, otherwise).
+_REMOTE_URI_SCRIPT = ('echo "$FLUX_URI $(flux uri --remote "$FLUX_URI")"; '
+                      'exec cat >/dev/null')
 
 
 def start_command(hosts: Sequence[str] | None, flux: str = "flux",
                   config: str | None = None) -> list[str]:
     """The command that starts an instance and prints its URI (one line) on stdout.
 
-    With `hosts`, one broker per host under `srun` (the URI is the remote form, so an
-    agent on another node can connect); without, one broker on this host. The instance
-    lives until the command's stdin closes. `config`: a config folder (its resources).
+    With `hosts`, one broker per host under `srun`, bootstrapped through PMI2 (it prints
+    the local and the remote URI, `pick_uri`); without, one broker on this host. The
+    instance lives until the command's stdin closes. `config`: a config folder (its
+    resources).
     """
     start = [flux, "start", *([f"-o,--config-path={config}"] if config else [])]
     if not hosts:
         return [*start, "sh", "-c", _URI_SCRIPT]
     return srun_per_node(hosts, [*start, "sh", "-c", _REMOTE_URI_SCRIPT],
-                         stdin_rank=0)
+                         stdin_rank=0, whole=True, mpi="pmi2")
+
+
+def pick_uri(line: str) -> str:
+    """The URI to connect to from what the start command printed: the local one where
+    its socket is on this host, else the remote one."""
+    uris = line.split()
+    local = uris[0].removeprefix("local://")
+    if len(uris) == 1 or (uris[0].startswith("local://") and os.path.exists(local)):
+        return uris[0]
+    return uris[1]
 
 
 def jobspec(flux_job: Any, request: JobRequest) -> Any:
@@ -116,10 +130,17 @@ def build(context: BuildContext, partition: Partition) -> FluxBackend:
     fluxes = [p for p in context.partitions if p.backend == "flux"]
     uri = os.environ.get("FLUX_URI") if len(fluxes) == 1 else None
     layout = context.node_layout(partition)
+    gpu_env = layout.gpu_env or "" if layout.gpus else ""
+    if context.hosts:  # real nodes: a broker on each of the partition's
+        hosts = context.hosts[partition.first:partition.first + partition.nodes]
+        return FluxBackend(partition.name, context.task_sandbox, context.sandbox, uri=uri,
+                           hosts=hosts, gpu_env=gpu_env, first_node=partition.first,
+                           resources=Resources(tuple(hosts), len(layout.core_ids),
+                                               layout.gpus))
     resources = Resources((socket.gethostname(),), partition.nodes * len(layout.core_ids),
                           partition.nodes * layout.gpus)
     return FluxBackend(partition.name, context.task_sandbox, context.sandbox, uri=uri,
-                       resources=resources, gpu_env=layout.gpu_env or "" if layout.gpus else "")
+                       resources=resources, gpu_env=gpu_env)
 
 
 class FluxBackend:
@@ -127,8 +148,9 @@ class FluxBackend:
 
     def __init__(self, name: str, sandbox: str, log_dir: str, uri: str | None = None,
                  hosts: Sequence[str] | None = None, resources: Resources | None = None,
-                 gpu_env: str = "") -> None:
+                 gpu_env: str = "", first_node: int | None = None) -> None:
         self.name = name
+        self.first_node = first_node  # real nodes: the pilot's index of broker 0's
         self.gpu_env = gpu_env  # tells ranks their GPUs (RANK_SCRIPT); "": no GPUs here
         self.resources = resources  # None: what the brokers find (hwloc)
         self.virtual = resources is not None and not hosts
@@ -180,7 +202,8 @@ class FluxBackend:
         for placed in tasks:
             try:
                 requests.append(job_request(placed.spec, self.sandbox, self._env,
-                                            virtual=self.virtual, gpu_env=self.gpu_env))
+                                            virtual=self.virtual, gpu_env=self.gpu_env,
+                                            first_node=self.first_node))
             except ValueError as exc:  # routing keeps these away; a bug if it happens
                 failed.append(TaskFinished(placed.spec.uid, TaskState.FAILED, None,
                                            time.time(), error=str(exc)))
@@ -302,4 +325,4 @@ class FluxBackend:
         if not line:
             raise RuntimeError(f"`{shlex.join(command)}` printed no URI "
                                f"within {START_TIMEOUT:g} s; see flux-{self.name}.log")
-        return line
+        return pick_uri(line)

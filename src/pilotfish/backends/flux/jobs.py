@@ -30,16 +30,20 @@ from ..base import BackendEvent, TaskFinished, TaskStarted
 
 URGENCY_DEFAULT, URGENCY_MAX = 16, 31  # Flux: 0 holds a job, 31 expedites it
 
-# Run by every rank as `sh -c RANK_SCRIPT pilotfish GPU_VARIABLE COMMAND...`: tells it
-# its rank and its task's size as every backend does (PILOTFISH_RANK, PILOTFISH_RANKS),
-# and its GPUs through the platform's variable (GPU_VARIABLE; empty: leave it alone). Flux
-# names a rank's GPUs in CUDA_VISIBLE_DEVICES, "-1" for none, told here as empty.
+# Run by every rank as `sh -c RANK_SCRIPT pilotfish GPU_VARIABLE FIRST_NODE COMMAND...`:
+# tells it its rank and its task's size as every backend does (PILOTFISH_RANK,
+# PILOTFISH_RANKS), its GPUs through the platform's variable (GPU_VARIABLE; empty: leave
+# it alone; Flux names them in CUDA_VISIBLE_DEVICES, "-1" for none, told here as empty)
+# and on real nodes its node (PILOTFISH_NODE: FIRST_NODE, the pilot's index of the
+# instance's broker 0, plus the rank of the broker running it, which ends its FLUX_URI,
+# local:///.../local-N; FIRST_NODE empty on virtual nodes: unknown, left unset).
 RANK_SCRIPT = """\
 export PILOTFISH_RANK="$FLUX_TASK_RANK" PILOTFISH_RANKS="$FLUX_JOB_SIZE"
 gpus=${CUDA_VISIBLE_DEVICES-}
 [ "$gpus" != -1 ] || gpus=
 [ -z "$1" ] || export "$1=$gpus"
-shift
+[ -z "$2" ] || export PILOTFISH_NODE=$(($2 + ${FLUX_URI##*-}))
+shift 2
 exec "$@"
 """
 
@@ -67,10 +71,12 @@ class JobRequest:
 
 
 def job_request(spec: TaskSpec, sandbox: str, base_env: Mapping[str, str],
-                virtual: bool = False, gpu_env: str = "") -> JobRequest:
+                virtual: bool = False, gpu_env: str = "",
+                first_node: int | None = None) -> JobRequest:
     """The Flux job for an executable task; ValueError for what Flux cannot run.
     `virtual`: the instance's cores are virtual (see above); `gpu_env`: the variable that
-    tells a rank its GPUs on nodes that have some (RANK_SCRIPT)."""
+    tells a rank its GPUs on nodes that have some; `first_node`: on real nodes, the
+    pilot's index of the instance's first (RANK_SCRIPT)."""
     if spec.kind != "executable" or spec.executable is None:
         raise ValueError(f"{spec.uid}: Flux runs executables, not {spec.kind} tasks")
     gpus = spec.gpus_per_rank
@@ -85,7 +91,8 @@ def job_request(spec: TaskSpec, sandbox: str, base_env: Mapping[str, str],
     if virtual:
         options["cpu-affinity"] = "off"
     return JobRequest(
-        command=["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", gpu_env, spec.executable,
+        command=["/bin/sh", "-c", RANK_SCRIPT, "pilotfish", gpu_env,
+                 "" if first_node is None else str(first_node), spec.executable,
                  *spec.arguments], num_tasks=spec.ranks,
         cores_per_task=spec.cores_per_rank, gpus_per_task=int(gpus) or None,
         num_nodes=math.ceil(spec.ranks / rpn) if rpn and not virtual else None, cwd=cwd,

@@ -1,0 +1,70 @@
+"""Flux partitions over the real nodes of a Slurm allocation (the local cluster).
+
+As in test_slurm.py, each test runs a client inside `salloc` (4 nodes, which are this
+one host told apart by `SLURMD_NODENAME`). A Flux partition starts one broker per node of
+its slice with one `srun` (PMI2 bootstrap); Flux places each job's ranks on its brokers.
+A rank shows the node pilotfish says it is on (`PILOTFISH_NODE`) and the node Slurm
+started its broker on (the broker's own `SLURMD_NODENAME`, read from /proc: the job's
+environment is the task's, not the broker's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pilotfish.backends.flux import unavailable as flux_unavailable
+
+from .test_slurm import _WHY, in_allocation
+
+_NO_FLUX = flux_unavailable()
+pytestmark = [pytest.mark.timeout(240), pytest.mark.skipif(_WHY is not None, reason=_WHY or ""),
+              pytest.mark.skipif(_NO_FLUX is not None, reason=f"no Flux here: {_NO_FLUX}")]
+
+# Each rank: its PILOTFISH_NODE, its rank, its GPUs, and its broker's Slurm node.
+# (The rank's parent is its job shell, whose parent is the broker.)
+SHOW = r"""
+broker=$(ps -o ppid= -p "$PPID" | tr -d ' ')
+broker=$(tr '\0' '\n' < "/proc/$broker/environ" | sed -n 's/^SLURMD_NODENAME=//p')
+echo "$PILOTFISH_NODE $PILOTFISH_RANK ${CUDA_VISIBLE_DEVICES-unset} $broker"
+"""
+
+
+def test_flux_instances_over_the_nodes_of_an_allocation(tmp_path: Path) -> None:
+    out = in_allocation(tmp_path, f"""
+PS = pf.PartitionSpec
+pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local", partitions=[
+    PS(backend="flux", instances=2)]))
+out["hosts"] = list(pilot.description.hosts)
+out["layout"] = [(p.name, p.first, p.nodes) for p in pilot.description.layout]
+show = {SHOW!r}
+mpi = {{name: session.submit(TD(executable="/bin/sh", arguments=["-c", show], ranks=4,
+                               ranks_per_node=2, gpus_per_rank=1, partition=name))
+        for name in ("flux.0", "flux.1")}}
+false = session.submit(TD(executable="/bin/false", partition="flux.0"))
+timed = session.submit(TD(executable="/bin/sleep", arguments=["60"], timeout=2,
+                          partition="flux.1"))
+sleeper = session.submit(TD(executable="/bin/sleep", arguments=["60"], partition="flux.0"))
+session.wait_for([sleeper], pf.TaskState.RUNNING, timeout=60)
+session.cancel([sleeper])
+assert session.wait(timeout=90)
+out["mpi"] = {{name: (t.state.value, t.error, t.stdout, t.partition) for name, t in mpi.items()}}
+out["ended"] = [(t.state.value, t.error) for t in (false, timed, sleeper)]
+""")
+    hosts = out["hosts"]
+    assert out["layout"] == [["flux.0", 0, 2], ["flux.1", 2, 2]]  # two instances of 2 nodes
+    for name, nodes in (("flux.0", {0, 1}), ("flux.1", {2, 3})):
+        state, error, stdout, partition = out["mpi"][name]
+        assert (state, error, partition) == ("DONE", None, name), stdout
+        ranks = sorted(line.split() for line in stdout.splitlines())
+        assert [r[1] for r in ranks] == ["0", "1", "2", "3"], stdout
+        assert {int(r[0]) for r in ranks} == nodes, stdout  # on the instance's own nodes
+        assert all(hosts[int(r[0])] == r[3] for r in ranks), stdout  # where Slurm put them
+        by_node: dict[str, list[str]] = {}
+        for node, _, gpus, _ in ranks:
+            by_node.setdefault(node, []).append(gpus)
+        assert all(len(set(g)) == len(g) for g in by_node.values()), stdout  # a GPU each
+    assert out["ended"] == [["FAILED", "exit code 1"],
+                            ["FAILED", "timed out (Flux ended it at its time limit)"],
+                            ["CANCELED", "canceled"]]
