@@ -109,12 +109,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    why = unavailable()  # (and the install's bindings on sys.path)
     if args.inside:
         with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
             os.makedirs(f"{tmp}/plain")
             print("RESULT " + json.dumps(CASES[args.inside][0](tmp)), flush=True)
         return
-    why = unavailable()
     flux = flux_command()
     if why is not None or flux is None:
         sys.exit(f"no Flux here: {why}")

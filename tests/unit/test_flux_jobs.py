@@ -99,6 +99,14 @@ def test_job_request_translates_the_task() -> None:
     plain = job_request(TaskSpec("t", "executable", "true", sandbox="/own"), "/sandbox", {})
     assert (plain.gpus_per_task, plain.num_nodes, plain.duration, plain.cwd) == (
         None, None, 0.0, "/own")
+    # One rank, no GPU, a virtual node: told in its environment, started directly.
+    one = job_request(TaskSpec("t", "executable", "true"), "/s", {}, gpu_env="GPUS")
+    assert one.command == ["true"] and one.shell_options == {"gpu-affinity": "off"}
+    assert (one.environment["PILOTFISH_RANK"], one.environment["PILOTFISH_RANKS"],
+            one.environment["GPUS"]) == ("0", "1", "")
+    # On real nodes its node is known only where it runs.
+    assert job_request(TaskSpec("t", "executable", "true"), "/s", {},
+                       first_node=0).command[:2] == ["/bin/sh", "-c"]
     # Virtual nodes: one broker holds them all (no node count), their core ids are not
     # this host's (no binding).
     virtual = job_request(spec, "/sandbox", {}, virtual=True)
