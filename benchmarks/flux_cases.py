@@ -20,14 +20,13 @@ Needs Flux (../shared/flux/install-flux.sh) and `pip install 'pilotfish[flux]'`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from apart import report, result, run_apart
 
 import pilotfish as pf
 from pilotfish.backends.flux import flux_command, unavailable
@@ -113,34 +112,21 @@ def main() -> None:
     if args.inside:
         with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
             os.makedirs(f"{tmp}/plain")
-            print("RESULT " + json.dumps(CASES[args.inside][0](tmp)), flush=True)
+            result(CASES[args.inside][0](tmp))
         return
     flux = flux_command()
     if why is not None or flux is None:
         sys.exit(f"no Flux here: {why}")
     for name in args.cases or list(CASES):
-        unit = CASES[name][1]
-        results = []
+        runs = []
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="pilotfish-flux-") as where:
                 config = resource_config(flux, Resources((socket.gethostname(),), CORES, 0),
                                          where)
-                out = subprocess.run([flux, "start", f"-o,--config-path={config}",
-                                      sys.executable, __file__, "--inside", name],
-                                     capture_output=True, text=True, timeout=1800)
-            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if out.returncode or not lines:
-                sys.exit(f"{name}: the run failed:\n{out.stdout}\n{out.stderr}")
-            result = json.loads(lines[-1].removeprefix("RESULT "))
-            results.append(result)
-            print(f"  {name}: " + ", ".join(f"{k} {v:,.2f}" for k, v in result.items())
-                  + f" ({unit}); ratio {result['pilotfish'] / result['plain script']:.3f}",
-                  flush=True)
-        medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
-        ratio = statistics.median(r["pilotfish"] / r["plain script"] for r in results)
-        print(f"{name}: medians " + ", ".join(f"{k} {v:,.2f}" for k, v in medians.items())
-              + f" ({unit}); ratio {ratio:.3f}", flush=True)
-
+                runs.append(run_apart([flux, "start", f"-o,--config-path={config}",
+                                       sys.executable, __file__, "--inside", name], name))
+        report(name, runs, CASES[name][1], lambda r: r["pilotfish"] / r["plain script"],
+               "x the plain script")
 
 if __name__ == "__main__":
     main()

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from apart import report, result, run_apart
 
 import pilotfish as pf
 from pilotfish.metrics import compute_metrics, load
@@ -151,28 +151,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.inside:
         with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
-            print("RESULT " + json.dumps(CASES[args.inside][0](tmp)), flush=True)
+            result(CASES[args.inside][0](tmp))
         return
     for name in args.cases or list(CASES):
         _, unit, summary, what = CASES[name]
-        results = []
-        for _ in range(args.runs):
-            where = [] if name == "batch" else ["salloc", "-N4", "--exclusive",
-                                                "--gpus-per-node=4"]
-            out = subprocess.run([*where, sys.executable, __file__, "--inside", name],
-                                 capture_output=True, text=True, timeout=1800)
-            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if out.returncode or not lines:
-                sys.exit(f"{name}: the run failed:\n{out.stdout}\n{out.stderr}")
-            result = json.loads(lines[-1].removeprefix("RESULT "))
-            results.append(result)
-            print(f"  {name}: " + ", ".join(f"{k} {v:,.3f}" for k, v in result.items())
-                  + f" ({unit})", flush=True)
-        medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
-        print(f"{name}: medians " + ", ".join(f"{k} {v:,.3f}" for k, v in medians.items())
-              + f" ({unit}); {statistics.median(summary(r) for r in results):.2f} {what}",
-              flush=True)
-
+        where = [] if name == "batch" else ["salloc", "-N4", "--exclusive", "--gpus-per-node=4"]
+        runs = [run_apart([*where, sys.executable, __file__, "--inside", name], name)
+                for _ in range(args.runs)]
+        report(name, runs, unit, summary, what)
 
 if __name__ == "__main__":
     main()

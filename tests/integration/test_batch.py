@@ -9,7 +9,6 @@ jobs then wait (WAIT), so the timeouts are long; on an idle cluster a test takes
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,32 +21,14 @@ import pytest
 
 import pilotfish as pf
 
+from .test_slurm import slurm_problem
+
 TD = pf.TaskDescription
 
 
-def _slurm_problem() -> str | None:
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return ("no Slurm here: start the local cluster with "
-                "../shared/slurm/start-local-slurm.sh --with-mpi")
-    if find_spec("psij") is None:
-        return "no PSI/J here: pip install 'pilotfish[batch]'"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%D %t"], capture_output=True, text=True,
-                             timeout=10)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 10 s"
-    if out.returncode != 0:
-        return f"sinfo failed: {out.stderr.strip()}"
-    # Nodes busy with others' jobs serve too (the pilots' jobs wait for them).
-    usable = sum(int(line.split()[0]) for line in out.stdout.splitlines()
-                 if not line.split()[1].rstrip("*~#!%$@^-").startswith(_UNUSABLE))
-    return None if usable >= 4 else f"the local cluster has {usable} usable nodes, not 4"
-
-
-_UNUSABLE = ("down", "drain", "drng", "fail", "unk", "inval", "maint", "boot", "futr")
-
-
-_WHY = _slurm_problem()
+# (Nodes busy with others' jobs serve too: the pilots' jobs wait for them.)
+_WHY = slurm_problem("sbatch", busy_ok=True) or (
+    None if find_spec("psij") else "no PSI/J here: pip install 'pilotfish[batch]'")
 WAIT = 400.0  # seconds a test's job may wait for nodes others' jobs hold
 pytestmark = [pytest.mark.timeout(600), pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
 

@@ -19,9 +19,13 @@ import pytest
 
 from ..conftest import process_gone
 
+_UNUSABLE = ("down", "drain", "drng", "fail", "unk", "inval", "maint", "boot", "futr")
 
-def _slurm_problem() -> str | None:
-    if shutil.which("salloc") is None or shutil.which("sinfo") is None:
+
+def slurm_problem(command: str = "salloc", busy_ok: bool = False) -> str | None:
+    """None if the local cluster can take a 4-node job started with `command`, else why
+    not. `busy_ok`: nodes busy with others' jobs count (the job may wait for them)."""
+    if shutil.which(command) is None or shutil.which("sinfo") is None:
         return ("no Slurm here: start the local cluster with "
                 "../shared/slurm/start-local-slurm.sh --with-mpi")
     try:
@@ -31,12 +35,13 @@ def _slurm_problem() -> str | None:
         return "sinfo did not answer within 10 s"
     if out.returncode != 0:
         return f"sinfo failed: {out.stderr.strip()}"
-    idle = sum(int(line.split()[0]) for line in out.stdout.splitlines()
-               if line.split()[1] in ("idle", "mix"))
-    return None if idle >= 4 else f"the local cluster has {idle} usable nodes, not 4"
+    usable = sum(int(line.split()[0]) for line in out.stdout.splitlines()
+                 if (not line.split()[1].rstrip("*~#!%$@^-").startswith(_UNUSABLE)
+                     if busy_ok else line.split()[1] in ("idle", "mix")))
+    return None if usable >= 4 else f"the local cluster has {usable} usable nodes, not 4"
 
 
-_WHY = _slurm_problem()
+_WHY = slurm_problem()
 pytestmark = [pytest.mark.timeout(180), pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
 
 

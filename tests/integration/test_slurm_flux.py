@@ -68,3 +68,40 @@ out["ended"] = [(t.state.value, t.error) for t in (false, timed, sleeper)]
     assert out["ended"] == [["FAILED", "exit code 1"],
                             ["FAILED", "timed out (Flux ended it at its time limit)"],
                             ["CANCELED", "canceled"]]
+
+
+def test_the_papers_hybrid_pilot_routes_by_kind(tmp_path: Path) -> None:
+    """One pilot over the 4-node allocation: Flux (executables, MPI) on two nodes, Dragon
+    (functions) on one, built-in on one; tasks routed by kind, none pinned."""
+    from pilotfish.backends.dragon import unavailable as dragon_unavailable
+
+    if (why := dragon_unavailable()) is not None:
+        pytest.skip(f"no Dragon here: {why}")
+    out = in_allocation(tmp_path, f"""
+PS = pf.PartitionSpec
+pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local", partitions=[
+    PS(backend="flux", nodes=2), PS(backend="dragon", nodes=1), PS(backend="builtin")]))
+show = {SHOW!r}
+mpi = session.submit([TD(executable="/bin/sh", arguments=["-c", show], ranks=4,
+                         ranks_per_node=2) for _ in range(4)])
+exes = session.submit([TD(executable="/bin/true") for _ in range(50)])
+fns = session.submit([TD(function=pow, args=(2, i)) for i in range(200)])
+assert session.wait(timeout=150)
+out["mpi"] = [(t.state.value, t.partition, t.stdout) for t in mpi]
+out["exes"] = sorted({{(t.state.value, t.partition) for t in exes}})
+out["fns"] = sorted({{(t.state.value, t.partition) for t in fns}})
+out["results"] = [t.result() for t in fns] == [2 ** i for i in range(200)]
+out["hosts"] = list(pilot.description.hosts)
+""", timeout=240)
+    for state, partition, stdout in out["mpi"]:
+        assert (state, partition) == ("DONE", "flux")
+        ranks = [line.split(" ") for line in stdout.splitlines()]
+        assert {int(r[0]) for r in ranks} <= {0, 1}  # the Flux partition's nodes
+        assert all(out["hosts"][int(r[0])] == r[3] for r in ranks)
+        assert all(r[2] == "" for r in ranks)  # no GPU asked: none
+    # Single executables go to Flux or the built-in partition (least work per core);
+    # functions to Dragon first (an idle built-in partition may take some: late binding).
+    assert {state for state, _ in out["exes"]} == {"DONE"}
+    assert {p for _, p in out["exes"]} <= {"flux", "builtin"}
+    assert ["DONE", "dragon"] in out["fns"] and {s for s, _ in out["fns"]} == {"DONE"}
+    assert out["results"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pilotfish.backends.base import TaskFinished, TaskStarted
-from pilotfish.backends.flux.backend import jobspec, start_command
+from pilotfish.backends.flux.backend import jobspec, pick_uri, start_command
 from pilotfish.backends.flux.jobs import RANK_SCRIPT, FluxJobTracker, job_request, urgency
 from pilotfish.messages import TaskSpec
 from pilotfish.states import TaskState
@@ -126,6 +126,15 @@ def test_urgency_keeps_clear_of_hold_and_expedite() -> None:
 
 
 # ---- the I/O side's pure helpers (backends/flux/backend.py) ------------------------------------
+
+
+def test_the_local_uri_is_used_where_its_socket_is_here(tmp_path) -> None:
+    (tmp_path / "local-0").touch()
+    here = f"local://{tmp_path}/local-0"
+    assert pick_uri(f"{here} ssh://n1{tmp_path}/local-0") == here
+    assert pick_uri("local:///elsewhere/local-0 ssh://n1/elsewhere/local-0") == (
+        "ssh://n1/elsewhere/local-0")
+    assert pick_uri(here) == here  # (one broker on this host: one URI)
 
 
 def test_instances_start_on_this_host_or_over_their_hosts_under_srun() -> None:

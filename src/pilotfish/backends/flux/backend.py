@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from ...files import read_tail
+from ...files import private, private_dir, read_tail
 from ...launchers import srun_per_node
 from ...partitions import Partition
 from ...proctree import kill_group
@@ -109,7 +109,7 @@ class Resources:
 def resource_config(flux: str, resources: Resources, directory: str) -> str:
     """A config folder making an instance use exactly `resources` (an R from `flux R
     encode`, `noverify`: the host's own topology is not checked against it); its path."""
-    os.makedirs(directory, exist_ok=True)
+    private_dir(directory)
     ranks = "0" if len(resources.hosts) == 1 else f"0-{len(resources.hosts) - 1}"
     argv = [flux, "R", "encode", f"--ranks={ranks}",
             f"--cores=0-{resources.cores - 1}", f"--hosts={','.join(resources.hosts)}"]
@@ -118,9 +118,9 @@ def resource_config(flux: str, resources: Resources, directory: str) -> str:
     encoded = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if encoded.returncode != 0:
         raise RuntimeError(f"`{shlex.join(argv)}` failed: {encoded.stderr.strip()}")
-    with open(os.path.join(directory, "R.json"), "w") as f:
+    with open(os.path.join(directory, "R.json"), "w", opener=private) as f:
         f.write(encoded.stdout)
-    with open(os.path.join(directory, "resource.toml"), "w") as f:
+    with open(os.path.join(directory, "resource.toml"), "w", opener=private) as f:
         f.write(f'[resource]\npath = "{os.path.join(directory, "R.json")}"\nnoverify = true\n')
     return directory
 
