@@ -197,13 +197,9 @@ class NodesBackend:
             per_node.setdefault(index, []).append(NodeTask(placed.spec,
                                                            WireSlot.of(placed.slot)))
         for index, node_tasks in per_node.items():
-            node = self.nodes[index]
-            if self._refuse_on_lost(node, [t.spec.uid for t in node_tasks]):
-                continue
-            for t in node_tasks:
-                node.tasks.add(t.spec.uid)
-                self._where[t.spec.uid] = index
-            self._send(node, Launch(node_tasks, self._new_functions(node, node_tasks)))
+            node = self._hand_over(index, [t.spec.uid for t in node_tasks])
+            if node is not None:
+                self._send(node, Launch(node_tasks, self._new_functions(node, node_tasks)))
         if spanning:
             self.runner.launch(spanning)
 
@@ -212,13 +208,9 @@ class NodesBackend:
         for t in tasks:
             per_node.setdefault(t.node, []).append(NodeCall(t.spec, t.worker, t.core))
         for index, calls in per_node.items():
-            node = self.nodes[index]
-            if self._refuse_on_lost(node, [c.spec.uid for c in calls]):
-                continue
-            for c in calls:
-                node.tasks.add(c.spec.uid)
-                self._where[c.spec.uid] = index
-            self._send(node, Feed(calls, self._new_functions(node, calls)))
+            node = self._hand_over(index, [c.spec.uid for c in calls])
+            if node is not None:
+                self._send(node, Feed(calls, self._new_functions(node, calls)))
 
     def cancel(self, uids: Sequence[str]) -> None:
         per_node: dict[int, list[str]] = {}
@@ -246,13 +238,18 @@ class NodesBackend:
                 node.functions.add(key)
         return new
 
-    def _refuse_on_lost(self, node: _Node, uids: list[str]) -> bool:
-        """Tasks placed on a node just lost (before the agent heard): lost with it."""
-        if node.lost is None:
-            return False
+    def _hand_over(self, index: int, uids: list[str]) -> _Node | None:
+        """Node `index`, its tasks and their whereabouts recorded, to send them to; None
+        if it was just lost (before the agent heard): the tasks are lost with it."""
+        node = self.nodes[index]
+        if node.lost is not None:
+            for uid in uids:
+                self._emit(TaskLost(uid, f"node {node.host} lost: {node.lost}"))
+            return None
+        node.tasks.update(uids)
         for uid in uids:
-            self._emit(TaskLost(uid, f"node {node.host} lost: {node.lost}"))
-        return True
+            self._where[uid] = index
+        return node
 
     # ---- from the executors -----------------------------------------------------------
 
