@@ -61,28 +61,9 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the direct children of `pid`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-        if ppid == pid:
-            found.append((int(name), cmdline))
-    return found
-
-
-def in_session(sid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of the live processes (not zombies) of process session `sid`:
-    a local agent is a session leader, so this is everything it started that is left."""
-    found = []
+def _processes() -> Iterator[tuple[int, list[str], str]]:
+    """(pid, the fields of /proc/PID/stat after the command name, command line) of every
+    process that is still there when read."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -93,6 +74,16 @@ def in_session(sid: int) -> list[tuple[int, str]]:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError):
             continue
-        if fields[0] not in ("Z", "X") and int(fields[3]) == sid:
-            found.append((int(name), cmdline))
-    return found
+        yield int(name), fields, cmdline
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the direct children of `pid`."""
+    return [(p, cmdline) for p, fields, cmdline in _processes() if int(fields[1]) == pid]
+
+
+def in_session(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes (not zombies) of process session `sid`:
+    a local agent is a session leader, so this is everything it started that is left."""
+    return [(p, cmdline) for p, fields, cmdline in _processes()
+            if fields[0] not in ("Z", "X") and int(fields[3]) == sid]
