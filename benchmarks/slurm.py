@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from apart import report, result, run_apart
 
@@ -86,27 +87,30 @@ def _srun_driver(argv: list[str], n: int) -> tuple[float, list[tuple[float, floa
     return time.perf_counter() - t0, spans
 
 
-def inside_s1(tmp: str, n: int = 2_000) -> dict[str, float]:
+def _both_backends(tmp: str, command: list[str], n: int,
+                   figure: Callable[[pf.Session, float], float]) -> dict[str, float]:
+    """`n` tasks of `command` through a pilot on the built-in backend (node executors),
+    then the srun backend: `figure(session, seconds)` of each."""
     out = {}
-    for backend in ("builtin", "srun"):
+    for backend, name in (("builtin", "pilotfish"), ("srun", "srun backend")):
         with pf.Session(path=f"{tmp}/{backend}") as session:
             _pilot(session, backend)
             _on_every_node(session)
-            seconds = _run(session, [TD(executable="/bin/true") for _ in range(n)])
-            out["pilotfish" if backend == "builtin" else "srun backend"] = n / seconds
+            seconds = _run(session, [TD(executable=command[0], arguments=command[1:])
+                                     for _ in range(n)])
+            out[name] = figure(session, seconds)
+    return out
+
+
+def inside_s1(tmp: str, n: int = 2_000) -> dict[str, float]:
+    out = _both_backends(tmp, ["/bin/true"], n, lambda _, seconds: n / seconds)
     seconds, _ = _srun_driver(["/bin/true"], n)
     return {**out, "srun driver": n / seconds}
 
 
 def inside_s2(tmp: str, n: int = 1_024) -> dict[str, float]:
-    out = {}
-    for backend in ("builtin", "srun"):
-        with pf.Session(path=f"{tmp}/{backend}") as session:
-            _pilot(session, backend)
-            _on_every_node(session)
-            _run(session, [TD(executable="/bin/sleep", arguments=["1"]) for _ in range(n)])
-            utilization = _utilization(session)
-            out["pilotfish" if backend == "builtin" else "srun backend"] = 100 * utilization
+    out = _both_backends(tmp, ["/bin/sleep", "1"], n,
+                         lambda session, _: 100 * _utilization(session))
     _, spans = _srun_driver(["/bin/sleep", "1"], n)
     window = max(e for _, e in spans) - min(s for s, _ in spans)
     return {**out, "srun driver": 100.0 * n * 1.0 / (SLOTS * window)}
