@@ -43,9 +43,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:  # (types only: descriptions and profiles import this module's names)
-    from .backends.base import NodeLayout
     from .messages import TaskSpec
-    from .resources import Slot
+    from .resources import NodeLayout, Slot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ the number of nodes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -53,6 +54,16 @@ class Shape:
 
     def __repr__(self) -> str:
         return "Shape(" + ", ".join(map(repr, self._key)) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLayout:
+    """What a node looks like to the processes on it (from the platform profile)."""
+
+    core_ids: tuple[int, ...]  # the physical id of each usable core, by core index
+    gpus: int = 0
+    gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # ROCR_VISIBLE_DEVICES on ROCm, ...
+    first_node: int = 0  # slots count nodes from 0 within a partition; the pilot from here
 
 
 class Slot(NamedTuple):

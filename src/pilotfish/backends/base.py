@@ -20,7 +20,7 @@ from ..keys import Keys
 from ..messages import TaskSpec
 from ..partitions import Partition
 from ..reactor import Reactor
-from ..resources import Slot
+from ..resources import NodeLayout, Slot
 from ..states import TaskState
 
 
@@ -92,16 +92,6 @@ class DispatchedTask(msgspec.Struct, frozen=True, gc=False):
     worker: int
     node: int
     core: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeLayout:
-    """What a node looks like to the processes on it (from the platform profile)."""
-
-    core_ids: tuple[int, ...]  # the physical id of each usable core, by core index
-    gpus: int = 0
-    gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # ROCR_VISIBLE_DEVICES on ROCm, ...
-    first_node: int = 0  # slots count nodes from 0 within a partition; the pilot from here
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

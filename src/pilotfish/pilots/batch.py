@@ -33,10 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..description import PilotDescription
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +129,25 @@ class JobRequest:
     environment: tuple[tuple[str, str], ...] = ()
 
 
-def job_request(desc: PilotDescription, *, pilot_uid: str, sandbox: str, config_path: str,
+class Described(Protocol):
+    """What a job is made from: a `PilotDescription`'s fields (named here so that this
+    module, which descriptions use to check their directives, need not import them)."""
+
+    @property
+    def nodes(self) -> int | None: ...
+    @property
+    def gpus_per_node(self) -> int | None: ...
+    @property
+    def runtime(self) -> float | None: ...
+    @property
+    def queue(self) -> str | None: ...
+    @property
+    def account(self) -> str | None: ...
+    @property
+    def batch_directives(self) -> Sequence[str]: ...
+
+
+def job_request(desc: Described, *, pilot_uid: str, sandbox: str, config_path: str,
                 executable: str, package_root: str, env: Mapping[str, str]) -> JobRequest:
     """The batch job of a pilot: its nodes, whole (`--exclusive`), with their GPUs; its
     runtime as the time limit; running `executable -m pilotfish.agent CONFIG` once, on
