@@ -26,9 +26,13 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 class Allocator:
-    def __init__(self, nodes: int, cores: int, gpus: int = 0, mem: int = 0) -> None:
+    def __init__(self, nodes: int, cores: int, gpus: int = 0, mem: int = 0,
+                 spare: int = 0) -> None:
         self.cores, self.gpus, self.mem = cores, gpus, mem
-        self.nodes = [Node(i, cores, gpus, mem) for i in range(nodes)]
+        # `spare` nodes after the real ones: room to place on, never counted in what can
+        # ever fit (a runtime that places tasks itself queues what they hold).
+        self.nodes = [Node(i, cores, gpus, mem) for i in range(nodes + spare)]
+        self.spare = spare
         self.general = NodeIndex(cores, gpus)
         for node in self.nodes:
             self.general.add(node)
@@ -71,7 +75,7 @@ class Allocator:
         if shape.mem_per_rank > self.mem:
             return f"asks for {shape.mem_per_rank} MiB per rank, a node has {self.mem} MiB"
         group = self.groups.get(colocate) if colocate is not None else None
-        nodes = (len(group) if group is not None else len(self.nodes)) - len(
+        nodes = (len(group) if group is not None else len(self.nodes) - self.spare) - len(
             self.lost.intersection(group) if group is not None else self.lost)
         where = f"colocate group {colocate!r} has" if group is not None else "there are"
         per_node, why = self.rank_limit(shape)

@@ -23,6 +23,10 @@ Policy:
   the delay of a big task is bounded by the run time of the tasks already on its nodes.
 * A task that can never fit on the pilot fails at once, naming the resource, how much it
   asked for and how much exists.
+* Feed-ahead, for a runtime that places tasks itself (Flux): `spare_nodes` more nodes to
+  place on, so that it holds up to that much more than fits and starts the next task the
+  moment a core frees, without a round trip through the agent. What it holds can no
+  longer move to an idle partition: the spare room bounds that.
 """
 
 from __future__ import annotations
@@ -122,8 +126,9 @@ class _Reservation:
 class Scheduler:
     def __init__(self, nodes: int, cores_per_node: int, gpus_per_node: int = 0,
                  workers_per_node: int = 1, mem_per_node: int = 0,
-                 reserve_after: float = RESERVE_AFTER) -> None:
-        self.alloc = Allocator(nodes, cores_per_node, gpus_per_node, mem_per_node)
+                 reserve_after: float = RESERVE_AFTER, spare_nodes: int = 0) -> None:
+        self.alloc = Allocator(nodes, cores_per_node, gpus_per_node, mem_per_node,
+                               spare_nodes)
         self.reserve_after = reserve_after
         per_node = workers_per_node
         self.workers = [Worker(n * per_node + i, n) for n in range(nodes) for i in range(per_node)]

@@ -187,3 +187,32 @@ def test_a_task_becomes_a_jobspec_with_its_resources_files_and_limits() -> None:
     untimed = job_request(TaskSpec("t", "executable", "/bin/true"), "/sandbox", {})
     assert jobspec(type("flux_job", (), {"JobspecV1": _RecordingJobspec}),
                    untimed).arguments["duration"] is None  # no limit
+
+
+def test_events_that_come_before_the_job_id_are_held_until_it_does() -> None:
+    tracker = FluxJobTracker()
+    tracker.submitting(2)
+    assert tracker.event(42, "submit", 100.0, {}) is None
+    assert tracker.event(42, "start", 101.0, {}) is None  # id 42 not known yet: held
+    assert tracker.event(7, "start", 101.5, {}) is None  # someone else's job: held too
+    assert tracker.submitted(42, "task.000001") == [TaskStarted("task.000001", 101.0)]
+    assert tracker.early == {7: [("start", 101.5, {})]}  # one id still awaited
+    tracker.refused()  # the other submit failed: no id awaited, what is held is not ours
+    assert tracker.early == {} and tracker.awaited == 0
+    assert tracker.event(7, "finish", 102.0, {"status": 0}) is None
+    assert tracker.early == {}  # nothing awaited: not held
+    done = tracker.event(42, "finish", 103.0, {"status": 0})
+    assert isinstance(done, TaskFinished) and done.state is TaskState.DONE
+
+
+def test_events_held_too_long_are_dropped_and_ended_jobs_hold_nothing() -> None:
+    tracker = FluxJobTracker()
+    tracker.submitting(1)
+    tracker.event(7, "submit", 100.0, {})  # another user's job, while ours is awaited
+    tracker.event(8, "submit", 161.0, {})
+    assert list(tracker.early) == [8]  # 7's were held over HOLD_SECONDS
+    tracker.submitted(42, "task.000001")
+    tracker.event(42, "finish", 170.0, {"status": 0})
+    tracker.submitting(1)
+    assert tracker.event(42, "free", 171.0, {}) is None and tracker.early == {}
+    assert tracker.event(42, "clean", 172.0, {}) is None and tracker.jobs == {}

@@ -513,3 +513,14 @@ def test_a_lost_node_takes_no_more_tasks_and_what_can_never_fit_fails() -> None:
     assert [a.uid for a in sched.completed([(on_zero, 1.0)])] == ["e"]
     sched.validate()
     assert sched.alloc.never_fits(Shape(3, 1)) is not None  # 1 node of 2 cores is left
+
+
+def test_spare_nodes_feed_a_runtime_ahead_but_never_change_what_fits() -> None:
+    sched = Scheduler(1, 4, workers_per_node=0, spare_nodes=1)
+    actions = sched.submit([task(f"t{i}") for i in range(10)])
+    assert [type(a) for a in actions] == [Launch] * 8  # twice what fits is handed over
+    assert sched.queued == 2
+    (wide,) = sched.submit([Request("wide", next(_seq), Shape(2, 4, ranks_per_node=1))])
+    assert isinstance(wide, Fail) and "there are 1" in wide.reason  # one real node
+    sched.completed([("t0", 1.0)])
+    assert sched.queued == 1

@@ -109,8 +109,11 @@ def build_backends(cfg: AgentConfig, context: BuildContext, layouts: Sequence[Pa
         declared = registry.get(layout.backend)
         running = registry.get("simulated") if cfg.backend == "simulated" else declared
         backend: Backend = running.load().build(context, layout)
+        # A runtime that places tasks itself is fed a partition's worth ahead.
+        spare = layout.nodes if running.abilities.places_itself else 0
         scheduler = Scheduler(layout.nodes, cfg.cores_per_node, cfg.gpus_per_node,
-                              backend.workers_per_node, cfg.mem_per_node, cfg.reserve_after)
+                              backend.workers_per_node, cfg.mem_per_node, cfg.reserve_after,
+                              spare)
         abilities = replace(declared.abilities,
                             function_workers=running.abilities.function_workers)
         backends[layout.name] = backend

@@ -2,15 +2,15 @@
 
 `start` attaches to the instance at `uri` (e.g. `FLUX_URI` inside a Flux allocation) or
 starts one (`flux start` over the slice's hosts under `srun`, or on this host) and opens
-a thread that owns the `flux.Flux` handle (handles are not thread-safe): it submits
-the tasks the agent placed in bulk (`flux.job.submit_async`, then the ids), cancels with
-`flux.job.cancel_async`, and follows every job through one `flux.job.JournalConsumer`,
-whose events `FluxJobTracker` turns into task events. Those cross to the agent's loop
-through a queue and a wake-up pipe.
+a thread that owns the `flux.Flux` handle (handles are not thread-safe) and runs its
+reactor (`FluxDriver`): it submits the tasks the agent placed (`flux.job.submit_async`,
+ids taken as they come back), cancels with `flux.job.cancel_async`, and follows every job
+through the job-manager journal, whose events `FluxJobTracker` turns into task events.
+Those cross to the agent's loop through a queue and a wake-up pipe.
 
-Flux places each job on cores and GPUs itself; the agent's scheduler only meters what it
-hands to the instance to the partition's capacity, so Flux's queue never holds more than
-fits and tasks it has not received can still go to other partitions. If the instance
+Flux places each job on cores and GPUs itself. The agent's scheduler hands the instance
+up to twice what fits (feed-ahead, `scheduler.py`): Flux starts the next job the moment a
+core frees, while tasks beyond that can still go to other partitions. If the instance
 dies or cannot be reached, the agent hears `PartitionLost` and fails or moves its tasks.
 """
 
@@ -47,8 +47,9 @@ from ..base import (
 from . import flux_command, unavailable
 from .jobs import FluxJobTracker, JobRequest, job_request
 
+Command = tuple[str, Any]  # ("submit", [JobRequest]), ("cancel", [uid]) or ("stop", None)
+
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
-POLL_SECONDS = 0.005  # the Flux thread's longest wait for journal events between submits
 _URI_SCRIPT = 'echo "$FLUX_URI"; exec cat >/dev/null'  # runs until its stdin closes
 # Over hosts: the local URI (used where its socket is on the agent's host: the agent runs
 # on the partition's first node) and the remote one (ssh://, otherwise).
@@ -159,7 +160,9 @@ class FluxBackend:
         self.uri = uri
         self.hosts = list(hosts) if hosts else None
         self._env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")}
-        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._command_r, self._command_w = os.pipe()  # wakes the Flux thread
+        os.set_blocking(self._command_w, False)
         self._events: queue.SimpleQueue[BackendEvent] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe already wakes the agent
@@ -167,7 +170,6 @@ class FluxBackend:
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._emit: Callable[[BackendEvent], None] = lambda e: None
-        self._outputs: dict[str, tuple[str, str]] = {}  # uid -> its stdout, stderr files
 
     # ---- life (agent thread) ----------------------------------------------------------
 
@@ -179,7 +181,7 @@ class FluxBackend:
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
-        self._commands.put(("stop", None))
+        self._command(("stop", None))
         if self._thread is not None:
             self._thread.join(timeout)
         if self._proc is not None:
@@ -192,8 +194,8 @@ class FluxBackend:
             kill_group(self._proc.pid)
         if self._reactor is not None:
             self._reactor.remove_reader(self._wake_r)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        for fd in (self._wake_r, self._wake_w, self._command_r, self._command_w):
+            os.close(fd)
 
     # ---- tasks (agent thread) ---------------------------------------------------------
 
@@ -210,13 +212,20 @@ class FluxBackend:
         for event in failed:
             self._emit(event)
         if requests:
-            self._commands.put(("submit", requests))
+            self._command(("submit", requests))
 
     def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
         raise RuntimeError("Flux partitions run no Python functions (routing keeps them away)")
 
     def cancel(self, uids: Sequence[str]) -> None:
-        self._commands.put(("cancel", list(uids)))
+        self._command(("cancel", list(uids)))
+
+    def _command(self, command: Command) -> None:
+        self._commands.put(command)
+        try:
+            os.write(self._command_w, b"x")
+        except BlockingIOError:
+            pass  # a full pipe already wakes it
 
     def _deliver(self) -> None:
         os.read(self._wake_r, 65536)
@@ -245,67 +254,17 @@ class FluxBackend:
             import flux.job
 
             handle = flux.Flux(self.uri or self._start_instance())
-            consumer = flux.job.JournalConsumer(handle, full=False).start()
         except Exception as exc:
             self._post(PartitionLost(self.name, f"cannot reach a Flux instance: {exc}"))
             return
-        tracker = FluxJobTracker()
-        ids: dict[str, int] = {}
+        driver = FluxDriver(handle, flux.job, self._commands, self._command_r, self._post)
         try:
-            while self._serve_commands(flux.job, handle, tracker, ids):
-                self._follow(consumer, tracker, ids)
+            driver.run()
         except Exception as exc:  # the instance went away, or a bug: say so, once
             self._post(PartitionLost(self.name, f"the Flux instance failed: {exc!r}"))
-
-    def _serve_commands(self, flux_job: Any, handle: Any, tracker: FluxJobTracker,
-                        ids: dict[str, int]) -> bool:
-        """Submit and cancel what the agent asked for; False once told to stop."""
-        while True:
-            try:
-                kind, payload = self._commands.get_nowait()
-            except queue.Empty:
-                return True
-            if kind == "stop":
-                return False
-            if kind == "submit":
-                futures = [(r.name, flux_job.submit_async(handle, jobspec(flux_job, r),
-                                                          urgency=r.urgency))
-                           for r in payload]
-                self._outputs.update((r.name, (r.stdout, r.stderr)) for r in payload)
-                for uid, future in futures:  # all sent first: one round trip for the batch
-                    try:
-                        jobid = int(future.get_id())
-                    except OSError as exc:
-                        self._post(TaskFinished(uid, TaskState.FAILED, None, time.time(),
-                                                error=f"Flux refused the job: {exc}"))
-                        continue
-                    tracker.submitted(jobid, uid)
-                    ids[uid] = jobid
-            elif kind == "cancel":
-                for uid in payload:
-                    if uid in ids:
-                        flux_job.cancel_async(handle, ids[uid])
-
-    def _follow(self, consumer: Any, tracker: FluxJobTracker, ids: dict[str, int]) -> None:
-        """Turn the journal events that are in (waiting up to POLL_SECONDS) into task events."""
-        timeout = POLL_SECONDS
-        while True:
-            try:
-                event = consumer.poll(timeout)
-            except TimeoutError:
-                return
-            if event is None:
-                raise RuntimeError("the job-manager journal stream ended")
-            timeout = 0.0
-            outcome = tracker.event(int(event.jobid), event.name, event.timestamp,
-                                    event.context)
-            if isinstance(outcome, TaskFinished):
-                ids.pop(outcome.uid, None)
-                out, err = self._outputs.pop(outcome.uid, ("", ""))
-                outcome = msgspec.structs.replace(outcome, stdout=read_tail(out) or "",
-                                                  stderr=read_tail(err) or "")
-            if outcome is not None:
-                self._post(outcome)
+        else:
+            if not driver.stopped:
+                self._post(PartitionLost(self.name, "the Flux instance went away"))
 
     def _start_instance(self) -> str:
         """Start `flux start` in its own process group and read the URI it prints."""
@@ -326,3 +285,108 @@ class FluxBackend:
             raise RuntimeError(f"`{shlex.join(command)}` printed no URI "
                                f"within {START_TIMEOUT:g} s; see flux-{self.name}.log")
         return pick_uri(line)
+
+
+class FluxDriver:
+    """The Flux thread's side: runs Flux's reactor until told to stop, never polling.
+
+    Commands from the agent (submit, cancel, stop) wake it through a pipe; submit replies
+    and the job-manager journal (one streaming RPC) come through the handle. Submits are
+    asynchronous, so a burst of single-task submits costs no round trip each.
+    """
+
+    JOURNAL = "job-manager.events-journal"
+
+    def __init__(self, handle: Any, flux_job: Any, commands: queue.SimpleQueue[Command],
+                 wake_fd: int, post: Callable[[BackendEvent], None]) -> None:
+        self.handle = handle
+        self.flux_job = flux_job
+        self.commands = commands
+        self.wake_fd = wake_fd
+        self.post = post
+        self.tracker = FluxJobTracker()
+        self.ids: dict[str, int] = {}  # uid -> Flux job id, until it ends
+        self.outputs: dict[str, tuple[str, str]] = {}  # uid -> its stdout, stderr files
+        self.canceled: set[str] = set()  # canceled before their ids were known
+        self.stopped = False
+
+    def run(self) -> None:
+        """Until `stop` (returns), the instance goes away (returns, not stopped) or a
+        callback fails (raises)."""
+        from flux.constants import FLUX_POLLIN, FLUX_RPC_STREAMING
+
+        journal = self.handle.rpc(self.JOURNAL, {"full": False}, 0, FLUX_RPC_STREAMING)
+        journal.then(self._journal)
+        watcher = self.handle.fd_watcher_create(self.wake_fd, self._wake, events=FLUX_POLLIN)
+        watcher.start()
+        try:
+            self.handle.reactor_run()
+        finally:
+            watcher.stop()
+
+    def _wake(self, handle: Any, watcher: Any, fd: int, revents: int, args: Any) -> None:
+        os.read(fd, 65536)
+        while True:
+            try:
+                kind, payload = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "stop":
+                self.stopped = True
+                handle.reactor_stop()
+                return
+            if kind == "submit":
+                self._submit(payload)
+            elif kind == "cancel":
+                for uid in payload:
+                    if uid in self.ids:
+                        self.flux_job.cancel_async(handle, self.ids[uid])
+                    elif uid in self.outputs:  # submitted, its id still to come
+                        self.canceled.add(uid)
+
+    def _submit(self, requests: list[JobRequest]) -> None:
+        self.tracker.submitting(len(requests))
+        for request in requests:
+            self.outputs[request.name] = (request.stdout, request.stderr)
+            future = self.flux_job.submit_async(self.handle, jobspec(self.flux_job, request),
+                                                urgency=request.urgency)
+            future.then(self._submitted, request.name)
+
+    def _submitted(self, future: Any, uid: str) -> None:
+        try:
+            jobid = int(future.get_id())
+        except OSError as exc:
+            self.tracker.refused()
+            self.outputs.pop(uid, None)
+            self.canceled.discard(uid)
+            self.post(TaskFinished(uid, TaskState.FAILED, None, time.time(),
+                                   error=f"Flux refused the job: {exc}"))
+            return
+        self.ids[uid] = jobid
+        if uid in self.canceled:
+            self.canceled.discard(uid)
+            self.flux_job.cancel_async(self.handle, jobid)
+        for outcome in self.tracker.submitted(jobid, uid):
+            self._report(outcome)
+
+    def _journal(self, future: Any) -> None:
+        """One journal response: one job's new events."""
+        try:
+            response = future.get()
+        except OSError as exc:
+            raise RuntimeError(f"the job-manager journal failed: {exc}") from exc
+        future.reset()
+        jobid = response.get("id", -1)
+        for entry in response.get("events", ()):
+            outcome = self.tracker.event(jobid, entry["name"], entry["timestamp"],
+                                         entry.get("context", {}))
+            if outcome is not None:
+                self._report(outcome)
+
+    def _report(self, outcome: BackendEvent) -> None:
+        if isinstance(outcome, TaskFinished):
+            self.ids.pop(outcome.uid, None)
+            out, err = self.outputs.pop(outcome.uid, ("", ""))
+            outcome = msgspec.structs.replace(outcome, stdout=read_tail(out) or "",
+                                              stderr=read_tail(err) or "")
+        self.post(outcome)

@@ -5,9 +5,8 @@ These are the parts of the Flux backend that can be tested where Flux cannot run
 * `job_request` turns a task into what `flux.job.JobspecV1.from_command` and the
   jobspec's attributes need (command, tasks, cores and GPUs per task, nodes, working
   directory, environment, output files, time limit) plus the submit urgency.
-* `FluxJobTracker` follows the events of the job-manager journal
-  (`flux.job.JournalConsumer`: submit, alloc, start, exception, finish, clean, ...; RFC 21)
-  and says when a task started and how it ended.
+* `FluxJobTracker` follows the events of the job-manager journal (submit, alloc, start,
+  exception, finish, clean, ...; RFC 21) and says when a task started and how it ended.
 
 Flux places tasks itself: with `ranks_per_node` it is asked for ceil(ranks / rpn) nodes
 and spreads the ranks evenly over them (5 ranks at 2 per node: 2, 2, 1, as pilotfish
@@ -29,6 +28,7 @@ from ...states import TaskState
 from ..base import BackendEvent, TaskFinished, TaskStarted
 
 URGENCY_DEFAULT, URGENCY_MAX = 16, 31  # Flux: 0 holds a job, 31 expedites it
+HOLD_SECONDS = 60.0  # the longest an event of a job whose id is awaited is held
 
 # Run by every rank as `sh -c RANK_SCRIPT pilotfish GPU_VARIABLE FIRST_NODE COMMAND...`:
 # tells it its rank and its task's size as every backend does (PILOTFISH_RANK,
@@ -122,12 +122,36 @@ class _Job:
 
 @dataclass
 class FluxJobTracker:
-    """Maps Flux job ids to tasks and turns their journal events into task events."""
+    """Maps Flux job ids to tasks and turns their journal events into task events.
+
+    Submits are asynchronous: a job's first events can arrive before its id does. While
+    ids are awaited, events of unknown jobs are held and replayed once the id is known;
+    when none is awaited, what is held belongs to other users' jobs and is dropped.
+    """
 
     jobs: dict[int, _Job] = field(default_factory=dict)
+    awaited: int = 0  # submits whose job ids are not known yet
+    early: dict[int, list[tuple[str, float, Mapping[str, object]]]] = field(
+        default_factory=dict)
 
-    def submitted(self, jobid: int, uid: str) -> None:
+    def submitting(self, count: int) -> None:
+        self.awaited += count
+
+    def submitted(self, jobid: int, uid: str) -> list[BackendEvent]:
+        """A submit's id is known: what its events held so far mean for the task."""
         self.jobs[jobid] = _Job(uid)
+        held = self.early.pop(jobid, [])
+        self._settle()
+        return [e for e in (self.event(jobid, *args) for args in held) if e is not None]
+
+    def refused(self) -> None:
+        """A submit ended without a job."""
+        self._settle()
+
+    def _settle(self) -> None:
+        self.awaited = max(0, self.awaited - 1)
+        if not self.awaited:
+            self.early.clear()
 
     def uid(self, jobid: int) -> str | None:
         job = self.jobs.get(jobid)
@@ -137,8 +161,14 @@ class FluxJobTracker:
               context: Mapping[str, object]) -> BackendEvent | None:
         """One journal event; returns what it means for the task, if anything yet."""
         job = self.jobs.get(jobid)
-        if job is None:
-            return None  # not one of ours (or already ended)
+        if job is None:  # not one of ours, or its id not known yet
+            if self.awaited:
+                self._hold(jobid, (name, timestamp, context))
+            return None
+        if job.finish is not None:  # ended: only Flux's clean-up events are left
+            if name == "clean":
+                del self.jobs[jobid]
+            return None
         if name == "start":
             job.start = timestamp
             return TaskStarted(job.uid, timestamp)
@@ -148,12 +178,20 @@ class FluxJobTracker:
             job.finish = timestamp  # (Flux frees its resources just after: a job submitted
             status = context.get("status")  # now waits for them in Flux's queue)
             job.status = status if isinstance(status, int) else None
-            del self.jobs[jobid]
             return self._outcome(job, timestamp)
         elif name == "clean":  # the last event of every job: one that never ran ends here
             del self.jobs[jobid]
             return self._outcome(job, timestamp)
         return None
+
+    def _hold(self, jobid: int, event: tuple[str, float, Mapping[str, object]]) -> None:
+        """Hold an event of a job not known yet; drop what was held over `HOLD_SECONDS`
+        before it (other users' jobs: the ids of ours come back sooner)."""
+        early = self.early
+        early.setdefault(jobid, []).append(event)
+        oldest = next(iter(early))  # first held first; one a call keeps up, never a walk
+        if early[oldest][0][1] < event[1] - HOLD_SECONDS:
+            del early[oldest]
 
     @staticmethod
     def _outcome(job: _Job, clean: float) -> TaskFinished:
