@@ -10,13 +10,14 @@ environment is the task's, not the broker's).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from pilotfish.backends.flux import unavailable as flux_unavailable
 
-from .test_slurm import _WHY, in_allocation
+from .test_slurm import _WHY, in_allocation, slurm_problem
 
 _NO_FLUX = flux_unavailable()
 pytestmark = [pytest.mark.timeout(240), pytest.mark.skipif(_WHY is not None, reason=_WHY or ""),
@@ -105,3 +106,86 @@ out["hosts"] = list(pilot.description.hosts)
     assert {p for _, p in out["exes"]} <= {"flux", "builtin"}
     assert ["DONE", "dragon"] in out["fns"] and {s for s, _ in out["fns"]} == {"DONE"}
     assert out["results"]
+
+
+def test_a_dead_node_loses_its_tasks_and_a_dead_leader_its_instance(tmp_path: Path) -> None:
+    """A node of a Flux instance dies (its broker's whole process tree killed, as a crash
+    would): its tasks run again elsewhere if their retries allow, else fail with the
+    reason; the instance's leader dies: its partition is lost, its tasks move or fail.
+    Nothing is left holding a node after."""
+    out = in_allocation(tmp_path, r"""
+import glob, signal
+marks = os.path.join(session.path, "marks")
+os.makedirs(marks)
+MARK = ('echo "$(ps -o ppid= -p $PPID | tr -d " ") $PILOTFISH_NODE" > '
+        + marks + '/$PILOTFISH_TASK_ID.$PILOTFISH_RANK; exec sleep 8')
+
+def where(tasks):
+    # Each task's nodes, once every rank has marked its own (and its broker's pid).
+    files = []
+    for _ in range(100):
+        files = [f for t in tasks for f in glob.glob(f"{marks}/{t.uid}.*")]
+        if len(files) == sum(t.description.ranks for t in tasks):
+            break
+        time.sleep(0.1)
+    found, brokers = {}, {}
+    for f in files:
+        broker, node = open(f).read().split()
+        found.setdefault(os.path.basename(f).rsplit(".", 1)[0], set()).add(int(node))
+        brokers[int(node)] = int(broker)
+    return found, brokers
+
+def crash(broker):
+    # SIGKILL a broker and everything under it, as a node crash would.
+    parent = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            pass
+    tree = [broker]
+    for pid in tree:
+        tree.extend(p for p, pp in parent.items() if pp == pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+def run_and_crash(tasks, node):
+    assert session.wait_for(tasks, pf.TaskState.RUNNING, timeout=60)
+    nodes, brokers = where(tasks)
+    crash(brokers[node])
+    assert session.wait(tasks, timeout=60)
+    return sorted((t.description.retries, t.state.value, t.partition, t.error or "")
+                  for t in tasks if nodes[t.uid] & {2, 3})
+
+pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local", partitions=[
+    pf.PartitionSpec(backend="flux", instances=2)]))
+# (Routed by load: the instances take turns.)
+wide = session.submit([TD(executable="/bin/sh", arguments=["-c", MARK], ranks=2,
+                          ranks_per_node=1, retries=r) for r in (0, 0, 1, 1)])
+# flux.1's second node: a 2-node task there cannot run on flux.1 again.
+out["node"] = run_and_crash(wide, 3)
+single = session.submit([TD(executable="/bin/sh", arguments=["-c", MARK], retries=r)
+                         for r in (0, 0, 1, 1)])
+out["leader"] = run_and_crash(single, 2)  # flux.1's leader: the instance is lost
+after = session.submit(TD(executable="/bin/true"))
+after.result(timeout=30)
+out["after"] = after.partition
+""", timeout=180)
+    wide_lost = "Flux lost a node under it: node failure"
+    assert [o[:3] for o in out["node"]] == [[0, "FAILED", "flux.1"], [1, "DONE", "flux.0"]]
+    assert out["node"][0][3].startswith(wide_lost), out["node"]
+    assert [o[:2] for o in out["leader"]] == [[0, "FAILED"], [1, "DONE"]], out["leader"]
+    for retries, _, partition, error in out["leader"]:
+        if retries:
+            assert partition == "flux.0", out["leader"]  # moved to the other instance
+        else:
+            assert error.startswith("partition 'flux.1' lost"), out["leader"]
+    assert out["after"] == "flux.0"
+    for _ in range(100):  # the allocation ended: its nodes free again, none left COMPLETING
+        if slurm_problem() is None:
+            break
+        time.sleep(0.1)
+    assert slurm_problem() is None

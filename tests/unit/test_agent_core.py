@@ -345,3 +345,20 @@ def test_a_lost_node_takes_no_more_tasks() -> None:
     assert launched(core.handle(TaskLost(on_one, "node 1 lost"))) == []
     on_zero = next(u for u, n in node_of.items() if n == 0)
     assert launched(core.handle(done(on_zero, clock))) == ["z"]
+
+
+def test_a_lost_task_that_no_longer_fits_its_partition_moves_or_fails() -> None:
+    core, _ = make_core(("a", "builtin", 2), ("b", "builtin", 2), cores=1, router=ToA())
+    wide = {"ranks": 2, "ranks_per_node": 1, "retries": 1}
+    core.handle(TasksSubmitted([exe("moves", **wide)]))
+    assert core.tasks["moves"].part.name == "a"
+    core.handle(NodeLost("a", 1, "its executor died"))
+    acts = core.handle(TaskLost("moves", "node 1 lost"))
+    assert launched(acts, "b") == ["moves"]  # a has one node left: b runs it
+    core, _ = make_core(("a", "builtin", 2), cores=1)
+    core.handle(TasksSubmitted([exe("fails", **wide)]))
+    core.handle(NodeLost("a", 1, "its executor died"))
+    acts = core.handle(TaskLost("fails", "node 1 lost"), CaughtUp())
+    assert updates(acts)["fails"].error == (
+        "node 1 lost; cannot run again: no partition can run it: a (builtin) needs 2 nodes "
+        "(2 ranks, 1 per node), there are 1")

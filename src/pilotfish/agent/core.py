@@ -435,7 +435,19 @@ class AgentCore:
         _move(task, SUBMITTED)
         task.retried += 1
         task.events.append(("requeued", now))
-        rnd.requeued.setdefault(name, []).append(task.request)
+        request = task.request
+        if task.part.scheduler.alloc.never_fits(request.shape, request.colocate) is None:
+            rnd.requeued.setdefault(name, []).append(request)
+            return
+        # Its partition lost nodes it needs: it runs elsewhere, or fails.
+        rnd.completed.setdefault(name, []).append((task.spec.uid, 0.0))  # (frees its slot)
+        routed = self._route(task.spec, request.shape, {})
+        if isinstance(routed, str):
+            self._finish(task, TaskFinished(task.spec.uid, FAILED, None, now,
+                                            error=f"{event.reason}; cannot run again: "
+                                                  f"{routed}"))
+        else:
+            self._move_to(routed, [task], event, rnd)
 
     def _lose(self, event: PartitionLost, rnd: _Round) -> None:
         """A partition's runtime died: move its unfinished tasks that may retry, fail the

@@ -20,6 +20,7 @@ import os
 import queue
 import select
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -40,9 +41,11 @@ from ..base import (
     BackendEvent,
     BuildContext,
     DispatchedTask,
+    NodeLost,
     PartitionLost,
     PlacedTask,
     TaskFinished,
+    TaskLost,
 )
 from . import flux_command, unavailable
 from .jobs import FluxJobTracker, JobRequest, job_request
@@ -50,6 +53,8 @@ from .jobs import FluxJobTracker, JobRequest, job_request
 Command = tuple[str, Any]  # ("submit", [JobRequest]), ("cancel", [uid]) or ("stop", None)
 
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
+LOST_INSTANCE_WAIT = 10.0  # seconds the brokers of a lost instance get to end
+LOST_NODE_WAIT = 2.0  # seconds a task lost with a node waits for Flux to say which node
 _URI_SCRIPT = 'echo "$FLUX_URI"; exec cat >/dev/null'  # runs until its stdin closes
 # Over hosts: the local URI (used where its socket is on the agent's host: the agent runs
 # on the partition's first node) and the remote one (ssh://, otherwise).
@@ -184,14 +189,7 @@ class FluxBackend:
         self._command(("stop", None))
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._proc is not None:
-            if self._proc.stdin is not None:
-                self._proc.stdin.close()  # the initial program ends: the instance shuts down
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            kill_group(self._proc.pid)
+        self._end_instance(timeout)
         if self._reactor is not None:
             self._reactor.remove_reader(self._wake_r)
         for fd in (self._wake_r, self._wake_w, self._command_r, self._command_w):
@@ -257,14 +255,38 @@ class FluxBackend:
         except Exception as exc:
             self._post(PartitionLost(self.name, f"cannot reach a Flux instance: {exc}"))
             return
-        driver = FluxDriver(handle, flux.job, self._commands, self._command_r, self._post)
+        driver = FluxDriver(self.name, handle, flux.job, self._commands, self._command_r,
+                            self._post)
         try:
             driver.run()
         except Exception as exc:  # the instance went away, or a bug: say so, once
             self._post(PartitionLost(self.name, f"the Flux instance failed: {exc!r}"))
         else:
-            if not driver.stopped:
-                self._post(PartitionLost(self.name, "the Flux instance went away"))
+            if driver.stopped:
+                return
+            self._post(PartitionLost(self.name, "the Flux instance went away"))
+        self._end_instance(LOST_INSTANCE_WAIT, lost=True)
+
+    def _end_instance(self, timeout: float, lost: bool = False) -> None:
+        """End the instance this backend started, if any: closing the initial program's
+        stdin shuts it down; a lost one (its leader dead) is ended by SIGTERM to `srun`,
+        which passes it to every broker of the step (an orphaned broker would hold its
+        node); then whatever is left of the process group is killed."""
+        proc = self._proc
+        if proc is None:
+            return
+        if lost and self.hosts and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        if proc.stdin is not None and not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_group(proc.pid)
 
     def _start_instance(self) -> str:
         """Start `flux start` in its own process group and read the URI it prints."""
@@ -290,15 +312,19 @@ class FluxBackend:
 class FluxDriver:
     """The Flux thread's side: runs Flux's reactor until told to stop, never polling.
 
-    Commands from the agent (submit, cancel, stop) wake it through a pipe; submit replies
-    and the job-manager journal (one streaming RPC) come through the handle. Submits are
+    Commands from the agent (submit, cancel, stop) wake it through a pipe; submit replies,
+    the job-manager journal and the resource journal (streaming RPCs; a broker that goes
+    offline is a lost node) come through the handle. Submits are
     asynchronous, so a burst of single-task submits costs no round trip each.
     """
 
     JOURNAL = "job-manager.events-journal"
+    RESOURCES = "resource.journal"
 
-    def __init__(self, handle: Any, flux_job: Any, commands: queue.SimpleQueue[Command],
-                 wake_fd: int, post: Callable[[BackendEvent], None]) -> None:
+    def __init__(self, name: str, handle: Any, flux_job: Any,
+                 commands: queue.SimpleQueue[Command], wake_fd: int,
+                 post: Callable[[BackendEvent], None]) -> None:
+        self.name = name
         self.handle = handle
         self.flux_job = flux_job
         self.commands = commands
@@ -308,6 +334,8 @@ class FluxDriver:
         self.ids: dict[str, int] = {}  # uid -> Flux job id, until it ends
         self.outputs: dict[str, tuple[str, str]] = {}  # uid -> its stdout, stderr files
         self.canceled: set[str] = set()  # canceled before their ids were known
+        self.lost: list[TaskLost] = []  # held until their node is known lost (`_resources`)
+        self.lost_timer: Any = None
         self.stopped = False
 
     def run(self) -> None:
@@ -317,6 +345,8 @@ class FluxDriver:
 
         journal = self.handle.rpc(self.JOURNAL, {"full": False}, 0, FLUX_RPC_STREAMING)
         journal.then(self._journal)
+        resources = self.handle.rpc(self.RESOURCES, {}, 0, FLUX_RPC_STREAMING)
+        resources.then(self._resources)
         watcher = self.handle.fd_watcher_create(self.wake_fd, self._wake, events=FLUX_POLLIN)
         watcher.start()
         try:
@@ -383,7 +413,43 @@ class FluxDriver:
             if outcome is not None:
                 self._report(outcome)
 
+    def _resources(self, future: Any) -> None:
+        """Resource events: a broker (rank = node of the slice) that went offline is a
+        lost node; its jobs end with a node-failure exception (`TaskLost`)."""
+        from flux.idset import decode
+
+        try:
+            response = future.get()
+        except OSError as exc:
+            raise RuntimeError(f"the resource journal failed: {exc}") from exc
+        future.reset()
+        for event in response.get("events", ()):
+            if event.get("name") == "offline":
+                for rank in decode(event.get("context", {}).get("idset", "")):
+                    self.post(NodeLost(self.name, rank, f"its Flux broker (rank {rank}) "
+                                                        "went offline"))
+                self._release_lost()
+
+    def _release_lost(self, *_: Any) -> None:
+        """Report the tasks lost with a node, once the node is known lost (or after
+        `LOST_NODE_WAIT`): placed again before, Flux would put them on the dead node."""
+        lost, self.lost = self.lost, []
+        if self.lost_timer is not None:
+            self.lost_timer.stop()
+            self.lost_timer = None
+        for event in lost:
+            self.post(event)
+
     def _report(self, outcome: BackendEvent) -> None:
+        if isinstance(outcome, TaskLost):  # its node failed: Flux says offline just after
+            self.ids.pop(outcome.uid, None)
+            self.outputs.pop(outcome.uid, None)
+            self.lost.append(outcome)
+            if self.lost_timer is None:
+                self.lost_timer = self.handle.timer_watcher_create(LOST_NODE_WAIT,
+                                                                   self._release_lost)
+                self.lost_timer.start()
+            return
         if isinstance(outcome, TaskFinished):
             self.ids.pop(outcome.uid, None)
             out, err = self.outputs.pop(outcome.uid, ("", ""))

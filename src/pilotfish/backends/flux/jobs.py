@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 from ...messages import TaskSpec
 from ...states import TaskState
-from ..base import BackendEvent, TaskFinished, TaskStarted
+from ..base import BackendEvent, TaskFinished, TaskLost, TaskStarted
 
 URGENCY_DEFAULT, URGENCY_MAX = 16, 31  # Flux: 0 holds a job, 31 expedites it
+NODE_FAILURE = "node failure"  # how job-exec's exception for a lost broker begins
 HOLD_SECONDS = 60.0  # the longest an event of a job whose id is awaited is held
 
 # Run by every rank as `sh -c RANK_SCRIPT pilotfish GPU_VARIABLE FIRST_NODE COMMAND...`:
@@ -194,7 +195,7 @@ class FluxJobTracker:
             del early[oldest]
 
     @staticmethod
-    def _outcome(job: _Job, clean: float) -> TaskFinished:
+    def _outcome(job: _Job, clean: float) -> TaskFinished | TaskLost:
         stop = job.finish if job.finish is not None else clean
         code = os.waitstatus_to_exitcode(job.status) if job.status is not None else None
         state, error = TaskState.FAILED, None
@@ -204,6 +205,8 @@ class FluxJobTracker:
                 state, error = TaskState.CANCELED, "canceled"
             elif kind == "timeout":
                 error = "timed out (Flux ended it at its time limit)"
+            elif kind == "exec" and note.startswith(NODE_FAILURE):  # not its own doing
+                return TaskLost(job.uid, f"Flux lost a node under it: {note}")
             else:
                 error = f"Flux job exception {kind!r}" + (f": {note}" if note else "")
         elif code == 0:
