@@ -13,6 +13,10 @@ same-run ratios. Cases:
   f3   1,024 `sleep 1` on the 64 cores: utilization over the execution window (first
        start to last end, Flux's own start and finish times for both). Target: pilotfish
        >= 0.98 of the plain script's.
+  lift (no outer instance: each pilot starts its own) 1,024 one-second tasks on a local
+       pilot of 4 x 16 cores, its whole utilization: one Flux instance over the 64 cores
+       (`sleep 1`); four (one per node); Flux on 2 nodes for the 512 `sleep 1` and Dragon
+       on 2 for 512 `time.sleep(1)` functions (routed by kind); the built-in backend alone.
 
 Needs Flux (../shared/flux/install-flux.sh) and `pip install 'pilotfish[flux]'`.
 """
@@ -31,6 +35,7 @@ from apart import report, result, run_apart
 import pilotfish as pf
 from pilotfish.backends.flux import flux_command, unavailable
 from pilotfish.backends.flux.backend import Resources, resource_config
+from pilotfish.metrics import compute_metrics, load
 
 CORES = 64
 TD = pf.TaskDescription
@@ -98,7 +103,48 @@ def inside_f3(tmp: str, n: int = 1_024) -> dict[str, float]:
     return {"pilotfish": 100 * ours, "plain script": 100 * theirs}
 
 
-CASES = {"f1": (inside_f1, "tasks/s"), "f3": (inside_f3, "% utilization")}
+def _utilization(tmp: str, partitions: list[pf.PartitionSpec],
+                 tasks: list[pf.TaskDescription], workers: int | None = None) -> float:
+    """A pilot of 4 x 16 cores, started and warmed up (a task in each partition), runs
+    `tasks`: its core utilization over their execution window, in %."""
+    with pf.Session(path=tmp) as session:
+        pilot = session.start_pilot(pf.PilotDescription(
+            nodes=4, cores_per_node=CORES // 4, partitions=partitions,
+            function_workers=workers))
+        warm = [TD(function=abs, args=(1,), partition=p.name) if p.backend == "dragon"
+                else TD(executable="/bin/true", partition=p.name)
+                for p in pilot.description.layout]
+        session.submit(warm)
+        assert session.wait(timeout=120)
+        begin = time.time()
+        done = session.submit(tasks)
+        assert session.wait(done, timeout=600)
+        bad = [t.error for t in done if t.state is not pf.TaskState.DONE]
+        assert not bad, bad[:3]
+        session.journal.flush()
+        data = load(session.path)
+        ours = [t for t in data.tasks if (t.submit or 0.0) >= begin]
+        return 100 * (compute_metrics(ours, data.pilots, data.last_event).core_utilization
+                      or 0.0)
+
+
+def outside_lift(tmp: str, n: int = 1_024) -> dict[str, float]:
+    PS = pf.PartitionSpec
+    sleeps = [TD(executable="/bin/sleep", arguments=["1"]) for _ in range(n)]
+    mixed = sleeps[:n // 2] + [TD(function=time.sleep, args=(1,)) for _ in range(n // 2)]
+    return {
+        "flux x1": _utilization(f"{tmp}/x1", [PS(backend="flux")], sleeps),
+        "flux x4": _utilization(f"{tmp}/x4", [PS(backend="flux", instances=4)], sleeps),
+        # (A function worker per core: `time.sleep` takes no CPU.)
+        "flux+dragon": _utilization(f"{tmp}/fd", [PS(backend="flux", nodes=2),
+                                                  PS(backend="dragon", nodes=2)], mixed,
+                                    workers=CORES // 4),
+        "builtin": _utilization(f"{tmp}/b", [PS(backend="builtin")], sleeps),
+    }
+
+
+CASES = {"f1": (inside_f1, "tasks/s"), "f3": (inside_f3, "% utilization"),
+         "lift": (outside_lift, "% utilization")}
 
 
 def main() -> None:
@@ -119,6 +165,12 @@ def main() -> None:
         sys.exit(f"no Flux here: {why}")
     for name in args.cases or list(CASES):
         runs = []
+        if name == "lift":  # runs here (each of its pilots starts its own instances)
+            for _ in range(args.runs):
+                runs.append(run_apart([sys.executable, __file__, "--inside", name], name))
+            report(name, runs, CASES[name][1], lambda r: r["flux+dragon"] / r["flux x1"],
+                   "x one Flux instance (Flux + Dragon)")
+            continue
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory(prefix="pilotfish-flux-") as where:
                 config = resource_config(flux, Resources((socket.gethostname(),), CORES, 0),

@@ -12,6 +12,9 @@ the same-run ratios, as benchmarks/run.py does. Cases:
   s2        1,024 `sleep 1` (ideal 16 s): utilization over the execution window, the same
             three (pilotfish: its own metric; the driver: task-seconds over 64 x its span).
             Target: pilotfish >= 99%.
+  f2        2,000 `/bin/true` through a pilot whose one Flux partition spans the 4 nodes
+            as 1, 2 and 4 instances (brokers one per node, started and warmed before the
+            clock starts), against the s1 srun driver in the same allocation: tasks/s.
   startup   a pilot inside the allocation until a task has run on each of its 4 nodes
             (all node executors up). Target: < 2 s.
   batch     (outside any allocation) a batch pilot of 4 nodes from `start_pilot` to
@@ -116,6 +119,23 @@ def inside_s2(tmp: str, n: int = 1_024) -> dict[str, float]:
     return {**out, "srun driver": 100.0 * n * 1.0 / (SLOTS * window)}
 
 
+def inside_f2(tmp: str, n: int = 2_000) -> dict[str, float]:
+    out = {}
+    for k in (1, 2, 4):
+        with pf.Session(path=f"{tmp}/flux{k}") as session:
+            pilot = session.start_pilot(pf.PilotDescription(
+                platform="slurm-local", partitions=[pf.PartitionSpec(backend="flux",
+                                                                     instances=k)]))
+            warm = session.submit([TD(executable="/bin/true", partition=p.name)
+                                   for p in pilot.description.layout])
+            assert session.wait(warm, timeout=120)
+            assert all(t.state is pf.TaskState.DONE for t in warm), [t.error for t in warm]
+            seconds = _run(session, [TD(executable="/bin/true") for _ in range(n)])
+            out[f"flux x{k}"] = n / seconds
+    seconds, _ = _srun_driver(["/bin/true"], n)
+    return {**out, "srun driver": n / seconds}
+
+
 def inside_startup(tmp: str) -> dict[str, float]:
     with pf.Session(path=tmp) as session:
         start = time.perf_counter()
@@ -141,6 +161,8 @@ CASES = {
            "x the srun driver"),
     "s2": (inside_s2, "% utilization", lambda r: r["pilotfish"] / r["srun driver"],
            "x the srun driver's utilization"),
+    "f2": (inside_f2, "tasks/s", lambda r: max(v for k, v in r.items() if "flux" in k)
+           / r["srun driver"], "x the srun driver (best instance count)"),
     "startup": (inside_startup, "s", lambda r: r["all nodes"], "s until a task ran on each node"),
     "batch": (outside_batch, "s", lambda r: r["active"], "s from submission to ACTIVE"),
 }
