@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 import time
 from collections.abc import Sequence
 
-from .description import PilotDescription
+from .description import InvalidDescription, PilotDescription
 from .partitions import PartitionSpec
 from .progress import wait_with_progress
 from .session import Session
@@ -106,8 +107,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     print(f"simulating {args.tasks:,} {args.workload} tasks on {args.nodes:,} {args.platform} "
           "node(s)", flush=True)
-    result = run_simulation(args.platform, args.nodes, args.workload, args.tasks,
-                            duration=args.duration, seed=args.seed, sessions=args.sessions)
+    try:
+        result = run_simulation(args.platform, args.nodes, args.workload, args.tasks,
+                                duration=args.duration, seed=args.seed, sessions=args.sessions)
+    except InvalidDescription as exc:  # an unknown platform, ...: before anything ran
+        print(f"pilotfish simulate: {exc}", file=sys.stderr)
+        return 2
     print("\n".join(result.lines()))
     return 0 if result.metrics.n_done == args.tasks else 1
 
@@ -161,21 +166,34 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('pilotfish')}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the demo workload on a pilot (local by default)")
     run.add_argument("--platform", default="local",
                      help="platform profile (default local: virtual nodes); on a Slurm one "
                           "(slurm-local, frontier, ...), a batch pilot from a login node, or "
                           "the allocation it runs in (salloc --exclusive)")
-    run.add_argument("--nodes", type=int, help="nodes (default: 2 virtual ones; a batch "
+    run.add_argument("--nodes", type=positive, help="nodes (default: 2 virtual ones; a batch "
                                                "pilot 1; in an allocation, all of it)")
-    run.add_argument("--cores", type=int, help="cores per node (default 16, or the "
+    run.add_argument("--cores", type=positive, help="cores per node (default 16, or the "
                                                "platform's)")
     run.add_argument("--gpus", type=int, help="GPUs per node (default 4, or the platform's)")
     run.add_argument("--runtime", type=float, help="seconds (a batch pilot's time limit)")
-    run.add_argument("--tasks", type=int, default=2000, help="number of tasks (default 2000)")
+    run.add_argument("--tasks", type=positive, default=2000, help="number of tasks (default 2000)")
     run.add_argument("--partitions", metavar="BACKEND[:NODES],...",
                      help="split the pilot, e.g. dragon:1,builtin (metrics then by partition)")
     run.add_argument("--sessions", default="pilotfish-sessions",
@@ -183,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     sim = sub.add_parser("simulate", help="run a workload on a simulated pilot (no tasks run)")
     sim.add_argument("--platform", default="frontier", help="platform profile (default frontier)")
-    sim.add_argument("--nodes", type=int, default=9408, help="nodes (default 9408)")
+    sim.add_argument("--nodes", type=positive, default=9408, help="nodes (default 9408)")
     sim.add_argument("--workload", default="hybrid", choices=["null", "sleep", "hybrid"],
                      help="null: 1-core 0 s tasks; sleep: 1-core tasks of --duration s; "
                           "hybrid: an IMPECCABLE-like mix (default)")
-    sim.add_argument("--tasks", type=int, default=100_000, help="number of tasks")
+    sim.add_argument("--tasks", type=positive, default=100_000, help="number of tasks")
     sim.add_argument("--duration", type=float, default=10.0, help="sleep workload: seconds")
     sim.add_argument("--seed", type=int, default=0, help="hybrid workload: random seed")
     sim.add_argument("--sessions", default="pilotfish-sessions",

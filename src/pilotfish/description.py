@@ -7,6 +7,7 @@ A bad description raises at construction (`InvalidDescription`, a `ValueError`, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import importlib.util
@@ -33,6 +34,7 @@ from .platforms import InvalidPlatform, Platform, load_platform
 from .routing import RoutingPolicy
 
 PLACEMENT_TAGS = ("colocate", "exclusive")
+KNOWN_TAGS = (*PLACEMENT_TAGS, "partition", "pmi")  # what pilotfish reads; others: labels
 PMI_KINDS = ("cray", "pmix")  # tags={"pmi": ...}: an MPI process group under Dragon
 # GPU shares are accounted in 1/1024ths (resources.py); a finer fraction would round to 0.
 MAX_GPU_SHARING = 1024
@@ -167,6 +169,8 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     pilot's partitions; by default the pilot's routing policy picks one (routing.py).
     `tags={"pmi": "cray"}` (or "pmix") runs a multi-rank task on a Dragon partition as an
     MPI process group wired with that PMI (other backends launch MPI with their own tools).
+    Other tags are labels, kept in the journal (a key close to one of these is refused
+    as a typo).
     `sandbox` is the working directory (default: the pilot's shared task directory);
     stdout and stderr go to `<sandbox>/<uid>.out` and `.err`.
 
@@ -314,6 +318,12 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
         if tags or type(tags) is not dict:
             _check_strings(owner, "tags", tags)
         if tags:
+            for key in tags:  # other keys are labels; one close to a known tag is a typo
+                near = difflib.get_close_matches(key, KNOWN_TAGS, n=1, cutoff=0.75)
+                if near and key not in KNOWN_TAGS:
+                    raise InvalidDescription(owner, "tags", f"unknown tag {key!r}: did you "
+                                             f"mean {near[0]!r}? (tags pilotfish reads: "
+                                             f"{', '.join(KNOWN_TAGS)}; others are labels)")
             for key in PLACEMENT_TAGS:
                 if key in tags and not tags[key]:
                     raise InvalidDescription(owner, "tags", f"{key!r} needs a group name")

@@ -2,7 +2,8 @@
 
 `PartitionSpec(backend, nodes, instances, name)` asks for a share of the pilot: `nodes`
 is a count, a fraction of the pilot's nodes (0 < f < 1), or None for what is left
-(split evenly between the specs that say None). A spec with `instances=k` becomes k
+(split evenly between the specs that say None); nodes left over go to a built-in
+partition of their own, so that every node of the pilot is used. A spec with `instances=k` becomes k
 partitions over consecutive slices of its nodes, named `name.0` .. `name.k-1` (e.g.
 two Flux instances over halves of a Flux partition). `functions` says how a partition
 runs plain Python functions where its backend offers a choice (backends/registry.py):
@@ -73,9 +74,15 @@ class Partition:
 
 
 def resolve_partitions(specs: tuple[PartitionSpec, ...], nodes: int) -> list[Partition]:
-    """Give each spec its nodes, in order; without specs, one built-in partition of all."""
+    """Give each spec its nodes, in order; without specs, one built-in partition of all.
+    Every node is used: nodes that no spec takes (counts or fractions that leave some)
+    go to a built-in partition after the others, named "builtin" (else "builtin-rest")."""
     if not specs:
         return [Partition("builtin", "builtin", 0, nodes)]
+    fractions = sum(s.nodes for s in specs if isinstance(s.nodes, float))
+    if fractions > 1:
+        raise PartitionError(f"partitions ask for fractions that add up to {fractions:g} "
+                             "of the pilot's nodes, more than all of them")
     counts: list[int | None] = []
     for spec in specs:
         if isinstance(spec.nodes, float):
@@ -89,6 +96,12 @@ def resolve_partitions(specs: tuple[PartitionSpec, ...], nodes: int) -> list[Par
                              + (f" plus at least {len(rest)} for the rest" if rest else "")
                              + f", the pilot has {nodes}")
     left = nodes - fixed
+    if left and not rest:  # nodes no spec takes: a built-in partition of their own
+        taken = {s.name or s.backend for s in specs}
+        specs = (*specs, PartitionSpec(backend="builtin", nodes=left,
+                                       name="builtin" if "builtin" not in taken
+                                       else "builtin-rest"))
+        counts.append(left)
     for k, i in enumerate(rest):  # the rest, split evenly, the first ones taking the spare
         counts[i] = left // len(rest) + (1 if k < left % len(rest) else 0)
     names: dict[str, int] = {}

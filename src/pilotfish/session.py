@@ -120,6 +120,18 @@ class Pilot:
         return self.agent.process if self.agent is not None else None
 
 
+def _tasks(call: str, tasks: Iterable[Task]) -> list[Task]:
+    """`tasks` as a list, each one a Task (else a TypeError naming the first that is not)."""
+    if isinstance(tasks, Task):
+        raise TypeError(f"{call} takes a list of tasks, got one Task ({tasks.uid}): "
+                        "pass [task]")
+    items = list(tasks)
+    for i, t in enumerate(items):
+        if not isinstance(t, Task):
+            raise TypeError(f"{call} takes Task objects (from submit); item {i} is "
+                            f"{t!r} ({type(t).__name__})")
+    return items
+
 class Session:
     """Pilots, tasks and their journal (`<path>/<uid>/session.db`).
 
@@ -367,14 +379,15 @@ class Session:
     # ---- tasks ------------------------------------------------------------------------
 
     @overload
-    def submit(self, descriptions: TaskDescription, pilot: Pilot | None = None) -> Task: ...
+    def submit(self, descriptions: TaskDescription, pilot: Pilot | str | None = None
+               ) -> Task: ...
 
     @overload
-    def submit(self, descriptions: Iterable[TaskDescription], pilot: Pilot | None = None
-               ) -> list[Task]: ...
+    def submit(self, descriptions: Iterable[TaskDescription],
+               pilot: Pilot | str | None = None) -> list[Task]: ...
 
     def submit(self, descriptions: TaskDescription | Iterable[TaskDescription],
-               pilot: Pilot | None = None) -> Task | list[Task]:
+               pilot: Pilot | str | None = None) -> Task | list[Task]:
         """Submit one task or many (one batch); returns Task futures at once.
 
         Raises `JournalError` (and submits nothing) if journal writes failed since the
@@ -391,10 +404,15 @@ class Session:
         tasks = self._submit(descs, target)
         return tasks[0] if single else tasks
 
-    def _pick_pilot(self, pilot: Pilot | None) -> Pilot:
-        """The pilot given (active, or a pending batch pilot: the tasks wait for it), or
-        the least loaded active pilot, or if none is active, pending one."""
+    def _pick_pilot(self, pilot: Pilot | str | None) -> Pilot:
+        """The pilot given (or its uid; active, or a pending batch pilot: the tasks wait
+        for it), or the least loaded active pilot, or if none is active, pending one."""
         self._check_open()
+        if isinstance(pilot, str) and pilot in self.pilots:
+            pilot = self.pilots[pilot]
+        elif pilot is not None and not isinstance(pilot, Pilot):
+            raise TypeError(f"submit's pilot must be a Pilot of this session or its uid "
+                            f"({', '.join(self.pilots) or 'none started'}), got {pilot!r}")
         if pilot is not None:
             if pilot.uid not in self.pilots or pilot.state not in ("ACTIVE", "PENDING"):
                 raise RuntimeError(f"{pilot.uid} is not an active or pending pilot of this "
@@ -457,7 +475,7 @@ class Session:
         by_pilot: dict[str, list[str]] = {}
         now = time.time()
         rows = []
-        for t in tasks:
+        for t in _tasks("cancel", tasks):
             if not t.state.final:
                 by_pilot.setdefault(t.pilot, []).append(t.uid)
                 rows.append((t.id, "cancel_requested", now))
@@ -474,7 +492,7 @@ class Session:
         `JournalError` if journal writes failed meanwhile (the tasks still ran).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pending = list(self._live.values()) if tasks is None else list(tasks)
+        pending = list(self._live.values()) if tasks is None else _tasks("wait", tasks)
         i = 0
         with self._done:
             while True:
@@ -501,7 +519,7 @@ class Session:
         """
         target = _ORDER[TaskState(state)]
         deadline = None if timeout is None else time.monotonic() + timeout
-        pending = list(tasks)
+        pending = _tasks("wait_for", tasks)
         i = 0
         with self._done:
             self._state_waiters += 1  # the channel thread now notifies every state change
@@ -723,7 +741,11 @@ class Session:
             if state.final:
                 task.exit_code, task.error = u.exit_code, u.error
                 task.partition = u.partition
-                task.stdout, task.stderr = u.stdout, u.stderr
+                d = task.description
+                if d is not None and d.kind == "executable":  # never ran: "", not None
+                    task.stdout, task.stderr = u.stdout or "", u.stderr or ""
+                else:
+                    task.stdout, task.stderr = u.stdout, u.stderr
                 state, has_callbacks = task._resolve(state, u.result)
                 task.events.append((state.value, now))
                 finish_rows.append(_journal_row(task, now, event_rows))

@@ -561,3 +561,21 @@ def test_a_function_blocked_in_c_is_announced_without_a_signal(session: pf.Sessi
     assert session.wait_for([task], TaskState.RUNNING, timeout=10)
     assert task.state is TaskState.RUNNING
     assert task.result(timeout=30) >= 1.9  # the announcement did not cut it short
+
+
+def test_calls_given_the_wrong_things_say_which_and_what(session: pf.Session,
+                                                        pilot: pf.Pilot) -> None:
+    with pytest.raises(TypeError, match=r"wait takes Task objects .*item 0 is 1 \(int\)"):
+        session.wait([1, 2])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"wait_for takes Task objects .*item 0 is 'x'"):
+        session.wait_for(["x"], "RUNNING")  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="pilot must be a Pilot of this session or its uid "
+                                        r"\(pilot.0000\), got 'pilot.9'"):
+        session.submit(TD(executable="/bin/true"), pilot="pilot.9")
+    task = session.submit(TD(executable="/bin/true"), pilot=pilot.uid)  # a uid will do
+    with pytest.raises(TypeError, match=r"cancel takes a list of tasks, got one Task"):
+        session.cancel(task)  # type: ignore[arg-type]
+    assert task.result(timeout=30) == 0
+    never = session.submit(TD(executable="/nonexistent/program"))
+    assert session.wait([never], timeout=30) and never.state is pf.TaskState.FAILED
+    assert never.stdout == never.stderr == ""  # it never ran: empty, not None

@@ -93,6 +93,8 @@ out["exes"] = sorted({{(t.state.value, t.partition) for t in exes}})
 out["fns"] = sorted({{(t.state.value, t.partition) for t in fns}})
 out["results"] = [t.result() for t in fns] == [2 ** i for i in range(200)]
 out["hosts"] = list(pilot.description.hosts)
+groups = session.metrics(by="partition").groups
+out["groups"] = {k: [g.n_tasks, g.n_done, g.offered_cores] for k, g in groups.items()}
 """, timeout=240)
     for state, partition, stdout in out["mpi"]:
         assert (state, partition) == ("DONE", "flux")
@@ -106,6 +108,11 @@ out["hosts"] = list(pilot.description.hosts)
     assert {p for _, p in out["exes"]} <= {"flux", "builtin"}
     assert ["DONE", "dragon"] in out["fns"] and {s for s, _ in out["fns"]} == {"DONE"}
     assert out["results"]
+    # Metrics per partition: each one's own tasks, over its own cores (16 per node).
+    groups = out["groups"]
+    assert {k: v[2] for k, v in groups.items()} == {"builtin": 16, "dragon": 16, "flux": 32}
+    assert all(n == done for n, done, _ in groups.values())
+    assert sum(n for n, _, _ in groups.values()) == 4 + 50 + 200
 
 
 def test_a_dead_node_loses_its_tasks_and_a_dead_leader_its_instance(tmp_path: Path) -> None:

@@ -444,3 +444,11 @@ def test_what_constructs_can_be_sent_and_what_does_not_names_its_field(
         return
     spec = d.to_spec("task.000001")
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(spec), type=TaskSpec) == spec
+
+
+def test_a_tag_close_to_a_known_one_is_a_typo_other_tags_are_labels() -> None:
+    with invalid("tags", match="unknown tag 'colocated': did you mean 'colocate'"):
+        TaskDescription(executable="x", tags={"colocated": "g"})
+    with invalid("tags", match="did you mean 'exclusive'"):
+        TaskDescription(executable="x", tags={"exclusiv": "g"})
+    assert TaskDescription(executable="x", tags={"stage": "1"}).tags == {"stage": "1"}

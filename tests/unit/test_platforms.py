@@ -196,3 +196,18 @@ def test_the_agent_listens_for_node_executors_where_the_profile_says() -> None:
 
     assert listen_on("hsn0") == "hsn0"  # (ZeroMQ binds an interface by its name)
     assert listen_on("") == socket.gethostbyname(socket.gethostname())
+
+
+def test_command_line_mistakes_are_one_line_not_a_traceback(capsys) -> None:
+    assert main(["simulate", "--platform", "summit", "--tasks", "10"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "pilotfish simulate: PilotDescription.platform: unknown platform 'summit'")
+    for argv, says in ((["simulate", "--nodes", "0"], "--nodes: must be >= 1, got 0"),
+                       (["run", "--tasks", "x"], "--tasks: not a whole number: 'x'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("pilotfish 0.")

@@ -161,3 +161,16 @@ def test_a_task_naming_a_launcher_goes_where_ranks_start_through_launchers() -> 
     assert policy.route(TaskTraits(kind="function"), with_srun, {}) == Reject(
         "no partition can run it: flux (flux) runs no Python functions; srun (srun) runs "
         "no Python functions")
+
+
+def test_nodes_no_spec_takes_go_to_a_builtin_partition_of_their_own() -> None:
+    assert layout(resolve_partitions((S(backend="builtin", nodes=1),), 2)) == [
+        ("builtin", "builtin", 0, 1), ("builtin-rest", "builtin", 1, 1)]
+    assert layout(resolve_partitions((S(backend="flux", nodes=0.5),
+                                      S(backend="dragon", nodes=0.25)), 8)) == [
+        ("flux", "flux", 0, 4), ("dragon", "dragon", 4, 2), ("builtin", "builtin", 6, 2)]
+
+
+def test_fractions_over_the_whole_pilot_are_refused() -> None:
+    with pytest.raises(PartitionError, match="fractions that add up to 1.2"):
+        resolve_partitions((S(backend="flux", nodes=0.5), S(backend="dragon", nodes=0.7)), 10)
