@@ -1,12 +1,14 @@
 """The Flux cases: a Flux partition against the same Flux instance driven by a plain script.
 
-`python benchmarks/flux_cases.py [--runs 3] [CASE ...]`. Each run starts one Flux instance on
-this host given 64 virtual cores (a resource set, as a pilot's Flux partition gets) and
-runs this file again inside it (`--inside CASE`): first a plain script submits the jobs
-straight to the instance (bulk `submit_async`, one `JournalConsumer` following them to
-their end, output to files), then a pilot whose one Flux partition attaches to that same
-instance (`FLUX_URI`) runs the same tasks. We print each run, the medians and the
-same-run ratios. Cases:
+`python benchmarks/flux_cases.py [--runs 3] [CASE ...]`. Each run of f1 and f3 has two
+halves, each in a fresh Flux instance on this host given 64 virtual cores (a resource
+set, as a pilot's Flux partition gets), running this file again inside it (`--inside
+CASE --half ...`): a plain script submits the jobs straight to the instance (bulk
+`submit_async`, one `JournalConsumer` following them to their end, output to files); a
+pilot whose one Flux partition attaches to the instance (`FLUX_URI`) runs the same tasks.
+The halves take turns going first (one instance for both favoured the first: the second
+ran 3-5% slower, whichever it was). We print each run, the medians and the same-run
+ratios. Cases:
 
   f1   2,000 `/bin/true`: tasks/s from the first submit to the last end. Target:
        pilotfish >= 90% of the plain script.
@@ -91,16 +93,23 @@ def through_pilotfish(tmp: str, command: list[str], n: int) -> tuple[float, floa
     return seconds, utilization or 0.0
 
 
-def inside_f1(tmp: str, n: int = 2_000) -> dict[str, float]:
-    seconds, _ = plain_script(f"{tmp}/plain", ["/bin/true"], n)
-    ours, _ = through_pilotfish(f"{tmp}/ours", ["/bin/true"], n)
-    return {"pilotfish": n / ours, "plain script": n / seconds}
+# A case's two halves, each in a fresh instance: (command, tasks, the figure from
+# (seconds, utilization)). One instance for both halves would favour the first: the
+# second ran 3-5% slower whichever it was, even with the first's jobs purged.
+HALVES = {
+    "f1": (["/bin/true"], 2_000, lambda n, seconds, _: n / seconds),
+    "f3": (["/bin/sleep", "1"], 1_024, lambda n, _, utilization: 100 * utilization),
+}
 
 
-def inside_f3(tmp: str, n: int = 1_024) -> dict[str, float]:
-    _, theirs = plain_script(f"{tmp}/plain", ["/bin/sleep", "1"], n)
-    _, ours = through_pilotfish(f"{tmp}/ours", ["/bin/sleep", "1"], n)
-    return {"pilotfish": 100 * ours, "plain script": 100 * theirs}
+def inside_half(tmp: str, case: str, half: str) -> dict[str, float]:
+    command, n, figure = HALVES[case]
+    if half == "plain script":
+        os.makedirs(f"{tmp}/plain")
+        seconds, utilization = plain_script(f"{tmp}/plain", command, n)
+    else:
+        seconds, utilization = through_pilotfish(f"{tmp}/ours", command, n)
+    return {half: figure(n, seconds, utilization)}
 
 
 def _utilization(tmp: str, partitions: list[pf.PartitionSpec],
@@ -143,42 +152,48 @@ def outside_lift(tmp: str, n: int = 1_024) -> dict[str, float]:
     }
 
 
-CASES = {"f1": (inside_f1, "tasks/s"), "f3": (inside_f3, "% utilization"),
-         "lift": (outside_lift, "% utilization")}
+UNITS = {"f1": "tasks/s", "f3": "% utilization", "lift": "% utilization"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)}")
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(UNITS)}")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--inside", help=argparse.SUPPRESS)
+    parser.add_argument("--half", help=argparse.SUPPRESS)
     args = parser.parse_args()
     why = unavailable()  # (and the install's bindings on sys.path)
     if args.inside:
         with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
-            os.makedirs(f"{tmp}/plain")
-            result(CASES[args.inside][0](tmp))
+            result(outside_lift(tmp) if args.inside == "lift"
+                   else inside_half(tmp, args.inside, args.half))
         return
     flux = flux_command()
     if why is not None or flux is None:
         sys.exit(f"no Flux here: {why}")
-    for name in args.cases or list(CASES):
+    for name in args.cases or list(UNITS):
         runs = []
         if name == "lift":  # runs here (each of its pilots starts its own instances)
             for _ in range(args.runs):
                 runs.append(run_apart([sys.executable, __file__, "--inside", name], name))
-            report(name, runs, CASES[name][1], lambda r: r["flux+dragon"] / r["flux x1"],
+            report(name, runs, UNITS[name], lambda r: r["flux+dragon"] / r["flux x1"],
                    "x one Flux instance (Flux + Dragon)")
             continue
-        for _ in range(args.runs):
-            with tempfile.TemporaryDirectory(prefix="pilotfish-flux-") as where:
-                config = resource_config(flux, Resources((socket.gethostname(),), CORES, 0),
-                                         where)
-                runs.append(run_apart([flux, "start", f"-o,--config-path={config}",
-                                       sys.executable, __file__, "--inside", name], name))
-        report(name, runs, CASES[name][1], lambda r: r["pilotfish"] / r["plain script"],
+        for i in range(args.runs):
+            halves = ["pilotfish", "plain script"][::1 if i % 2 else -1]  # in turn first
+            run: dict[str, float] = {}
+            for half in halves:
+                with tempfile.TemporaryDirectory(prefix="pilotfish-flux-") as where:
+                    config = resource_config(flux, Resources((socket.gethostname(),), CORES,
+                                                             0), where)
+                    run.update(run_apart([flux, "start", f"-o,--config-path={config}",
+                                          sys.executable, __file__, "--inside", name,
+                                          "--half", half], name))
+            runs.append({k: run[k] for k in ("pilotfish", "plain script")})
+        report(name, runs, UNITS[name], lambda r: r["pilotfish"] / r["plain script"],
                "x the plain script")
+
 
 if __name__ == "__main__":
     main()
