@@ -94,7 +94,7 @@ out["fns"] = sorted({{(t.state.value, t.partition) for t in fns}})
 out["results"] = [t.result() for t in fns] == [2 ** i for i in range(200)]
 out["hosts"] = list(pilot.description.hosts)
 groups = session.metrics(by="partition").groups
-out["groups"] = {k: [g.n_tasks, g.n_done, g.offered_cores] for k, g in groups.items()}
+out["groups"] = {{k: [g.n_tasks, g.n_done, g.offered_cores] for k, g in groups.items()}}
 """, timeout=240)
     for state, partition, stdout in out["mpi"]:
         assert (state, partition) == ("DONE", "flux")
