@@ -172,5 +172,5 @@ def test_nodes_no_spec_takes_go_to_a_builtin_partition_of_their_own() -> None:
 
 
 def test_fractions_over_the_whole_pilot_are_refused() -> None:
-    with pytest.raises(PartitionError, match="fractions that add up to 1.2"):
+    with pytest.raises(PartitionError, match=r"fractions that add up to 1\.2"):
         resolve_partitions((S(backend="flux", nodes=0.5), S(backend="dragon", nodes=0.7)), 10)
