@@ -120,6 +120,17 @@ class Pilot:
         return self.agent.process if self.agent is not None else None
 
 
+def _fits(d: TaskDescription, pilot: PilotDescription) -> bool:
+    """Whether a task could ever run on a pilot of this shape (cores, GPUs, nodes, the
+    partition it names); the agent says exactly why not where it cannot."""
+    assert pilot.cores_per_node and pilot.gpus_per_node is not None and pilot.nodes
+    if d.partition is not None and d.partition not in {p.name for p in pilot.layout}:
+        return False
+    per_node = pilot.cores_per_node // d.cores_per_rank
+    if d.gpus_per_rank:
+        per_node = min(per_node, int(pilot.gpus_per_node / d.gpus_per_rank))
+    return per_node >= 1 and d.ranks <= per_node * pilot.nodes
+
 def _tasks(call: str, tasks: Iterable[Task]) -> list[Task]:
     """`tasks` as a list, each one a Task (else a TypeError naming the first that is not)."""
     if isinstance(tasks, Task):
@@ -399,50 +410,67 @@ class Session:
             if not isinstance(d, TaskDescription):
                 raise TypeError(f"submit takes TaskDescription objects; item {i} is "
                                 f"{type(d).__name__}")
-        target = self._pick_pilot(pilot)
+        targets = self._spread(descs, self._pick_pilot(pilot) if pilot is not None else None)
         self.journal.check()
-        tasks = self._submit(descs, target)
+        tasks = self._submit(descs, targets)
         return tasks[0] if single else tasks
 
-    def _pick_pilot(self, pilot: Pilot | str | None) -> Pilot:
-        """The pilot given (or its uid; active, or a pending batch pilot: the tasks wait
-        for it), or the least loaded active pilot, or if none is active, pending one."""
+    def _spread(self, descs: list[TaskDescription], pilot: Pilot | None) -> list[Pilot]:
+        """Each task's pilot: the one given, else the active pilot (pending ones if none
+        is active) with the fewest unfinished tasks per core among those it fits, task by
+        task: a batch spreads over the pilots by free capacity."""
+        if pilot is not None:
+            return [pilot] * len(descs)
+        self._check_open()
+        live = ([p for p in self.pilots.values() if p.active]
+                or [p for p in self.pilots.values() if p.state == "PENDING"])
+        if not live:
+            raise RuntimeError("no active pilot: call session.start_pilot() first")
+        if len(live) == 1:
+            return live * len(descs)
+        load = {p.uid: p.outstanding / p.cores for p in live}
+        targets = []
+        for d in descs:
+            able = [p for p in live if _fits(d, p.description)] or live  # (none: it fails
+            best = min(able, key=lambda p: load[p.uid])                  # there, saying why)
+            load[best.uid] += d.ranks * d.cores_per_rank / best.cores
+            targets.append(best)
+        return targets
+
+    def _pick_pilot(self, pilot: Pilot | str) -> Pilot:
+        """The pilot given (or its uid): active, or a pending batch pilot (the tasks wait
+        for it)."""
         self._check_open()
         if isinstance(pilot, str) and pilot in self.pilots:
             pilot = self.pilots[pilot]
         elif pilot is not None and not isinstance(pilot, Pilot):
             raise TypeError(f"submit's pilot must be a Pilot of this session or its uid "
                             f"({', '.join(self.pilots) or 'none started'}), got {pilot!r}")
-        if pilot is not None:
-            if pilot.uid not in self.pilots or pilot.state not in ("ACTIVE", "PENDING"):
-                raise RuntimeError(f"{pilot.uid} is not an active or pending pilot of this "
-                                   f"session ({pilot.state}: {pilot.reason})")
-            return pilot
-        active = ([p for p in self.pilots.values() if p.active]
-                  or [p for p in self.pilots.values() if p.state == "PENDING"])
-        if not active:
-            raise RuntimeError("no active pilot: call session.start_pilot() first")
-        # The least loaded: fewest unfinished tasks per core.
-        return min(active, key=lambda p: p.outstanding / p.cores)
+        if pilot.uid not in self.pilots or pilot.state not in ("ACTIVE", "PENDING"):
+            raise RuntimeError(f"{pilot.uid} is not an active or pending pilot of this "
+                               f"session ({pilot.state}: {pilot.reason})")
+        return pilot
 
     @without_gc
-    def _submit(self, descs: list[TaskDescription], pilot: Pilot) -> list[Task]:
+    def _submit(self, descs: list[TaskDescription], pilots: list[Pilot]) -> list[Task]:
+        """Journal the tasks, then send each pilot its own in one message."""
         now = time.time()
-        specs: list[m.TaskSpec] = []
+        specs: dict[str, list[m.TaskSpec]] = {}
         tasks: list[Task] = []
         rows = []
-        functions: dict[str, bytes] = {}
+        functions: dict[str, dict[str, bytes]] = {}  # pilot -> key -> function
         unsendable: dict[str, str] = {}  # uid -> why
-        pid = pilot.uid
         with self._lock:
             first = self._seq + 1
             self._seq += len(descs)
-        for seq, d in enumerate(descs, first):
+        for seq, d, pilot in zip(range(first, first + len(descs)), descs, pilots,
+                                 strict=True):
             uid = f"task.{seq:06d}"
+            pid = pilot.uid
             spec = d.to_spec(uid)
-            if d.function_key is not None and d.function_key not in functions:
+            if d.function_key is not None:
                 assert d.function_blob is not None  # the channel sends each once per pilot
-                functions[d.function_key] = d.function_blob
+                functions.setdefault(pid, {})[d.function_key] = d.function_blob
             task = Task(uid, seq, d, pid, self)
             task.events.append(("NEW", now))
             tasks.append(task)
@@ -451,22 +479,25 @@ class Session:
                 journaled = msgspec.structs.replace(spec, args_blob=None)
             try:
                 description = _json_encode(journaled).decode()
-                specs.append(spec)
+                specs.setdefault(pid, []).append(spec)
             except Exception as exc:  # descriptions are checked to encode: should one
                 description = "{}"  # still not, it fails alone (below)
                 unsendable[uid] = f"cannot be sent to the agent: {exc}"
             rows.append((seq, uid, pid, d.name, spec.kind, d.ranks * d.cores_per_rank,
                          d.ranks * d.gpus_per_rank, description, now))
         if functions:
-            self.journal.add_functions(list(functions.items()))
+            self.journal.add_functions(list({k: f for per_pilot in functions.values()
+                                             for k, f in per_pilot.items()}.items()))
         self.journal.add_tasks(rows)
         with self._done:
             for task in tasks:
                 self._live[task.uid] = task
-            pilot.outstanding += len(tasks)
+            for pilot in pilots:
+                pilot.outstanding += 1
         for uid, why in unsendable.items():
             self._end_tasks([uid], TaskState.FAILED, why)
-        self._channel.send(pilot.uid, m.Submit(specs, functions))
+        for pid, sent in specs.items():
+            self._channel.send(pid, m.Submit(sent, functions.get(pid, {})))
         return tasks
 
     def cancel(self, tasks: Iterable[Task]) -> None:

@@ -579,3 +579,19 @@ def test_calls_given_the_wrong_things_say_which_and_what(session: pf.Session,
     never = session.submit(TD(executable="/nonexistent/program"))
     assert session.wait([never], timeout=30) and never.state is pf.TaskState.FAILED
     assert never.stdout == never.stderr == ""  # it never ran: empty, not None
+
+
+def test_one_batch_spreads_over_pilots_by_free_capacity(session: pf.Session) -> None:
+    """Pilots of 4, 16 and 112 cores: 128 `sleep 0.5` go about 4, 16 and 108 to each
+    (fewest unfinished tasks per core first), not all to one; a task that fits only the
+    big pilot goes there."""
+    pilots = [session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=cores))
+              for cores in (4, 16, 112)]
+    tasks = session.submit([TD(executable="/bin/sleep", arguments=["0.5"])
+                            for _ in range(128)])
+    wide = session.submit(TD(executable="/bin/true", cores_per_rank=64))
+    assert session.wait(timeout=60)
+    assert all(t.state is pf.TaskState.DONE for t in [*tasks, wide])
+    per_pilot = [sum(t.pilot == p.uid for t in tasks) for p in pilots]
+    assert abs(per_pilot[0] - 4) <= 1 and abs(per_pilot[1] - 16) <= 1, per_pilot
+    assert wide.pilot == pilots[2].uid
