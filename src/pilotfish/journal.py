@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY, uid TEXT UNIQUE NOT NULL, pilot TEXT, name TEXT, kind TEXT,
     cores INTEGER, gpus REAL, description TEXT, state TEXT, exit_code INTEGER, error TEXT,
     NEW REAL, SUBMITTED REAL, SCHEDULED REAL, RUNNING REAL, exec_stop REAL, final REAL,
-    partition TEXT);
+    partition TEXT, placement TEXT);
 CREATE TABLE IF NOT EXISTS partitions (
     pilot TEXT, name TEXT, backend TEXT, first INTEGER, nodes INTEGER);
 CREATE TABLE IF NOT EXISTS events (task INTEGER NOT NULL, event TEXT NOT NULL, ts REAL NOT NULL);
@@ -103,6 +103,9 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+        if "placement" not in columns:  # a session journaled before placements were
+            db.execute("ALTER TABLE tasks ADD COLUMN placement TEXT")
         self._db = db
         self._thread = threading.Thread(target=self._run, name="pilotfish-journal", daemon=True)
         self._thread.start()
@@ -143,10 +146,11 @@ class Journal:
 
     def finish_tasks(self, rows: Sequence[Sequence[Any]]) -> None:
         """Rows of (state, exit_code, error, SUBMITTED, SCHEDULED, RUNNING, exec_stop,
-        final, partition, id) for tasks that reached a final state; unknowns are None."""
+        final, partition, placement JSON, id) for tasks that reached a final state;
+        unknowns are None."""
         self.write("UPDATE tasks SET state = ?, exit_code = ?, error = ?, SUBMITTED = ?,"
-                   " SCHEDULED = ?, RUNNING = ?, exec_stop = ?, final = ?, partition = ?"
-                   " WHERE id = ?", rows)
+                   " SCHEDULED = ?, RUNNING = ?, exec_stop = ?, final = ?, partition = ?,"
+                   " placement = ? WHERE id = ?", rows)
 
     def add_functions(self, items: Iterable[tuple[str, bytes]]) -> None:
         self.write("INSERT OR IGNORE INTO functions VALUES (?, ?)", list(items))

@@ -83,6 +83,11 @@ class Accepted(msgspec.Struct, array_like=True, tag=True):
 StateName = Literal["NEW", "SUBMITTED", "SCHEDULED", "RUNNING", "DONE", "FAILED", "CANCELED"]
 
 
+# Where a task ran: per node of the pilot (its index), the node's cores (0 .. cores per
+# node - 1) and GPUs the task held there.
+Placement = list[tuple[int, list[int], list[int]]]
+
+
 class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
     """A task's new state with every event since the last update, and its outcome."""
 
@@ -96,6 +101,7 @@ class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
     stderr: str | None = None
     pid: int | None = None  # process group of a running executable (for clean-up)
     partition: str | None = None  # where it ran (in final updates)
+    placement: Placement | None = None  # (in final updates of tasks that were placed)
 
 
 class Updates(msgspec.Struct, array_like=True, tag=True):

@@ -771,7 +771,7 @@ class Session:
                 task.pid = u.pid
             if state.final:
                 task.exit_code, task.error = u.exit_code, u.error
-                task.partition = u.partition
+                task.partition, task.placement = u.partition, u.placement
                 d = task.description
                 if d is not None and d.kind == "executable":  # never ran: "", not None
                     task.stdout, task.stderr = u.stdout or "", u.stderr or ""
@@ -847,8 +847,9 @@ def _journal_row(task: Task, final: float, extra: list[tuple[int, str, float]]
         else:
             extra.append((task.id, name, ts))
     get = times.get
+    placement = _json_encode(task.placement).decode() if task.placement else None
     return (task.state.value, task.exit_code, task.error, get("SUBMITTED"), get("SCHEDULED"),
-            get("RUNNING"), get("exec_stop"), final, task.partition, task.id)
+            get("RUNNING"), get("exec_stop"), final, task.partition, placement, task.id)
 
 
 class CallbackThread:

@@ -65,6 +65,8 @@ class Task(Future):  # type: ignore[type-arg]
     stderr: str | None = None
     pid: int | None = None
     partition: str | None = None  # where it ran, once it ended
+    # ... and on what: per pilot node (its index), the cores and GPUs it held there
+    placement: list[tuple[int, list[int], list[int]]] | None = None
     _state = PENDING
     _result: Any = None
     _exception: BaseException | None = None

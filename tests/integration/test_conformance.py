@@ -16,8 +16,10 @@ for the destructive case, which starts its own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -194,6 +196,28 @@ def test_every_rank_of_a_multi_rank_task_runs(backend: str, session: pf.Session)
         "-c", 'echo "$PILOTFISH_RANK/$PILOTFISH_RANKS"']))
     assert task.result(timeout=30) == 0
     assert sorted((task.stdout or "").split()) == ["0/2", "1/2"]
+
+
+def test_where_each_task_ran_is_known_and_journaled(backend: str, session: pf.Session) -> None:
+    runs(backend, "executable", ranks=2, gpus_per_rank=1)
+    task = session.submit(TD(executable="/bin/true", ranks=2, gpus_per_rank=1))
+    assert task.result(timeout=30) == 0
+    ((node, cores, gpus),) = task.placement or [(None, [], [])]
+    assert node == 0 and len(set(cores)) == 2 and set(cores) <= set(range(4))
+    assert sorted(gpus) == [0, 1]  # a GPU each: the node's two
+    session.journal.flush()
+    with sqlite3.connect(f"file:{session.path}/session.db?mode=ro", uri=True) as db:
+        (journaled,) = db.execute("SELECT placement FROM tasks WHERE uid = ?",
+                                  (task.uid,)).fetchone()
+    assert json.loads(journaled) == [[node, cores, gpus]]
+
+
+def test_where_a_function_ran_is_known(backend: str, session: pf.Session) -> None:
+    runs(backend, "function")
+    task = session.submit(TD(function=abs, args=(-1,)))
+    assert session.wait([task], timeout=30) and task.state is TaskState.DONE
+    ((node, cores, gpus),) = task.placement or [(None, [], [])]
+    assert (node, len(cores), gpus) == (0, 1, []) and cores[0] in range(4)
 
 
 def test_a_rank_sees_exactly_the_gpus_it_asked_for(backend: str, session: pf.Session) -> None:

@@ -51,6 +51,7 @@ session.wait_for([sleeper], pf.TaskState.RUNNING, timeout=60)
 session.cancel([sleeper])
 assert session.wait(timeout=90)
 out["mpi"] = {{name: (t.state.value, t.error, t.stdout, t.partition) for name, t in mpi.items()}}
+out["placement"] = {{name: t.placement for name, t in mpi.items()}}
 out["ended"] = [(t.state.value, t.error) for t in (false, timed, sleeper)]
 """)
     hosts = out["hosts"]
@@ -66,6 +67,9 @@ out["ended"] = [(t.state.value, t.error) for t in (false, timed, sleeper)]
         for node, _, gpus, _ in ranks:
             by_node.setdefault(node, []).append(gpus)
         assert all(len(set(g)) == len(g) for g in by_node.values()), stdout  # a GPU each
+        placed = out["placement"][name]  # from Flux's R: the nodes its ranks ran on
+        assert sorted(node for node, _, _ in placed) == sorted(nodes), placed
+        assert all(len(cores) == 2 and len(gpus) == 2 for _, cores, gpus in placed), placed
     assert out["ended"] == [["FAILED", "exit code 1"],
                             ["FAILED", "timed out (Flux ended it at its time limit)"],
                             ["CANCELED", "canceled"]]

@@ -10,7 +10,13 @@ import pytest
 
 from pilotfish.backends.base import TaskFinished, TaskStarted
 from pilotfish.backends.flux.backend import jobspec, pick_uri, start_command
-from pilotfish.backends.flux.jobs import RANK_SCRIPT, FluxJobTracker, job_request, urgency
+from pilotfish.backends.flux.jobs import (
+    RANK_SCRIPT,
+    FluxJobTracker,
+    job_request,
+    placement_from_r,
+    urgency,
+)
 from pilotfish.messages import TaskSpec
 from pilotfish.states import TaskState
 
@@ -196,7 +202,7 @@ def test_events_that_come_before_the_job_id_are_held_until_it_does() -> None:
     assert tracker.event(42, "start", 101.0, {}) is None  # id 42 not known yet: held
     assert tracker.event(7, "start", 101.5, {}) is None  # someone else's job: held too
     assert tracker.submitted(42, "task.000001") == [TaskStarted("task.000001", 101.0)]
-    assert tracker.early == {7: [("start", 101.5, {})]}  # one id still awaited
+    assert tracker.early == {7: [("start", 101.5, {}, None)]}  # one id still awaited
     tracker.refused()  # the other submit failed: no id awaited, what is held is not ours
     assert tracker.early == {} and tracker.awaited == 0
     assert tracker.event(7, "finish", 102.0, {"status": 0}) is None
@@ -216,3 +222,21 @@ def test_events_held_too_long_are_dropped_and_ended_jobs_hold_nothing() -> None:
     tracker.submitting(1)
     assert tracker.event(42, "free", 171.0, {}) is None and tracker.early == {}
     assert tracker.event(42, "clean", 172.0, {}) is None and tracker.jobs == {}
+
+
+def test_where_flux_put_a_job_in_pilot_nodes() -> None:
+    r = {"version": 1, "execution": {"R_lite": [
+        {"rank": "0-1", "children": {"core": "2-3", "gpu": "1"}}]}}
+    # Real nodes: broker rank k is the partition's node k (here from pilot node 4).
+    assert placement_from_r(r, first=4, cores_per_node=8, gpus_per_node=2,
+                            virtual=False) == [(4, [2, 3], [1]), (5, [2, 3], [1])]
+    # Virtual nodes: one broker, its cores and GPUs numbered node after node.
+    one = {"execution": {"R_lite": [{"rank": "0", "children": {"core": "6-9", "gpu": "3"}}]}}
+    assert placement_from_r(one, first=2, cores_per_node=8, gpus_per_node=2,
+                            virtual=True) == [(2, [6, 7], []), (3, [0, 1], [1])]
+    tracker = FluxJobTracker(placer=lambda r: placement_from_r(r, 0, 8, 2, virtual=False))
+    tracker.submitted(42, "task.000001")
+    assert tracker.event(42, "alloc", 1.0, {}, r) is None
+    started = tracker.event(42, "start", 2.0, {})
+    assert isinstance(started, TaskStarted) and started.placement == [
+        (0, [2, 3], [1]), (1, [2, 3], [1])]

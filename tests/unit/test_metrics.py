@@ -249,7 +249,7 @@ def write_journal(session_dir: Path) -> Path:
                 events.append((t.id, str(name), T0 + ts))
         if t.final is not None:
             finals.append((str(t.state), 0, None, None, None, None, None, None,
-                           "cpu" if t.pilot == "p0" else "big", t.id))
+                           "cpu" if t.pilot == "p0" else "big", None, t.id))
     j.add_partitions("p0", [("cpu", "builtin", 0, 1)])
     j.add_partitions("p1", [("big", "builtin", 0, 1)])
     j.add_tasks(rows)

@@ -36,7 +36,7 @@ from ..backends.base import (
 )
 from ..backends.registry import Abilities
 from ..gcpause import without_gc
-from ..messages import TaskSpec, TaskUpdate
+from ..messages import Placement, TaskSpec, TaskUpdate
 from ..partitions import Partition
 from ..resources import Shape
 from ..routing import Reject, RoutingPolicy, TaskTraits, steal_count
@@ -93,8 +93,8 @@ class _Partition:
 
 
 class _Task:
-    __slots__ = ("events", "outcome", "part", "pid", "request", "retried", "routed", "spec",
-                 "state")
+    __slots__ = ("events", "outcome", "part", "pid", "placement", "request", "retried",
+                 "routed", "spec", "state")
 
     def __init__(self, spec: TaskSpec, request: Request, part: _Partition) -> None:
         self.spec = spec
@@ -104,6 +104,7 @@ class _Task:
         self.events: list[tuple[str, float]] = []  # since the last update sent
         self.outcome: TaskFinished | None = None
         self.pid: int | None = None
+        self.placement: Placement | None = None  # where it was placed last
         self.retried = 0  # times placed again after it was lost (its partition, worker, ...)
         self.routed = True  # False: no partition could take it (it ran nowhere)
 
@@ -406,6 +407,8 @@ class AgentCore:
     def _started(self, task: _Task, event: TaskStarted) -> None:
         _move(task, RUNNING)
         task.pid = event.pid
+        if event.placement is not None:  # the runtime placed it itself
+            task.placement = event.placement
         if event.launch_ts is not None:
             task.events.append(("launch", event.launch_ts))
         task.events.append(("RUNNING", event.ts))
@@ -501,18 +504,21 @@ class AgentCore:
         launches: list[PlacedTask] = []
         dispatches: list[DispatchedTask] = []
         tasks = self.tasks
+        first, places_itself = part.layout.first, part.abilities.places_itself
         for decision in decisions:
             task = tasks[decision.uid]
             if type(decision) is Dispatch:
                 _move(task, SCHEDULED)
                 task.events.append(("SCHEDULED", now))
                 progress.add(decision.uid, since)
+                task.placement = [(first + decision.node, [decision.core], [])]
                 dispatches.append(DispatchedTask(task.spec, decision.worker, decision.node,
                                                  decision.core))
             elif type(decision) is Launch:
                 _move(task, SCHEDULED)
                 task.events.append(("SCHEDULED", now))
                 progress.add(decision.uid, since)
+                task.placement = None if places_itself else decision.slot.placement(first)
                 launches.append(PlacedTask(task.spec, decision.slot))
             elif type(decision) is Fail:
                 self._finish(task, TaskFinished(decision.uid, FAILED, None, now,
@@ -620,7 +626,8 @@ class AgentCore:
             assert o is not None
             updates.append(TaskUpdate(uid, task.state.value, task.events, o.exit_code,
                                       o.error, o.result, o.stdout, o.stderr, task.pid,
-                                      task.part.name if task.routed else None))
+                                      task.part.name if task.routed else None,
+                                      task.placement if o.exec_start is not None else None))
             self._progress.discard(uid)
         self._final.clear()
         cutoff = math.inf if everything else self._flushed - PROGRESS_INTERVAL

@@ -32,6 +32,8 @@ class TaskStarted(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=Tr
     ts: float
     pid: int | None = None  # process group of a running executable (for clean-up)
     launch_ts: float | None = None
+    # Where a runtime that places tasks itself put it (messages.Placement, pilot nodes).
+    placement: list[tuple[int, list[int], list[int]]] | None = None
 
 
 class TaskFinished(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):

@@ -16,6 +16,7 @@ dies or cannot be reached, the agent hears `PartitionLost` and fails or moves it
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import select
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ import msgspec
 
 from ...files import private, private_dir, read_tail
 from ...launchers import srun_per_node
+from ...messages import Placement
 from ...partitions import Partition
 from ...proctree import kill_group
 from ...reactor import Reactor
@@ -48,7 +50,7 @@ from ..base import (
     TaskLost,
 )
 from . import flux_command, unavailable
-from .jobs import FluxJobTracker, JobRequest, job_request
+from .jobs import FluxJobTracker, JobRequest, job_request, placement_from_r
 
 Command = tuple[str, Any]  # ("submit", [JobRequest]), ("cancel", [uid]) or ("stop", None)
 
@@ -137,16 +139,20 @@ def build(context: BuildContext, partition: Partition) -> FluxBackend:
     uri = os.environ.get("FLUX_URI") if len(fluxes) == 1 else None
     layout = context.node_layout(partition)
     gpu_env = layout.gpu_env or "" if layout.gpus else ""
+    cores = len(layout.core_ids)
+    placer = functools.partial(placement_from_r, first=partition.first, cores_per_node=cores,
+                               gpus_per_node=layout.gpus, virtual=not context.hosts)
     if context.hosts:  # real nodes: a broker on each of the partition's
         hosts = context.hosts[partition.first:partition.first + partition.nodes]
         return FluxBackend(partition.name, context.task_sandbox, context.sandbox, uri=uri,
                            hosts=hosts, gpu_env=gpu_env, first_node=partition.first,
-                           resources=Resources(tuple(hosts), len(layout.core_ids),
-                                               layout.gpus))
-    resources = Resources((socket.gethostname(),), partition.nodes * len(layout.core_ids),
+                           resources=Resources(tuple(hosts), cores, layout.gpus),
+                           placer=placer)
+    resources = Resources((socket.gethostname(),), partition.nodes * cores,
                           partition.nodes * layout.gpus)
     return FluxBackend(partition.name, context.task_sandbox, context.sandbox, uri=uri,
-                       resources=resources, gpu_env=gpu_env)
+                       resources=resources, gpu_env=gpu_env,
+                       placer=None if uri else placer)  # (an outer instance: its own shape)
 
 
 class FluxBackend:
@@ -154,8 +160,10 @@ class FluxBackend:
 
     def __init__(self, name: str, sandbox: str, log_dir: str, uri: str | None = None,
                  hosts: Sequence[str] | None = None, resources: Resources | None = None,
-                 gpu_env: str = "", first_node: int | None = None) -> None:
+                 gpu_env: str = "", first_node: int | None = None,
+                 placer: Callable[[Mapping[str, Any]], Placement] | None = None) -> None:
         self.name = name
+        self.placer = placer  # a job's R -> where it ran on the pilot
         self.first_node = first_node  # real nodes: the pilot's index of broker 0's
         self.gpu_env = gpu_env  # tells ranks their GPUs (RANK_SCRIPT); "": no GPUs here
         self.resources = resources  # None: what the brokers find (hwloc)
@@ -256,7 +264,7 @@ class FluxBackend:
             self._post(PartitionLost(self.name, f"cannot reach a Flux instance: {exc}"))
             return
         driver = FluxDriver(self.name, handle, flux.job, self._commands, self._command_r,
-                            self._post)
+                            self._post, self.placer)
         try:
             driver.run()
         except Exception as exc:  # the instance went away, or a bug: say so, once
@@ -323,14 +331,15 @@ class FluxDriver:
 
     def __init__(self, name: str, handle: Any, flux_job: Any,
                  commands: queue.SimpleQueue[Command], wake_fd: int,
-                 post: Callable[[BackendEvent], None]) -> None:
+                 post: Callable[[BackendEvent], None],
+                 placer: Callable[[Mapping[str, Any]], Placement] | None = None) -> None:
         self.name = name
         self.handle = handle
         self.flux_job = flux_job
         self.commands = commands
         self.wake_fd = wake_fd
         self.post = post
-        self.tracker = FluxJobTracker()
+        self.tracker = FluxJobTracker(placer)
         self.ids: dict[str, int] = {}  # uid -> Flux job id, until it ends
         self.outputs: dict[str, tuple[str, str]] = {}  # uid -> its stdout, stderr files
         self.canceled: set[str] = set()  # canceled before their ids were known
@@ -406,10 +415,10 @@ class FluxDriver:
         except OSError as exc:
             raise RuntimeError(f"the job-manager journal failed: {exc}") from exc
         future.reset()
-        jobid = response.get("id", -1)
+        jobid, r = response.get("id", -1), response.get("R")
         for entry in response.get("events", ()):
             outcome = self.tracker.event(jobid, entry["name"], entry["timestamp"],
-                                         entry.get("context", {}))
+                                         entry.get("context", {}), r)
             if outcome is not None:
                 self._report(outcome)
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from ...messages import TaskSpec
+from ...messages import Placement, TaskSpec
 from ...states import TaskState
 from ..base import BackendEvent, TaskFinished, TaskLost, TaskStarted
 
@@ -112,9 +113,46 @@ def job_request(spec: TaskSpec, sandbox: str, base_env: Mapping[str, str],
         shell_options=options)
 
 
+def _ids(text: str) -> list[int]:
+    """The ids of an RFC 22 idset string ("0-3,5")."""
+    ids: list[int] = []
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        ids.extend(range(int(low), int(high or low) + 1))
+    return ids
+
+
+def placement_from_r(r: Mapping[str, Any], first: int, cores_per_node: int,
+                     gpus_per_node: int, virtual: bool) -> Placement:
+    """Where Flux put a job (its R, RFC 20) as pilot nodes, cores and GPUs. On real nodes
+    broker rank k is the partition's node k; on virtual nodes one broker holds all of
+    them, its cores and GPUs numbered node after node."""
+    out: dict[int, tuple[list[int], list[int]]] = {}
+    for entry in r.get("execution", {}).get("R_lite", []):
+        children = entry.get("children", {})
+        cores, gpus = _ids(children.get("core", "")), _ids(children.get("gpu", ""))
+        for rank in _ids(str(entry.get("rank", ""))):
+            if not virtual:
+                held = out.setdefault(first + rank, ([], []))
+                held[0].extend(cores)
+                held[1].extend(gpus)
+                continue
+            for core in cores:
+                out.setdefault(first + core // cores_per_node, ([], []))[0].append(
+                    core % cores_per_node)
+            for gpu in gpus:
+                out.setdefault(first + gpu // max(1, gpus_per_node), ([], []))[1].append(
+                    gpu % max(1, gpus_per_node))
+    return [(node, cores, gpus) for node, (cores, gpus) in sorted(out.items())]
+
+
+_Held = tuple[str, float, Mapping[str, object], Mapping[str, Any] | None]  # an event
+
+
 @dataclass(slots=True)
 class _Job:
     uid: str
+    placement: Placement | None = None  # from its R, at alloc
     start: float | None = None
     finish: float | None = None
     status: int | None = None  # wait status
@@ -130,9 +168,10 @@ class FluxJobTracker:
     when none is awaited, what is held belongs to other users' jobs and is dropped.
     """
 
+    placer: Callable[[Mapping[str, Any]], Placement] | None = None  # R -> placement
     jobs: dict[int, _Job] = field(default_factory=dict)
     awaited: int = 0  # submits whose job ids are not known yet
-    early: dict[int, list[tuple[str, float, Mapping[str, object]]]] = field(
+    early: dict[int, list[_Held]] = field(
         default_factory=dict)
 
     def submitting(self, count: int) -> None:
@@ -159,20 +198,24 @@ class FluxJobTracker:
         return job.uid if job else None
 
     def event(self, jobid: int, name: str, timestamp: float,
-              context: Mapping[str, object]) -> BackendEvent | None:
-        """One journal event; returns what it means for the task, if anything yet."""
+              context: Mapping[str, object],
+              r: Mapping[str, Any] | None = None) -> BackendEvent | None:
+        """One journal event (`r`: the job's R, with its alloc event); returns what it
+        means for the task, if anything yet."""
         job = self.jobs.get(jobid)
         if job is None:  # not one of ours, or its id not known yet
             if self.awaited:
-                self._hold(jobid, (name, timestamp, context))
+                self._hold(jobid, (name, timestamp, context, r))
             return None
         if job.finish is not None:  # ended: only Flux's clean-up events are left
             if name == "clean":
                 del self.jobs[jobid]
             return None
-        if name == "start":
+        if name == "alloc" and r is not None and self.placer is not None:
+            job.placement = self.placer(r)
+        elif name == "start":
             job.start = timestamp
-            return TaskStarted(job.uid, timestamp)
+            return TaskStarted(job.uid, timestamp, placement=job.placement)
         if name == "exception" and context.get("severity", 0) == 0 and job.exception is None:
             job.exception = (str(context.get("type", "")), str(context.get("note", "")))
         elif name == "finish":  # its processes are gone, their outputs written: it ended
@@ -185,7 +228,7 @@ class FluxJobTracker:
             return self._outcome(job, timestamp)
         return None
 
-    def _hold(self, jobid: int, event: tuple[str, float, Mapping[str, object]]) -> None:
+    def _hold(self, jobid: int, event: _Held) -> None:
         """Hold an event of a job not known yet; drop what was held over `HOLD_SECONDS`
         before it (other users' jobs: the ids of ours come back sooner)."""
         early = self.early
