@@ -44,6 +44,7 @@ def run_description(args: argparse.Namespace) -> PilotDescription:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .metrics import session_metrics
     from .workloads.demo import demo_tasks
 
     try:
@@ -78,9 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 name = t.description.name if t.description else None
                 print(f"first failure: {t.uid} ({name}): {t.error}")
                 break
-        print(session.metrics(by="partition" if partitions else None))
-        print(f"report: pilotfish report {session.path}")
-        return 0 if counts["DONE"] == len(tasks) else 1
+    # Once the session is closed (the pilot's life ended): the figures `report` prints.
+    print(session_metrics(session.path, by="partition" if partitions else None))
+    print(f"report: pilotfish report {session.path}")
+    return 0 if counts["DONE"] == len(tasks) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -214,6 +214,27 @@ def test_pilotfish_run_splits_the_pilot_and_reports_by_partition(
         assert why in capsys.readouterr().err
 
 
+def test_run_and_report_print_the_same_figures(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--nodes", "1", "--cores", "16", "--gpus", "4", "--tasks", "40",
+                 "--sessions", str(tmp_path)]) == 0
+    ran = capsys.readouterr().out
+    path = ran.split("report: pilotfish report ")[1].strip()
+    assert main(["report", path]) == 0
+    reported = capsys.readouterr().out
+    def figures(text: str) -> dict[str, str]:
+        labels = ("throughput", "peak throughput", "core utilization",
+                  "core util. (pilot life)", "makespan")
+        found: dict[str, str] = {}
+        for line in text.splitlines():
+            for label in labels:
+                if line.strip().startswith(label + " "):
+                    found.setdefault(label, line.strip()[len(label):].strip())
+        return found
+
+    assert figures(ran) == figures(reported) and len(figures(ran)) == 5, (ran, reported)
+
+
 def whoami() -> int:
     return os.getpid()
 

@@ -142,10 +142,14 @@ def test_scenario_hand_computed() -> None:
     assert m.end_to_final.mean == pytest.approx(0.625)
 
 
-def test_peak_window_is_configurable() -> None:
+def test_peak_window_is_configurable_and_the_peak_never_below_the_average() -> None:
+    m = compute_metrics(SCENARIO, [pilot()], last_event=21.0, peak_window=0.5)
+    assert m.peak_started_per_s == pytest.approx(2 / 0.5)  # the two starts at 10
+    # A window longer than the run (4 starts over 4 s): the densest 5 s hold 4 starts,
+    # 0.8/s, under the 1.0/s average over the run: the peak is the average then.
     m = compute_metrics(SCENARIO, [pilot()], last_event=21.0, peak_window=5.0)
-    assert m.peak_started_per_s == pytest.approx(4 / 5)
     assert m.peak_window_s == 5.0
+    assert m.peak_started_per_s == m.started_per_s == pytest.approx(1.0)
 
 
 def test_no_tasks() -> None:
