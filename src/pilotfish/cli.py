@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -104,6 +105,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .journal import UnreadableJournal
+    from .status import find_sessions, read_status, render_status, sessions_folder, watch
+
+    where = args.session
+    if where is None:
+        found = find_sessions(sessions_folder(args.sessions))
+        if not found:
+            print(f"pilotfish status: no sessions in {sessions_folder(args.sessions)}",
+                  file=sys.stderr)
+            return 2
+        where = str(found[-1])  # the newest
+    console = Console()
+    try:
+        if args.watch:
+            watch(where, args.interval, console)
+        else:
+            console.print(render_status(read_status(where)))
+    except UnreadableJournal as exc:
+        print(f"pilotfish status: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .journal import UnreadableJournal
+    from .status import find_sessions, read_status, render_sessions, sessions_folder
+
+    statuses = []
+    for path in find_sessions(sessions_folder(args.sessions)):
+        try:
+            statuses.append(read_status(path))
+        except UnreadableJournal:
+            continue  # (not a journal any more, or not yet one)
+    Console().print(render_sessions(statuses))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import run_simulation
 
@@ -198,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", type=positive, default=2000, help="number of tasks (default 2000)")
     run.add_argument("--partitions", metavar="BACKEND[:NODES],...",
                      help="split the pilot, e.g. dragon:1,builtin (metrics then by partition)")
-    run.add_argument("--sessions", default="pilotfish-sessions",
-                     help="where session directories go")
+    run.add_argument("--sessions", default=os.environ.get("PILOTFISH_SESSIONS",
+                                                          "pilotfish-sessions"),
+                     help="where session directories go ($PILOTFISH_SESSIONS)")
     run.set_defaults(func=cmd_run)
     sim = sub.add_parser("simulate", help="run a workload on a simulated pilot (no tasks run)")
     sim.add_argument("--platform", default="frontier", help="platform profile (default frontier)")
@@ -210,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tasks", type=positive, default=100_000, help="number of tasks")
     sim.add_argument("--duration", type=float, default=10.0, help="sleep workload: seconds")
     sim.add_argument("--seed", type=int, default=0, help="hybrid workload: random seed")
-    sim.add_argument("--sessions", default="pilotfish-sessions",
-                     help="where session directories go")
+    sim.add_argument("--sessions", default=os.environ.get("PILOTFISH_SESSIONS",
+                                                          "pilotfish-sessions"),
+                     help="where session directories go ($PILOTFISH_SESSIONS)")
     sim.set_defaults(func=cmd_simulate)
     platforms = sub.add_parser("platforms", help="list the platform profiles, or show one")
     platforms.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -220,6 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     backends = sub.add_parser("backends", help="list the backends, what they run, and "
                                                "whether they can run here")
     backends.set_defaults(func=cmd_backends)
+    status = sub.add_parser("status", help="a session's pilots, tasks, rates and "
+                                           "utilization, from its journal")
+    status.add_argument("session", nargs="?", help="its directory (default: the newest "
+                                                   "in the sessions folder)")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh in place until the session ends (Ctrl-C stops)")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between looks")
+    status.add_argument("--sessions", help="the sessions folder (default: "
+                                           "$PILOTFISH_SESSIONS, else pilotfish-sessions)")
+    status.set_defaults(func=cmd_status)
+    sessions = sub.add_parser("sessions", help="the sessions in the sessions folder, with "
+                                               "their state and task counts")
+    sessions.add_argument("--sessions", help="the sessions folder (default: "
+                                             "$PILOTFISH_SESSIONS, else pilotfish-sessions)")
+    sessions.set_defaults(func=cmd_sessions)
     report = sub.add_parser("report", help="metrics and charts of a finished session")
     report.add_argument("session_dir")
     report.add_argument("--json", action="store_true", help="metrics as JSON")

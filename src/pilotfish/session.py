@@ -642,6 +642,7 @@ class Session:
         self._channel.close()
         self._fail_live(None, TaskState.CANCELED, "session closed")
         self._callbacks.close(timeout)
+        self.journal.set_session(closed=time.time())  # (`pilotfish status`: it ended)
         self.journal.close()
 
     def _check_open(self) -> None:
