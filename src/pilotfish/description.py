@@ -18,6 +18,7 @@ import shutil
 import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,7 +148,25 @@ def pickle_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes 
     try:
         return cloudpickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
+        future = _a_future(payload)
+        if future is not None:
+            raise TypeError(f"TaskDescription.args/kwargs hold a task or future ({future!r}): "
+                            "tasks cannot be arguments yet; pass its result "
+                            "(task.result()) instead") from None
         raise TypeError(f"TaskDescription.args/kwargs cannot be serialised: {exc}") from exc
+
+
+def _a_future(value: Any, depth: int = 4) -> Future[Any] | None:
+    """A Future (a Task) inside `value` (containers searched `depth` deep), if any."""
+    if isinstance(value, Future):
+        return value
+    if depth and isinstance(value, list | tuple | set | frozenset | dict):
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        for item in items:
+            found = _a_future(item, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defaults=True):

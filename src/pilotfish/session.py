@@ -880,6 +880,9 @@ class CallbackThread:
                 self._thread.join(timeout)
 
 
+CHUNKS_PER_CORE, MAX_CHUNK = 4, 1000  # `map` without a chunksize (PilotExecutor.map)
+
+
 class PilotExecutor(concurrent.futures.Executor):
     """`concurrent.futures.Executor` over a session: each call is one function task, or,
     through `map` with a `chunksize`, each chunk of calls."""
@@ -901,26 +904,38 @@ class PilotExecutor(concurrent.futures.Executor):
         return tasks
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-            timeout: float | None = None, chunksize: int = 1) -> Iterator[Any]:
+            timeout: float | None = None, chunksize: int | None = None) -> Iterator[Any]:
         """`fn` over the iterables' items, in order, as `ProcessPoolExecutor.map`: all
         tasks are submitted at once (in one batch), `chunksize` calls to a task. A call
         that raises fails its whole chunk: the error is raised where the chunk's first
-        result would be. Many tiny calls should come in chunks: each task costs the pilot
-        tens of microseconds, a call in a chunk well under one."""
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        result would be. Without a `chunksize`, each core gets about `CHUNKS_PER_CORE`
+        chunks of at most `MAX_CHUNK` calls: a million tiny calls become a thousand tasks
+        (each task costs the pilot tens of microseconds, a call in a chunk well under
+        one), a hundred slow ones stay a task each, spread over the cores."""
+        if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(
+                chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be an int >= 1 (or None: chosen for you), "
+                             f"got {chunksize!r}")
+        calls = list(iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False))
+        if chunksize is None:
+            chunksize = max(1, min(MAX_CHUNK, len(calls) // (CHUNKS_PER_CORE * self._cores())))
         if chunksize == 1:
-            descriptions = [TaskDescription(function=fn, args=args)
-                            for args in zip(*iterables, strict=False)]
+            descriptions = [TaskDescription(function=fn, args=args if len(iterables) > 1
+                                            else (args,)) for args in calls]
         else:  # one iterable: its items are the arguments (not 1-tuples of them)
-            calls = list(iterables[0] if len(iterables) == 1
-                         else zip(*iterables, strict=False))
             chunked = _Chunk(fn, spread=len(iterables) > 1)
             descriptions = [TaskDescription(function=chunked, args=(calls[i:i + chunksize],))
                             for i in range(0, len(calls), chunksize)]
         tasks = self._submit(descriptions)
         end = None if timeout is None else time.monotonic() + timeout
         return self._results(tasks, end, chunksize > 1)
+
+    def _cores(self) -> int:
+        """The cores that may run this executor's calls: its pilot's, else the session's
+        live pilots'."""
+        pilots = [self._pilot] if self._pilot is not None else [
+            p for p in self._session.pilots.values() if p.active or p.state == "PENDING"]
+        return max(1, sum(p.cores for p in pilots))
 
     def _results(self, tasks: list[Task], end: float | None, chunked: bool) -> Iterator[Any]:
         try:

@@ -14,6 +14,7 @@ Deviations from `Future`, on purpose:
 
 from __future__ import annotations
 
+import concurrent.futures
 import pickle
 import threading
 from collections.abc import Iterable
@@ -113,6 +114,21 @@ class Task(Future):  # type: ignore[type-arg]
 
     def running(self) -> bool:
         return self.state is TaskState.RUNNING
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._late(timeout)) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise concurrent.futures.TimeoutError(self._late(timeout)) from None
+
+    def _late(self, timeout: float | None) -> str:
+        return f"{self.uid} not done within {timeout:g} s (it is {self.state.value})"
 
     def cancel(self) -> bool:
         if self.state.final:

@@ -272,10 +272,22 @@ def test_executor_map_in_chunks(session: pf.Session, pilot: pf.Pilot) -> None:
         with pytest.raises(ValueError, match="chunksize"):
             ex.map(abs, [1], chunksize=0)
         slow = ex.map(sleep_for, [30, 30], timeout=0.5)
-        with pytest.raises(TimeoutError):
-            next(slow)
+        with pytest.raises(TimeoutError, match=r"task\.\d+ not done within 0\.\d+ s"):
+            next(slow)  # (the message says which task, how long, and its state)
         assert session.wait(ex._tasks[-2:], timeout=10)  # the rest are canceled
         assert {t.state for t in ex._tasks[-2:]} == {TaskState.CANCELED}
+
+
+def test_executor_map_chooses_its_chunks(session: pf.Session, pilot: pf.Pilot) -> None:
+    """Without a chunksize: about 4 chunks a core, at most 1,000 calls each (this pilot
+    has 2 x 8 cores): many tiny calls become few tasks, a few calls stay a task each."""
+    with session.executor() as ex:
+        assert list(ex.map(abs, range(-10_000, 0))) == list(range(10_000, 0, -1))
+        assert len(ex._tasks) == 65  # 10,000 // (4 x 16) = 156 calls a task
+        assert list(ex.map(pow, [2] * 10, range(10))) == [2**i for i in range(10)]
+        assert len(ex._tasks) == 65 + 10  # too few to chunk: a task each
+    with pytest.raises(TypeError, match=r"hold a task or future .*pass its result"):
+        TD(function=abs, args=(ex._tasks[0],))  # a task as an argument, said plainly
 
 
 def test_agent_killed_mid_run_fails_every_task(session: pf.Session, tmp_path: Path) -> None:
