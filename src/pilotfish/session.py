@@ -881,6 +881,7 @@ class CallbackThread:
 
 
 CHUNKS_PER_CORE, MAX_CHUNK = 4, 1000  # `map` without a chunksize (PilotExecutor.map)
+PRUNE_AT = 1024  # tasks an executor holds before it lets the finished ones go
 
 
 class PilotExecutor(concurrent.futures.Executor):
@@ -890,7 +891,8 @@ class PilotExecutor(concurrent.futures.Executor):
     def __init__(self, session: Session, pilot: Pilot | None = None) -> None:
         self._session = session
         self._pilot = pilot
-        self._tasks: list[Task] = []
+        self._tasks: list[Task] = []  # for shutdown(wait): finished ones pruned now and then
+        self._prune_at = PRUNE_AT
         self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Task:
@@ -901,6 +903,9 @@ class PilotExecutor(concurrent.futures.Executor):
             raise RuntimeError("cannot submit after shutdown")
         tasks = self._session.submit(descriptions, pilot=self._pilot)
         self._tasks.extend(tasks)
+        if len(self._tasks) >= self._prune_at:  # (as concurrent.futures executors do, it
+            self._tasks = [t for t in self._tasks if not t.done()]  # lets finished ones go)
+            self._prune_at = max(PRUNE_AT, 2 * len(self._tasks))
         return tasks
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
@@ -938,15 +943,20 @@ class PilotExecutor(concurrent.futures.Executor):
         return max(1, sum(p.cores for p in pilots))
 
     def _results(self, tasks: list[Task], end: float | None, chunked: bool) -> Iterator[Any]:
+        tasks.reverse()  # each task is let go once its results are given out
+        task = None
         try:
-            for task in tasks:
+            while tasks:
+                task = tasks.pop()
                 left = None if end is None else max(0.0, end - time.monotonic())
                 if chunked:
                     yield from task.result(timeout=left)
                 else:
                     yield task.result(timeout=left)
+                task = None
         finally:  # stopped early (an error, a timeout, or the caller): drop the rest
-            self._session.cancel([task for task in tasks if not task.done()])
+            rest = [t for t in (*tasks, *([task] if task else [])) if not t.done()]
+            self._session.cancel(rest)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True

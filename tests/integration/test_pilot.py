@@ -607,3 +607,22 @@ def test_one_batch_spreads_over_pilots_by_free_capacity(session: pf.Session) -> 
     per_pilot = [sum(t.pilot == p.uid for t in tasks) for p in pilots]
     assert abs(per_pilot[0] - 4) <= 1 and abs(per_pilot[1] - 16) <= 1, per_pilot
     assert wide.pilot == pilots[2].uid
+
+
+def test_the_executor_lets_finished_calls_go(session: pf.Session, pilot: pf.Pilot) -> None:
+    """As concurrent.futures executors do: a map's tasks (and their results) are not kept
+    once given out, nor are finished futures the caller dropped."""
+    import gc
+    import weakref
+
+    with session.executor() as ex:
+        results = ex.map(bytes, [100_000] * 1_500, chunksize=1)
+        first = weakref.ref(ex._tasks[0])
+        assert next(results) == bytes(100_000)
+        assert sum(1 for _ in results) == 1_499
+        # The executor lets finished tasks go as it submits, each time it holds twice
+        # as many as after the last time (amortized: a list, no callback per task).
+        assert len(list(ex.map(abs, range(1_600), chunksize=1))) == 1_600
+        gc.collect()
+        assert first() is None
+        assert len(ex._tasks) <= 1_600
