@@ -15,7 +15,9 @@ Deviations from `Future`, on purpose:
 from __future__ import annotations
 
 import concurrent.futures
+import linecache
 import pickle
+import re
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -197,9 +199,37 @@ class Task(Future):  # type: ignore[type-arg]
             return RemoteError(reason)
         if not isinstance(exc, BaseException):
             return RemoteError(reason)
-        exc.__cause__ = RemoteTraceback(reason)
-        exc.add_note(f"(raised by task {self.uid}; remote traceback:)\n{reason}")
+        function = self.description.function if self.description is not None else None
+        exc.__cause__ = RemoteTraceback(with_source(reason, function))
+        exc.add_note(f"(raised by task {self.uid}: its remote traceback is above)")
         return exc
+
+
+_DYNAMIC_FRAME = re.compile(r'(\s*)File "<dynamic-code>", line (\d+), in (.+)$')
+
+
+def with_source(text: str, function: Any) -> str:
+    """A remote traceback with the frames of functions sent by value (from `__main__` or
+    a notebook: cloudpickle names their file "<dynamic-code>") given back the file of the
+    submitted function and their source lines, which this process can read."""
+    path = getattr(getattr(function, "__code__", None), "co_filename", None)
+    if not path or "<dynamic-code>" not in text:
+        return text
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        frame = _DYNAMIC_FRAME.match(line)
+        if frame is None:
+            out.append(line)
+            continue
+        indent, number, name = frame.groups()
+        out.append(f'{indent}File "{path}", line {number}, in {name}')
+        source = linecache.getline(path, int(number)).strip()
+        after = lines[i + 1] if i + 1 < len(lines) else ""
+        shown = after.startswith(indent + "  ") and not after.lstrip().startswith("File ")
+        if source and not shown:
+            out.append(f"{indent}  {source}")
+    return "\n".join(out)
 
 
 def _load(blob: bytes) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,3 +94,23 @@ def test_tasks_of_a_worker_killed_while_it_started_are_placed_again(tmp_path: Pa
             last.error or "")
     finally:
         pool.stop(1)
+
+
+def test_a_remote_traceback_from_main_shows_its_source_once(tmp_path: Path) -> None:
+    """A function from `__main__` travels by value (cloudpickle names its file
+    "<dynamic-code>"): its remote traceback shows the script's file and line, once."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import pilotfish as pf\n"
+        "def boom(x):\n"
+        "    raise ValueError(f'bad {x}')  # the line to see\n"
+        f"with pf.Session(path={str(tmp_path)!r}) as s:\n"
+        "    s.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1))\n"
+        "    s.submit(pf.TaskDescription(function=boom, args=(1,))).result(timeout=30)\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ,
+                                          "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert run.returncode == 1 and "ValueError: bad 1" in run.stderr
+    assert f'File "{script}", line 3, in boom' in run.stderr, run.stderr
+    assert run.stderr.count("raise ValueError(f'bad {x}')  # the line to see") == 1
+    assert "<dynamic-code>" not in run.stderr

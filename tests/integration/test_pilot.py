@@ -73,7 +73,8 @@ def test_function_exception_carries_remote_traceback(session: pf.Session, pilot:
     assert t.state == TaskState.FAILED
     assert "fail_with" in str(info.value.__cause__)  # the remote traceback
     assert "worker.py" not in t.error  # from the user's code on, not the worker's
-    assert any("Traceback" in note for note in info.value.__notes__)
+    # Shown once: as the cause; the note only names the task.
+    assert info.value.__notes__ == [f"(raised by task {t.uid}: its remote traceback is above)"]
 
 
 def test_environment_ranks_and_gpus(session: pf.Session, pilot: pf.Pilot) -> None:
