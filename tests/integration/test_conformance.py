@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,6 +166,26 @@ def test_a_silent_executable_has_empty_output(backend: str, session: pf.Session)
     task = session.submit(TD(executable="/bin/true"))
     assert task.result(timeout=30) == 0
     assert task.stdout == "" and task.stderr == ""  # strings, as for any executable
+
+
+def chatty(fail: bool) -> int:
+    print("hello")
+    print("oops", file=sys.stderr)
+    if fail:
+        raise ValueError("no")
+    return 1
+
+
+def test_a_functions_prints_are_its_own(backend: str, session: pf.Session) -> None:
+    runs(backend, "function")
+    shows(backend, "output")
+    done, failed, silent = session.submit([TD(function=chatty, args=(False,)),
+                                           TD(function=chatty, args=(True,)),
+                                           TD(function=abs, args=(-1,))])
+    assert session.wait([done, failed, silent], timeout=30)
+    assert done.stdout == failed.stdout == "hello\n"  # each its own, even one that raised
+    assert done.stderr == failed.stderr == "oops\n"
+    assert silent.stdout == silent.stderr == ""
 
 
 def test_failing_exit_code_fails_with_it(backend: str, session: pf.Session) -> None:

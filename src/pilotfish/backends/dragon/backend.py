@@ -441,7 +441,7 @@ class DragonBackend:
             self.receiver.note_stale()
             return
         state = STATES[result.outcome]
-        stdout = stderr = None
+        stdout, stderr = result.stdout, result.stderr  # a function's prints
         if placed.spec.kind == "executable":
             cwd = placed.spec.sandbox or self.sandbox
             stdout, stderr = (read_tail(os.path.join(cwd, uid + suffix)) or ""

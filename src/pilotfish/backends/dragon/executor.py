@@ -55,7 +55,7 @@ from pilotfish.backends.dragon.protocol import (
     Stop,
     ToExecutor,
 )
-from pilotfish.backends.functions.calls import entered, failed, returned
+from pilotfish.backends.functions.calls import Captured, entered, failed, returned
 from pilotfish.backends.processes import KILL_GRACE
 from pilotfish.keys import Keys
 from pilotfish.messages import encode
@@ -110,6 +110,7 @@ def call(task: PoolCall, blob: bytes) -> Result:
     The task's `env` (with its GPU visibility variable) and `cwd` apply while it runs."""
     start = time.time()
     leave = None
+    capture = Captured()
     try:
         if task.env or task.cwd:
             leave = entered(task.env, task.cwd)
@@ -118,13 +119,14 @@ def call(task: PoolCall, blob: bytes) -> Result:
             fn = _functions[task.key] = pickle.loads(blob)
         args, kwargs = pickle.loads(task.args_blob) if task.args_blob else ((), {})
         start = time.time()
-        value = fn(*args, **kwargs)
+        with capture:
+            value = fn(*args, **kwargs)
     except BaseException as exc:
-        return failed(task.uid, exc, start, time.time())
+        return capture.into(failed(task.uid, exc, start, time.time()))
     finally:
         if leave is not None:
             leave()
-    return returned(task.uid, value, start, time.time())
+    return capture.into(returned(task.uid, value, start, time.time()))
 
 
 class Executor:

@@ -4,14 +4,18 @@ errors, tracebacks and unserialisable return values alike."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import msgspec
 
+from ...files import TAIL_BYTES
 from .protocol import Outcome, Result
 
 # pilotfish's backends: the frames of the worker and of the executor that called the task
@@ -79,3 +83,29 @@ def entered(env: dict[str, str] | None, cwd: str | None) -> Callable[[], None]:
             os.chdir(old_cwd)
 
     return leave
+
+
+class Captured:
+    """A call's prints: `sys.stdout` and `sys.stderr` are buffers while it runs (output
+    written to the file descriptors themselves, by C code or child processes, is not
+    caught: it goes to the worker's log)."""
+
+    __slots__ = ("err", "out", "saved")
+
+    def __init__(self) -> None:
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.saved = sys.stdout, sys.stderr
+
+    def __enter__(self) -> Captured:
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.out, self.err
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout, sys.stderr = self.saved
+
+    def into(self, result: Result) -> Result:
+        """`result` with the tails of what the call printed ("" when it printed none)."""
+        out, err = self.out.getvalue(), self.err.getvalue()
+        return msgspec.structs.replace(result, stdout=out[-TAIL_BYTES:],
+                                       stderr=err[-TAIL_BYTES:])

@@ -273,7 +273,8 @@ class FunctionPool:
                 continue
             self._forget(r.uid)
             emit(TaskFinished(r.uid, STATES[r.outcome], r.exec_start, r.exec_stop,
-                              error=r.error, result=r.result))
+                              error=r.error, result=r.result, stdout=r.stdout,
+                              stderr=r.stderr))
         if worker.one_off and not outstanding:
             self._send(worker, Stop())
 

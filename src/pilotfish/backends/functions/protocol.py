@@ -57,6 +57,8 @@ class Result(msgspec.Struct, array_like=True, frozen=True, gc=False):
     exec_start: float | None  # None: it never started
     exec_stop: float
     exit_code: int | None = None  # an executable's (Dragon); None for functions
+    stdout: str | None = None  # a function's prints (their tail), while it ran
+    stderr: str | None = None
 
 
 # ---- agent -> worker -------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ...keys import Keys
 from ...messages import encode
 from ...reactor import readable
 from ...wire import Receiver
-from .calls import entered, failed, returned
+from .calls import Captured, entered, failed, returned
 from .protocol import Call, Cancel, Done, Outcome, Ready, Result, Run, Started, Stop, ToWorker
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
@@ -156,9 +156,11 @@ class FunctionWorker:
         self.deadline = start + timeout if timeout else None
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, timeout)
+        capture = Captured()
         try:
             self.in_task = True
-            value = fn(*args, **kwargs)
+            with capture:
+                value = fn(*args, **kwargs)
             self.in_task = False
             stop = time.time()
         except _Interrupt as intr:
@@ -166,10 +168,10 @@ class FunctionWorker:
             stop = time.time()
             reason = (f"timed out after {timeout} s" if intr.outcome == Outcome.TIMEOUT
                       else "canceled")
-            return Result(uid, intr.outcome, None, reason, start, stop)
+            return capture.into(Result(uid, intr.outcome, None, reason, start, stop))
         except BaseException as exc:
             self.in_task = False
-            return failed(uid, exc, start, time.time())
+            return capture.into(failed(uid, exc, start, time.time()))
         finally:
             self.in_task = False
             if timeout:
@@ -179,7 +181,7 @@ class FunctionWorker:
             self.running = None
             self.announcer.task_ended(self.started)
             self.canceled.discard(uid)
-        return returned(uid, value, start, stop)
+        return capture.into(returned(uid, value, start, stop))
 
     def run(self) -> None:
         signal.signal(signal.SIGALRM, self._on_signal)
