@@ -144,6 +144,11 @@ class Journal:
     def add_events(self, rows: Sequence[tuple[int, str, float]]) -> None:
         self.write("INSERT INTO events VALUES (?, ?, ?)", rows)
 
+    def progress_tasks(self, rows: Sequence[tuple[str, int]]) -> None:
+        """Rows of (state, id) of tasks that moved on without ending (a task that ends
+        quickly is journaled only when it ends)."""
+        self.write("UPDATE tasks SET state = ? WHERE id = ?", rows)
+
     def finish_tasks(self, rows: Sequence[Sequence[Any]]) -> None:
         """Rows of (state, exit_code, error, SUBMITTED, SCHEDULED, RUNNING, exec_stop,
         final, partition, placement JSON, id) for tasks that reached a final state;

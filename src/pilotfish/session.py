@@ -756,6 +756,7 @@ class Session:
         now = time.time() + clock_offset  # final states are stamped on the pilot's clock
         event_rows: list[tuple[int, str, float]] = []
         finish_rows: list[tuple[Any, ...]] = []
+        progress_rows: list[tuple[str, int]] = []  # (state, id): `pilotfish status` reads them
         live = self._live
         finished = 0
         moved = False  # a task changed to a state that is not final
@@ -789,7 +790,9 @@ class Session:
             else:
                 task.state = state
                 moved = True
+                progress_rows.append((state.value, task.id))
         self.journal.add_events(event_rows)
+        self.journal.progress_tasks(progress_rows)
         self.journal.finish_tasks(finish_rows)
         if finished or (moved and self._state_waiters):
             with self._done:

@@ -1,9 +1,9 @@
 """`pilotfish status` and `pilotfish sessions`: what sessions are doing, from their journals.
 
 Everything is read from `session.db` (read-only), so it works from another terminal
-while the session runs. The journal records a task's progress only when it ends, so a
-live task counts as unfinished (queued or running alike). Rendering uses `rich`, the
-well-kept terminal library (tables, live refresh in place).
+while the session runs. The client journals a task's progress (placed, running) only for
+tasks that linger in it (50 ms): one that ends sooner goes from queued to its end.
+Rendering uses `rich`, the well-kept terminal library (tables, live refresh in place).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class SessionStatus:
     client_running: bool | None  # None: its client is on another host
     closed: bool  # its client closed it
     pilots: list[PilotStatus]
-    counts: dict[str, int]  # unfinished, DONE, FAILED, CANCELED
+    counts: dict[str, int]  # queued, scheduled, running, DONE, FAILED, CANCELED
     metrics: Metrics
 
     @property
@@ -75,9 +75,9 @@ def read_status(session_dir: str | Path) -> SessionStatus:
                           f"{p.gpus_per_node} GPUs", ", ".join(parts.get(p.uid, [])))
               for p in data.pilots]
     states = Counter(t.state for t in data.tasks)
-    counts = {"unfinished": sum(n for s, n in states.items()
-                                if s not in ("DONE", "FAILED", "CANCELED")),
-              **{s: states.get(s, 0) for s in ("DONE", "FAILED", "CANCELED")}}
+    counts = {"queued": states["NEW"] + states["SUBMITTED"] + states[None],
+              "scheduled": states["SCHEDULED"], "running": states["RUNNING"],
+              **{s: states[s] for s in ("DONE", "FAILED", "CANCELED")}}
     client = info.get("client")
     created = info.get("created")
     return SessionStatus(
@@ -132,21 +132,23 @@ def render_status(status: SessionStatus) -> Group:
     for p in status.pilots:
         pilots.add_row(p.uid, p.state, p.shape, p.partitions or "-")
     m, c = status.metrics, status.counts
-    tasks = _table("unfinished", "done", "failed", "canceled", "starts/s", "ends/s",
-                   "cores busy", "GPUs busy", title="tasks")
-    tasks.add_row(str(c["unfinished"]), str(c["DONE"]), str(c["FAILED"]), str(c["CANCELED"]),
-                  _rate(m.started_per_s), _rate(m.completed_per_s),
-                  _pct(m.core_utilization), _pct(m.gpu_utilization))
-    return Group(head, pilots, tasks)
+    tasks = _table("queued", "placed", "running", "done", "failed", "canceled",
+                   title="tasks")
+    tasks.add_row(str(c["queued"]), str(c["scheduled"]), str(c["running"]), str(c["DONE"]),
+                  str(c["FAILED"]), str(c["CANCELED"]))
+    rates = (f"started {_rate(m.started_per_s)}, ended {_rate(m.completed_per_s)}; busy: "
+             f"cores {_pct(m.core_utilization)}, GPUs {_pct(m.gpu_utilization)}")
+    return Group(head, pilots, tasks, rates)
 
 
 def render_sessions(statuses: list[SessionStatus]) -> Table:
     table = _table("session (created)", "state", "pilots", "unfinished", "done", "failed",
                    "canceled")
     for s in statuses:
+        c = s.counts
         table.add_row(s.uid, _state(s), str(len(s.pilots)),
-                      str(s.counts["unfinished"]), str(s.counts["DONE"]),
-                      str(s.counts["FAILED"]), str(s.counts["CANCELED"]))
+                      str(c["queued"] + c["scheduled"] + c["running"]), str(c["DONE"]),
+                      str(c["FAILED"]), str(c["CANCELED"]))
     return table
 
 

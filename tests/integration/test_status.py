@@ -25,10 +25,12 @@ def test_status_of_a_running_then_ended_session(tmp_path: Path,
     quick = session.submit([TD(executable="/bin/true") for _ in range(3)])
     assert session.wait(quick, timeout=30)
     slow = session.submit(TD(executable="/bin/sleep", arguments=["30"]))
+    assert session.wait_for([slow], pf.TaskState.RUNNING, timeout=30)
     session.journal.flush()
     live = read_status(session.path)
     assert live.client_running and not live.ended
-    assert live.counts == {"unfinished": 1, "DONE": 3, "FAILED": 0, "CANCELED": 0}
+    assert live.counts == {"queued": 0, "scheduled": 0, "running": 1, "DONE": 3,
+                           "FAILED": 0, "CANCELED": 0}
     assert [(p.uid, p.state) for p in live.pilots] == [("pilot.0000", "ACTIVE")]
     assert "builtin (1 nodes, builtin)" in live.pilots[0].partitions
 
