@@ -167,6 +167,12 @@ def test_mpi_hello_through_every_launcher_across_two_nodes(tmp_path: Path,
     assert out["steps_after"] == []
 
 
+# Open MPI's mpirun starts its daemons with srun; on this cluster about one launch in a
+# few hundred fails before any rank runs ("An ORTE daemon has unexpectedly failed after
+# launch", exit 1; seen with and without pilotfish). Such a task runs once more, and at
+# most ORTE_RETRIES_MAX of the 64 may need it.
+ORTE_FAILED = "ORTE daemon has unexpectedly failed"
+ORTE_RETRIES_MAX = 4
 SIXTY_FOUR = """
 hello = {hello!r}
 pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local"))
@@ -176,7 +182,12 @@ for name, flavor in {launched!r}:
                                launcher=name, environment={root_ok!r}, timeout=120)
                             for _ in range(64)])
     assert session.wait(tasks, timeout=300)
-    out[name] = {{"rate": len(tasks) / (time.time() - start),
+    again = [i for i, t in enumerate(tasks) if {orte!r} in (t.stderr or "")]
+    if again:
+        for i, task in zip(again, session.submit([tasks[i].description for i in again])):
+            tasks[i] = task
+        assert session.wait(tasks, timeout=300)
+    out[name] = {{"rate": len(tasks) / (time.time() - start), "again": len(again),
                   "bad": [(t.state.value, t.error, t.stderr) for t in tasks if t.error],
                   "stdout": [t.stdout for t in tasks]}}
 out["hosts"] = list(pilot.description.hosts)
@@ -190,9 +201,11 @@ def test_64_mpi_tasks_through_each_launcher_all_succeed(tmp_path: Path,
     launched = [("srun.pmi2", "mpich"), ("mpiexec.openmpi", "openmpi"),
                 ("mpiexec.mpich", "mpich")]
     out = in_allocation(tmp_path, SIXTY_FOUR.format(hello=hello, launched=launched,
-                                                    root_ok=ROOT_OK), timeout=420)
+                                                    root_ok=ROOT_OK, orte=ORTE_FAILED),
+                        timeout=420)
     for name, _ in launched:
         assert out[name]["bad"] == [], (name, out[name]["bad"][:3])
+        assert out[name]["again"] <= (ORTE_RETRIES_MAX if name == "mpiexec.openmpi" else 0)
         for stdout in out[name]["stdout"]:
             check_hello(stdout.splitlines(), out["hosts"])
         print(f"{name}: 64 tasks at {out[name]['rate']:.1f} tasks/s")
