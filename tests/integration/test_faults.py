@@ -413,14 +413,16 @@ def test_the_client_killed_stops_the_agent_and_its_tasks_and_the_journal_says_wh
     nothing_left_of(agent)
     no_new_segments(shm)
     assert mix.runs_of() == Counter(dict.fromkeys(running, 1))  # and nothing else started
-    # The journal is readable; it knows the tasks were submitted, not how they ended.
+    # The journal is readable; it knows the tasks were submitted, which of them were
+    # placed or running (those whose progress reached the client), not how they ended.
     db = connect_readonly(session_dir)
     try:
         states = Counter(state for (state,) in db.execute("SELECT state FROM tasks"))
         pilot_state, stopped = db.execute("SELECT state, stopped FROM pilots").fetchone()
     finally:
         db.close()
-    assert states == Counter({"NEW": 12})
+    assert states.total() == 12 and set(states) <= set(LIVE), states
+    assert states["RUNNING"] <= 4, states  # four ran (the cores)
     assert (pilot_state, stopped) == ("ACTIVE", None)
     report = subprocess.run([sys.executable, "-m", "pilotfish.cli", "report", str(session_dir)],
                             capture_output=True, text=True, timeout=30)
@@ -492,8 +494,8 @@ def test_a_disk_that_fills_under_running_tasks_ends_them_all_once(
         rows = dict(db.execute("SELECT uid, state FROM tasks").fetchall())
     finally:
         db.close()
-    for t in mix.tasks:
-        assert rows.get(t.uid) in (None, "NEW", t.state.value), (t, rows.get(t.uid))
+    for t in mix.tasks:  # (a state it passed through on the way, at worst)
+        assert rows.get(t.uid) in (None, *LIVE, t.state.value), (t, rows.get(t.uid))
 
 
 # ---- a Dragon runtime ----------------------------------------------------------------
