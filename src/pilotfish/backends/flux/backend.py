@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -52,6 +52,7 @@ from ..base import (
 from . import flux_command, unavailable
 from .jobs import FluxJobTracker, JobRequest, job_request, placement_from_r
 
+T = TypeVar("T")
 Command = tuple[str, Any]  # ("submit", [JobRequest]), ("cancel", [uid]) or ("stop", None)
 
 START_TIMEOUT = 120.0  # seconds for `flux start` to print its URI
@@ -133,6 +134,36 @@ def resource_config(flux: str, resources: Resources, directory: str) -> str:
     return directory
 
 
+class Mailbox(Generic[T]):
+    """A queue between two threads whose reader sleeps on `fd` (in a reactor): `put`
+    wakes it, `take` gives all that is in."""
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue[T] = queue.SimpleQueue()
+        self.fd, self._wake = os.pipe()
+        os.set_blocking(self._wake, False)
+
+    def put(self, item: T) -> None:
+        self._items.put(item)
+        try:
+            os.write(self._wake, b"x")
+        except BlockingIOError:
+            pass  # a full pipe already wakes the reader
+
+    def take(self) -> list[T]:
+        os.read(self.fd, 65536)
+        items = []
+        while True:
+            try:
+                items.append(self._items.get_nowait())
+            except queue.Empty:
+                return items
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._wake)
+
+
 def build(context: BuildContext, partition: Partition) -> FluxBackend:
     # Inside a Flux allocation a single Flux partition uses that instance.
     fluxes = [p for p in context.partitions if p.backend == "flux"]
@@ -173,12 +204,8 @@ class FluxBackend:
         self.uri = uri
         self.hosts = list(hosts) if hosts else None
         self._env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")}
-        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self._command_r, self._command_w = os.pipe()  # wakes the Flux thread
-        os.set_blocking(self._command_w, False)
-        self._events: queue.SimpleQueue[BackendEvent] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)  # a full pipe already wakes the agent
+        self._commands: Mailbox[Command] = Mailbox()  # agent -> the Flux thread
+        self._events: Mailbox[BackendEvent] = Mailbox()  # the Flux thread -> agent
         self._reactor: Reactor | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
@@ -188,20 +215,20 @@ class FluxBackend:
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self._emit, self._reactor = emit, reactor
-        reactor.add_reader(self._wake_r, self._deliver)
+        reactor.add_reader(self._events.fd, self._deliver)
         self._thread = threading.Thread(target=self._run, name=f"flux-{self.name}",
                                         daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
-        self._command(("stop", None))
+        self._commands.put(("stop", None))
         if self._thread is not None:
             self._thread.join(timeout)
         self._end_instance(timeout)
         if self._reactor is not None:
-            self._reactor.remove_reader(self._wake_r)
-        for fd in (self._wake_r, self._wake_w, self._command_r, self._command_w):
-            os.close(fd)
+            self._reactor.remove_reader(self._events.fd)
+        self._commands.close()
+        self._events.close()
 
     # ---- tasks (agent thread) ---------------------------------------------------------
 
@@ -218,38 +245,19 @@ class FluxBackend:
         for event in failed:
             self._emit(event)
         if requests:
-            self._command(("submit", requests))
+            self._commands.put(("submit", requests))
 
     def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
         raise RuntimeError("Flux partitions run no Python functions (routing keeps them away)")
 
     def cancel(self, uids: Sequence[str]) -> None:
-        self._command(("cancel", list(uids)))
-
-    def _command(self, command: Command) -> None:
-        self._commands.put(command)
-        try:
-            os.write(self._command_w, b"x")
-        except BlockingIOError:
-            pass  # a full pipe already wakes it
+        self._commands.put(("cancel", list(uids)))
 
     def _deliver(self) -> None:
-        os.read(self._wake_r, 65536)
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                return
+        for event in self._events.take():
             self._emit(event)
 
     # ---- the Flux thread --------------------------------------------------------------
-
-    def _post(self, event: BackendEvent) -> None:
-        self._events.put(event)
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass
 
     def _run(self) -> None:
         try:
@@ -261,18 +269,18 @@ class FluxBackend:
 
             handle = flux.Flux(self.uri or self._start_instance())
         except Exception as exc:
-            self._post(PartitionLost(self.name, f"cannot reach a Flux instance: {exc}"))
+            self._events.put(PartitionLost(self.name, f"cannot reach a Flux instance: {exc}"))
             return
-        driver = FluxDriver(self.name, handle, flux.job, self._commands, self._command_r,
-                            self._post, self.placer)
+        driver = FluxDriver(self.name, handle, flux.job, self._commands, self._events.put,
+                            self.placer)
         try:
             driver.run()
         except Exception as exc:  # the instance went away, or a bug: say so, once
-            self._post(PartitionLost(self.name, f"the Flux instance failed: {exc!r}"))
+            self._events.put(PartitionLost(self.name, f"the Flux instance failed: {exc!r}"))
         else:
             if driver.stopped:
                 return
-            self._post(PartitionLost(self.name, "the Flux instance went away"))
+            self._events.put(PartitionLost(self.name, "the Flux instance went away"))
         self._end_instance(LOST_INSTANCE_WAIT, lost=True)
 
     def _end_instance(self, timeout: float, lost: bool = False) -> None:
@@ -329,15 +337,13 @@ class FluxDriver:
     JOURNAL = "job-manager.events-journal"
     RESOURCES = "resource.journal"
 
-    def __init__(self, name: str, handle: Any, flux_job: Any,
-                 commands: queue.SimpleQueue[Command], wake_fd: int,
+    def __init__(self, name: str, handle: Any, flux_job: Any, commands: Mailbox[Command],
                  post: Callable[[BackendEvent], None],
                  placer: Callable[[Mapping[str, Any]], Placement] | None = None) -> None:
         self.name = name
         self.handle = handle
         self.flux_job = flux_job
         self.commands = commands
-        self.wake_fd = wake_fd
         self.post = post
         self.tracker = FluxJobTracker(placer)
         self.ids: dict[str, int] = {}  # uid -> Flux job id, until it ends
@@ -356,7 +362,8 @@ class FluxDriver:
         journal.then(self._journal)
         resources = self.handle.rpc(self.RESOURCES, {}, 0, FLUX_RPC_STREAMING)
         resources.then(self._resources)
-        watcher = self.handle.fd_watcher_create(self.wake_fd, self._wake, events=FLUX_POLLIN)
+        watcher = self.handle.fd_watcher_create(self.commands.fd, self._wake,
+                                                events=FLUX_POLLIN)
         watcher.start()
         try:
             self.handle.reactor_run()
@@ -364,12 +371,7 @@ class FluxDriver:
             watcher.stop()
 
     def _wake(self, handle: Any, watcher: Any, fd: int, revents: int, args: Any) -> None:
-        os.read(fd, 65536)
-        while True:
-            try:
-                kind, payload = self.commands.get_nowait()
-            except queue.Empty:
-                return
+        for kind, payload in self.commands.take():
             if kind == "stop":
                 self.stopped = True
                 handle.reactor_stop()
