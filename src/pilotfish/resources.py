@@ -85,12 +85,9 @@ class Slot(NamedTuple):
     def placement(self, first: int) -> list[tuple[int, list[int], list[int]]]:
         """Per node (numbered from `first`, the partition's first node on the pilot): the
         cores and GPUs the task holds there (messages.Placement)."""
-        by_node: dict[int, tuple[list[int], list[int]]] = {}
-        for rank, (node, cores) in enumerate(zip(self.nodes, self.cores, strict=True)):
-            held_cores, held_gpus = by_node.setdefault(first + node, ([], []))
-            held_cores.extend(cores)
-            held_gpus.extend(g for g in self.rank_gpu_ids(rank) if g not in held_gpus)
-        return [(node, cores, gpus) for node, (cores, gpus) in by_node.items()]
+        return [(first + node, cores,
+                 list(dict.fromkeys(g for r in ranks for g in self.rank_gpu_ids(r))))
+                for node, ranks, cores in self.parts()]
 
     def rank_gpu_ids(self, rank: int) -> list[int]:
         return [g for g, _ in self.gpus[rank]] if self.gpus else []

@@ -25,6 +25,7 @@ from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Protocol
 
 from .description import TaskDescription
+from .messages import Placement
 from .states import TaskState
 
 
@@ -68,8 +69,7 @@ class Task(Future):  # type: ignore[type-arg]
     stderr: str | None = None
     pid: int | None = None
     partition: str | None = None  # where it ran, once it ended
-    # ... and on what: per pilot node (its index), the cores and GPUs it held there
-    placement: list[tuple[int, list[int], list[int]]] | None = None
+    placement: Placement | None = None  # ... and on what (pilot nodes, cores, GPUs)
     _state = PENDING
     _result: Any = None
     _exception: BaseException | None = None

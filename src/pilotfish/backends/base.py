@@ -17,7 +17,7 @@ import msgspec
 
 from ..clock import Clock
 from ..keys import Keys
-from ..messages import TaskSpec
+from ..messages import Placement, TaskSpec
 from ..partitions import Partition
 from ..reactor import Reactor
 from ..resources import NodeLayout, Slot
@@ -32,8 +32,7 @@ class TaskStarted(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=Tr
     ts: float
     pid: int | None = None  # process group of a running executable (for clean-up)
     launch_ts: float | None = None
-    # Where a runtime that places tasks itself put it (messages.Placement, pilot nodes).
-    placement: list[tuple[int, list[int], list[int]]] | None = None
+    placement: Placement | None = None  # where a runtime that places tasks itself put it
 
 
 class TaskFinished(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):

@@ -171,8 +171,7 @@ class FluxJobTracker:
     placer: Callable[[Mapping[str, Any]], Placement] | None = None  # R -> placement
     jobs: dict[int, _Job] = field(default_factory=dict)
     awaited: int = 0  # submits whose job ids are not known yet
-    early: dict[int, list[_Held]] = field(
-        default_factory=dict)
+    early: dict[int, list[_Held]] = field(default_factory=dict)
 
     def submitting(self, count: int) -> None:
         self.awaited += count

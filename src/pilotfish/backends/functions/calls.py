@@ -94,7 +94,6 @@ class Captured:
 
     def __init__(self) -> None:
         self.out, self.err = io.StringIO(), io.StringIO()
-        self.saved = sys.stdout, sys.stderr
 
     def __enter__(self) -> Captured:
         self.saved = sys.stdout, sys.stderr
