@@ -109,14 +109,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .journal import UnreadableJournal
-    from .status import find_sessions, read_status, render_status, sessions_folder, watch
+    from .status import find_sessions, read_status, render_status, watch
 
     where = args.session
     if where is None:
-        found = find_sessions(sessions_folder(args.sessions))
+        found = find_sessions(args.sessions)
         if not found:
-            print(f"pilotfish status: no sessions in {sessions_folder(args.sessions)}",
-                  file=sys.stderr)
+            print(f"pilotfish status: no sessions in {args.sessions}", file=sys.stderr)
             return 2
         where = str(found[-1])  # the newest
     console = Console()
@@ -137,10 +136,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .journal import UnreadableJournal
-    from .status import find_sessions, read_status, render_sessions, sessions_folder
+    from .status import find_sessions, read_status, render_sessions
 
     statuses = []
-    for path in find_sessions(sessions_folder(args.sessions)):
+    for path in find_sessions(args.sessions):
         try:
             statuses.append(read_status(path))
         except UnreadableJournal:
@@ -224,6 +223,14 @@ def positive(text: str) -> int:
     return value
 
 
+def add_sessions_option(parser: argparse.ArgumentParser) -> None:
+    """`--sessions`: where session directories are (made, or looked for)."""
+    parser.add_argument("--sessions", default=os.environ.get("PILOTFISH_SESSIONS")
+                        or "pilotfish-sessions",
+                        help="the sessions folder (default: $PILOTFISH_SESSIONS, else "
+                             "./pilotfish-sessions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pilotfish", description=__doc__)
     parser.add_argument("--version", action="version",
@@ -243,9 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", type=positive, default=2000, help="number of tasks (default 2000)")
     run.add_argument("--partitions", metavar="BACKEND[:NODES],...",
                      help="split the pilot, e.g. dragon:1,builtin (metrics then by partition)")
-    run.add_argument("--sessions", default=os.environ.get("PILOTFISH_SESSIONS",
-                                                          "pilotfish-sessions"),
-                     help="where session directories go ($PILOTFISH_SESSIONS)")
+    add_sessions_option(run)
     run.set_defaults(func=cmd_run)
     sim = sub.add_parser("simulate", help="run a workload on a simulated pilot (no tasks run)")
     sim.add_argument("--platform", default="frontier", help="platform profile (default frontier)")
@@ -256,9 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tasks", type=positive, default=100_000, help="number of tasks")
     sim.add_argument("--duration", type=float, default=10.0, help="sleep workload: seconds")
     sim.add_argument("--seed", type=int, default=0, help="hybrid workload: random seed")
-    sim.add_argument("--sessions", default=os.environ.get("PILOTFISH_SESSIONS",
-                                                          "pilotfish-sessions"),
-                     help="where session directories go ($PILOTFISH_SESSIONS)")
+    add_sessions_option(sim)
     sim.set_defaults(func=cmd_simulate)
     platforms = sub.add_parser("platforms", help="list the platform profiles, or show one")
     platforms.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -274,13 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true",
                         help="refresh in place until the session ends (Ctrl-C stops)")
     status.add_argument("--interval", type=float, default=1.0, help="seconds between looks")
-    status.add_argument("--sessions", help="the sessions folder (default: "
-                                           "$PILOTFISH_SESSIONS, else pilotfish-sessions)")
+    add_sessions_option(status)
     status.set_defaults(func=cmd_status)
     sessions = sub.add_parser("sessions", help="the sessions in the sessions folder, with "
                                                "their state and task counts")
-    sessions.add_argument("--sessions", help="the sessions folder (default: "
-                                             "$PILOTFISH_SESSIONS, else pilotfish-sessions)")
+    add_sessions_option(sessions)
     sessions.set_defaults(func=cmd_sessions)
     report = sub.add_parser("report", help="metrics and charts of a finished session")
     report.add_argument("session_dir")

@@ -42,7 +42,7 @@ from .pilots.batch import BatchError, BatchJob, JobEvent, SlurmBatch, client_hos
 from .pilots.batch import stop_margin as batch_stop_margin
 from .pilots.local import LocalAgent
 from .proctree import this_process
-from .states import TaskState, is_stale
+from .states import PILOT_LIVE_STATES, TaskState, is_stale
 from .task import Task
 
 __version__ = "0.1.0"
@@ -209,7 +209,7 @@ class Session:
             pilot = session.pilots[uid] = Pilot(uid, _pilot_description(recorded),
                                                 session.path / uid, session)
             pilot.state = state
-            if state not in ("STARTING", "PENDING", "ACTIVE"):
+            if state not in PILOT_LIVE_STATES:
                 pilot.ready.set()
                 pilot.stopped.set()
         with session._done:

@@ -24,6 +24,8 @@ class TaskState(enum.StrEnum):
 
 
 FINAL_STATES = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELED})
+# A pilot's states before it ends (then DONE, FAILED or CANCELED), as journaled.
+PILOT_LIVE_STATES = ("STARTING", "PENDING", "ACTIVE")
 
 _ORDER = {s: i for i, s in enumerate(TaskState)}
 

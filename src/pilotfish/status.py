@@ -8,7 +8,6 @@ Rendering uses `rich`, the well-kept terminal library (tables, live refresh in p
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,14 +21,7 @@ from rich.table import Table
 from .journal import UnreadableJournal, connect_readonly
 from .metrics import Metrics, compute_metrics, load_session
 from .proctree import is_running
-
-SESSIONS_DEFAULT = "pilotfish-sessions"
-FINAL_PILOT_STATES = ("DONE", "FAILED", "CANCELED", "LOST")
-
-
-def sessions_folder(given: str | None = None) -> str:
-    """Where session directories are: `given`, else $PILOTFISH_SESSIONS, else the default."""
-    return given or os.environ.get("PILOTFISH_SESSIONS") or SESSIONS_DEFAULT
+from .states import PILOT_LIVE_STATES
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ class SessionStatus:
         """Nothing more will happen: it was closed, or its client is gone (or on another
         host) and its pilots ended."""
         return self.closed or (not self.client_running and all(
-            p.state in FINAL_PILOT_STATES for p in self.pilots))
+            p.state not in PILOT_LIVE_STATES for p in self.pilots))
 
 
 def read_status(session_dir: str | Path) -> SessionStatus:
