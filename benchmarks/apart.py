@@ -4,11 +4,23 @@ them and their medians (`report`)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+
+def case_parser(doc: str | None, cases: Iterable[str]) -> argparse.ArgumentParser:
+    """The command line of a benchmark whose runs go apart: CASE ..., --runs, and the
+    hidden --inside CASE that each run is started with."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(cases)}")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    return parser
 
 
 def result(figures: dict[str, float]) -> None:

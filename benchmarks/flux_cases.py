@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from apart import report, result, run_apart
+from apart import case_parser, report, result, run_apart
 
 import pilotfish as pf
 from pilotfish.backends.flux import flux_command, unavailable
@@ -156,11 +156,7 @@ UNITS = {"f1": "tasks/s", "f3": "% utilization", "lift": "% utilization"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(UNITS)}")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    parser = case_parser(__doc__, UNITS)
     parser.add_argument("--half", help=argparse.SUPPRESS)
     args = parser.parse_args()
     why = unavailable()  # (and the install's bindings on sys.path)

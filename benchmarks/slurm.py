@@ -26,7 +26,6 @@ MPI tasks through the launchers (s3): benchmarks/slurm_mpi.py.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from apart import report, result, run_apart
+from apart import case_parser, report, result, run_apart
 
 import pilotfish as pf
 from pilotfish.metrics import compute_metrics, load
@@ -169,11 +168,7 @@ CASES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)}")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--inside", help=argparse.SUPPRESS)
+    parser = case_parser(__doc__, CASES)
     args = parser.parse_args()
     if args.inside:
         with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
