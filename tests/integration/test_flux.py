@@ -9,6 +9,8 @@ virtual cores and GPUs (inside a Flux allocation, a single Flux partition attach
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import pilotfish as pf
@@ -54,3 +56,19 @@ def test_cancel_and_timeout_in_flux(session: pf.Session) -> None:
     assert session.wait(timeout=60)
     assert sleeper.state is pf.TaskState.CANCELED
     assert late.state is pf.TaskState.FAILED and "timed out" in (late.error or "")
+
+
+def test_flux_is_fed_ahead_up_to_twice_its_cores(session: pf.Session) -> None:
+    """Flux holds up to twice what fits (the agent's spare nodes for a runtime that places
+    tasks itself), so it starts the next job as a core frees; the rest waits in the agent,
+    where an idle partition could still take it."""
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2,
+                                            partitions=[PS(backend="flux")]))
+    tasks = session.submit([TD(executable="/bin/sleep", arguments=["60"]) for _ in range(6)])
+    assert session.wait_for(tasks[:2], pf.TaskState.RUNNING, timeout=60)
+    assert session.wait_for(tasks[2:4], pf.TaskState.SCHEDULED, timeout=30)
+    time.sleep(0.5)  # (nothing more is handed over)
+    assert [t.state.value for t in tasks] == ["RUNNING"] * 2 + ["SCHEDULED"] * 2 + [
+        "SUBMITTED"] * 2
+    session.cancel(tasks)
+    assert session.wait(tasks, timeout=60)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pilotfish.backends.base import TaskFinished, TaskStarted
+from pilotfish.backends.base import TaskFinished, TaskLost, TaskStarted
 from pilotfish.backends.flux.backend import jobspec, pick_uri, start_command
 from pilotfish.backends.flux.jobs import (
     RANK_SCRIPT,
@@ -240,3 +240,12 @@ def test_where_flux_put_a_job_in_pilot_nodes() -> None:
     started = tracker.event(42, "start", 2.0, {})
     assert isinstance(started, TaskStarted) and started.placement == [
         (0, [2, 3], [1]), (1, [2, 3], [1])]
+
+
+def test_a_job_that_lost_a_node_is_a_lost_task_not_a_failure() -> None:
+    _, lost = replay(QUEUED + RAN + [
+        ("exception", {"type": "exec", "severity": 0,
+                       "note": "node failure on node4 (rank 1)"}),
+        ("finish", {"status": 9})] + ENDED)
+    assert lost == TaskLost("task.000001", "Flux lost a node under it: node failure on node4 "
+                                           "(rank 1)")
