@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .journal import UnreadableJournal
     from .metrics import session_metrics
-    from .report import render_report, write_html_report
+    from .report import render_report
 
     try:
         if args.json:
@@ -98,7 +98,14 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 0
         print(render_report(args.session_dir))
         if args.html:
+            from .htmlreport import write_html_report
+
             print(f"HTML report: {write_html_report(args.session_dir, args.html)}")
+        if args.trace:
+            from .trace import write_trace
+
+            print(f"trace (open in https://ui.perfetto.dev or chrome://tracing): "
+                  f"{write_trace(args.session_dir, args.trace)}")
     except UnreadableJournal as exc:
         print(f"pilotfish report: {exc}", file=sys.stderr)
         return 2
@@ -286,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="metrics and charts of a finished session")
     report.add_argument("session_dir")
     report.add_argument("--json", action="store_true", help="metrics as JSON")
-    report.add_argument("--html", metavar="FILE", help="also write an HTML report")
+    report.add_argument("--html", metavar="FILE",
+                        help="also write an interactive HTML report (one file, no network)")
+    report.add_argument("--trace", metavar="FILE",
+                        help="also write the tasks as a Chrome trace (Perfetto): a track "
+                             "per node and core")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -1,15 +1,13 @@
-"""Text and HTML reports of one session, read from its journal.
+"""The text report of one session, read from its journal, and what every report gathers.
 
 A report is what a person reads after a run: which pilots there were, the headline
 metrics (see `pilotfish.metrics`), and whether the pilot was kept busy over time
-(concurrency and core utilization per time bucket). The HTML form is one self-contained
-file (inline SVG, no scripts, no external assets) so it can be mailed or archived as is.
+(concurrency and core utilization per time bucket). The HTML report (`htmlreport`) and
+the trace (`trace`) start from the same `gather`.
 """
 
 from __future__ import annotations
 
-import html
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,9 +87,9 @@ def render_report(session_dir: str | Path) -> str:
     """The whole report as plain text (fits an 80-column terminal)."""
     rep = gather(session_dir)
     out = [f"pilotfish session {rep.session_id}", ""]
-    out += _table(["key", "value"], [(k, _maybe_time(k, v)) for k, v in rep.info])
+    out += _table(["key", "value"], [(k, maybe_time(k, v)) for k, v in rep.info])
     out += ["", f"pilots ({len(rep.data.pilots)})"]
-    out += _table(["uid", "shape", "state", "started", "ready", "stopped"], _pilot_rows(rep))
+    out += _table(["uid", "shape", "state", "started", "ready", "stopped"], pilot_rows(rep))
     out += ["", "metrics", *rep.metrics.lines("  ")]
     series = over_time(rep.data, rep.metrics)
     if series is None:
@@ -137,7 +135,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
             for r in [header, *rows]]
 
 
-def _pilot_rows(rep: SessionReport) -> list[list[str]]:
+def pilot_rows(rep: SessionReport) -> list[list[str]]:
     rows = []
     for p in rep.data.pilots:
         shape = f"{p.nodes} x {p.cores_per_node} cores"
@@ -160,7 +158,7 @@ def _offset(ts: float | None, ref: float | None) -> str:
     return f"+{ts - ref:.3f} s" if ref is not None else _when(ts)
 
 
-def _maybe_time(key: str, value: str) -> str:
+def maybe_time(key: str, value: str) -> str:
     """Session values that are Unix times get a readable date beside them."""
     try:
         ts = float(value)
@@ -169,97 +167,3 @@ def _maybe_time(key: str, value: str) -> str:
     if key in _TIME_KEYS or 1e9 <= ts <= 1e10:
         return f"{value} ({_when(ts)})"
     return value
-
-
-# ---- HTML ---------------------------------------------------------------------------
-
-_CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-svg text { font: 11px sans-serif; fill: #444; }
-"""
-
-
-def write_html_report(session_dir: str | Path, out_path: str | Path) -> Path:
-    """Write one self-contained HTML file (inline SVG plots, no scripts); return its path."""
-    rep = gather(session_dir)
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>pilotfish session {esc(rep.session_id)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>pilotfish session {esc(rep.session_id)}</h1>",
-        _html_table(["key", "value"], [(k, _maybe_time(k, v)) for k, v in rep.info]),
-        "<h2>Pilots</h2>",
-        _html_table(["uid", "shape", "state", "started", "ready", "stopped"],
-                    _pilot_rows(rep)),
-        "<h2>Metrics</h2>",
-        _html_table(["metric", "value"], rep.metrics.rows()),
-    ]
-    series = over_time(rep.data, rep.metrics, buckets=120)
-    if series is None:
-        parts.append("<p>No task execution recorded.</p>")
-    else:
-        parts += ["<h2>Tasks executing over time</h2>",
-                  svg_plot(series.tasks, series.t1 - series.t0, "tasks executing"),
-                  "<h2>Core utilization over time</h2>",
-                  svg_plot([100.0 * u for u in series.utilization], series.t1 - series.t0,
-                           "core utilization (%)", top=100.0)]
-    parts.append("</body></html>\n")
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def svg_plot(values: Sequence[float], span: float, label: str, top: float | None = None,
-             width: int = 760, height: int = 260) -> str:
-    """A step line of `values` (equal buckets over `span` seconds) as an inline SVG."""
-    left, right, up, down = 56, 16, 12, 36
-    pw, ph = width - left - right, height - up - down
-    top = top if top is not None else max(values, default=0.0)
-    top = _nice_ceiling(top)
-    n = max(len(values), 1)
-    points = []
-    for i, v in enumerate(values):
-        y = up + ph - min(v, top) / top * ph
-        points += [f"{left + i * pw / n:.1f},{y:.1f}", f"{left + (i + 1) * pw / n:.1f},{y:.1f}"]
-    ticks = []
-    for k in range(5):
-        y = up + ph - k * ph / 4
-        x = left + k * pw / 4
-        ticks += [f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" '
-                  'stroke="#e4e4e4"/>',
-                  f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                  f"{_short(top * k / 4)}</text>",
-                  f'<text x="{x:.1f}" y="{up + ph + 16}" text-anchor="middle">'
-                  f"{span * k / 4:.3g} s</text>"]
-    return "\n".join([
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img">',
-        f"<title>{html.escape(label)} over time</title>", *ticks,
-        f'<line x1="{left}" y1="{up}" x2="{left}" y2="{up + ph}" stroke="#444"/>',
-        f'<line x1="{left}" y1="{up + ph}" x2="{left + pw}" y2="{up + ph}" stroke="#444"/>',
-        f'<polyline fill="none" stroke="#1f6fb4" stroke-width="1.5" '
-        f'points="{" ".join(points)}"/>',
-        f'<text x="{left + pw / 2:.1f}" y="{height - 4}" text-anchor="middle">'
-        f"seconds since first task start — {html.escape(label)}</text>",
-        "</svg>",
-    ])
-
-
-def _nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 x 10^k at or above `value` (1 for nothing)."""
-    if value <= 0:
-        return 1.0
-    scale = 10.0 ** math.floor(math.log10(value))
-    return next(m * scale for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * scale >= value)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from pilotfish.metrics import (
     session_metrics,
     time_series,
 )
-from pilotfish.report import ascii_chart, render_report, write_html_report
+from pilotfish.report import ascii_chart, render_report
 
 T0 = 1_700_000_000.0  # realistic Unix times in the journal tests
 
@@ -340,24 +338,6 @@ def test_report_without_executions(tmp_path: Path) -> None:
     j.close()
     text = render_report(tmp_path / "s")
     assert "no task execution recorded" in text
-    out = write_html_report(tmp_path / "s", tmp_path / "r.html")
-    assert "No task execution recorded" in out.read_text()
-
-
-def test_html_report_is_self_contained(tmp_path: Path) -> None:
-    session = write_journal(tmp_path / "s")
-    out = write_html_report(session, tmp_path / "out" / "report.html")
-    page = out.read_text(encoding="utf-8")
-    assert page.startswith("<!DOCTYPE html>")
-    assert "<script" not in page and "src=" not in page and "href=" not in page
-    assert "63.3 %" in page and "sess-42" in page
-    start = page.index("<svg")
-    svg = ET.fromstring(page[start:page.index("</svg>", start) + len("</svg>")])
-    line = svg.find("{http://www.w3.org/2000/svg}polyline")
-    assert line is not None
-    ys = [float(p.split(",")[1]) for p in line.attrib["points"].split()]
-    assert len(ys) == 2 * 120 and not any(math.isnan(y) for y in ys)
-    assert len(set(ys)) > 1  # concurrency changes over time
 
 
 def test_lifetime_utilization_clips_to_pilot_lifetime() -> None:
