@@ -2,7 +2,8 @@
 
 Perfetto (ui.perfetto.dev) and chrome://tracing open it: a process per pilot node, a
 thread per core and GPU (as Ray's timeline has one per worker), each task a complete
-event ("X") on every core and GPU it held, with its phases as arguments; counters of tasks
+event ("X") on every core and GPU it held (the first with its phases and outcome as
+arguments, the others with its uid); counters of tasks
 running and cores busy on a track of their own. Tasks without a journaled placement go
 on lanes of a "(no placement)" process. Times are microseconds since the first submission.
 The format: https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQtYMH4h6I0nSsKchNAySU
@@ -32,7 +33,8 @@ def write_trace(session_dir: str | Path, out_path: str | Path) -> Path:
         db.close()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(chrome_trace(pilots, spans)), encoding="utf-8")
+    out.write_text(json.dumps(chrome_trace(pilots, spans), separators=(",", ":")),
+                   encoding="utf-8")
     return out
 
 
@@ -54,9 +56,13 @@ def chrome_trace(pilots: Sequence[PilotRecord], spans: Sequence[TaskSpan]) -> di
                  for node, cores, gpus in span.placement if (span.pilot, node) in pid_of]
         if not where:
             unplaced.append(span)
-        for pid, cores, gpus in where:
-            events += [_task(span, origin, pid, c) for c in cores]
-            events += [_task(span, origin, pid, GPU_TID + g) for g in gpus]
+        tracks = [(pid, tid) for pid, cores, gpus in where
+                  for tid in (*cores, *(GPU_TID + g for g in gpus))]
+        if tracks:  # the first event holds the task's details, the others refer to it
+            first = _task(span, origin, *tracks[0])
+            events.append(first)
+            events += [{**first, "pid": pid, "tid": tid, "args": {"uid": span.uid}}
+                       for pid, tid in tracks[1:]]
     if unplaced:
         pid = len(pid_of) + 1
         events += _process(pid, "(no placement)")
