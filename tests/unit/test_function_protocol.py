@@ -160,3 +160,20 @@ def test_a_worker_drops_what_it_cannot_decode_and_takes_the_rest(
     assert result.outcome is Outcome.CANCELED
     worker._handle(encode(Stop()))
     assert worker.stopping
+
+
+def test_a_worker_imports_none_of_the_client() -> None:
+    """Workers start per core: their start-up is what importing them costs, so the
+    package's public names load lazily and a worker loads only what it uses."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pilotfish.backends.functions.worker\n"
+            "heavy = {'pilotfish.session', 'pilotfish.description', 'pilotfish.journal',"
+            " 'pilotfish.channel', 'concurrent.futures'} & set(sys.modules)\n"
+            "assert not heavy, heavy\n"
+            "import pilotfish as pf\n"
+            "assert pf.TaskState.DONE.value == 'DONE' and 'Session' in dir(pf)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
