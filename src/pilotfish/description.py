@@ -402,9 +402,9 @@ class PilotDescription:
     `gpus_per_node` and `mem_per_node` override. On the `local` platform nodes, cores and
     GPUs are virtual: any shape can be exercised on one small machine. `runtime` is the
     pilot's lifetime in seconds (None: until the session closes). `function_workers` is
-    the number of persistent Python worker processes per node: given, they start with the
-    pilot; by default, as many as the node's cores capped at the machine's real cores,
-    each started at its first task.
+    the number of persistent Python worker processes per node: given, they all start with
+    the pilot; by default, one per core, as many as the host has CPUs started with the
+    pilot and the others at their first task.
     `backend` is the backend of the pilot's one partition when no `partitions` are
     given (`pilotfish backends` lists them); `backend="simulated"` runs nothing: every
     partition's tasks take their `duration` on a virtual clock (backends/simulated.py).
@@ -622,4 +622,4 @@ class PilotDescription:
         assert self.cores_per_node is not None
         if self.function_workers is not None:
             return self.function_workers
-        return max(1, min(self.cores_per_node, os.cpu_count() or 1))
+        return self.cores_per_node  # each core can run a function

@@ -32,6 +32,34 @@ def crash_the_first_time(marker: str) -> str:
     return "ran again"
 
 
+def meet(folder: str, count: int, timeout: float) -> int:
+    """Arrive at `folder` and wait until `count` calls are there at once (or time out)."""
+    import time
+
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(folder)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(os.listdir(folder))} of {count} calls ran at once")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_by_default_every_core_runs_a_function(session: pf.Session, tmp_path: Path) -> None:
+    """A pilot of 2 x 16 cores on a 2-CPU host runs 32 functions at once, each on a core
+    of its own (one worker per core, not per CPU)."""
+    session.start_pilot(pf.PilotDescription(nodes=2, cores_per_node=16))
+    folder = tmp_path / "met"
+    folder.mkdir()
+    tasks = session.submit([TD(function=meet, args=(str(folder), 32, 60.0))
+                            for _ in range(32)])
+    assert session.wait(tasks, timeout=120)
+    assert [t.exception() for t in tasks] == [None] * 32
+    assert len({t.result() for t in tasks}) == 32  # 32 worker processes
+    cores = {(node, core) for t in tasks for node, cs, _ in t.placement or () for core in cs}
+    assert len(cores) == 32
+
+
 def test_a_functions_environment_and_sandbox_apply_while_it_runs(
         session: pf.Session, tmp_path: Path) -> None:
     session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=1, function_workers=1))

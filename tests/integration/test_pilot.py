@@ -190,15 +190,24 @@ def _workers_of(pid: int) -> int:
 
 
 def test_function_workers_asked_for_start_with_the_pilot(session: pf.Session) -> None:
-    lazy = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=3))
-    eager = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=3,
-                                                    function_workers=3))
-    assert lazy.process is not None and eager.process is not None
+    """Asked for: all start with the pilot. By default a worker per core, of which as
+    many as the host has CPUs start with the pilot, the others at their first task."""
+    cores = (os.cpu_count() or 1) + 2
+    default = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=cores))
+    asked = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=cores,
+                                                    function_workers=cores))
+    assert default.process is not None and asked.process is not None
     deadline = time.monotonic() + 30
-    while _workers_of(eager.process.pid) < 3:
+    while _workers_of(asked.process.pid) < cores or _workers_of(
+            default.process.pid) < cores - 2:
         assert time.monotonic() < deadline, "the workers did not start"
         time.sleep(0.05)
-    assert _workers_of(lazy.process.pid) == 0  # by default: at their first task
+    time.sleep(0.3)
+    assert _workers_of(default.process.pid) == cores - 2
+    tasks = session.submit([TD(function=time.sleep, args=(1,)) for _ in range(cores)],
+                           pilot=default)
+    assert session.wait(tasks, timeout=60)
+    assert _workers_of(default.process.pid) == cores  # one per core
 
 
 def test_task_that_can_never_fit_fails_at_once(session: pf.Session, pilot: pf.Pilot) -> None:

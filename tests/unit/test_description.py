@@ -298,7 +298,7 @@ def test_a_pilot_defaults_to_the_machine() -> None:
     pd = PilotDescription()
     assert pd.platform == "local" and pd.nodes == 1 and pd.gpus_per_node == 0
     assert pd.cores_per_node == (os.cpu_count() or 1)
-    assert 1 <= pd.workers_per_node <= pd.cores_per_node
+    assert pd.workers_per_node == pd.cores_per_node  # a function per core
 
 
 def test_a_pilot_with_virtual_resources() -> None:

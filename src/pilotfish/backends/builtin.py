@@ -6,6 +6,7 @@ to the slot the agent's scheduler chose.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 from ..launchers import task_environment
@@ -17,8 +18,7 @@ from .processes import ProcessRunner
 
 
 def build(context: BuildContext, partition: Partition) -> Backend:
-    """Function workers the user asked for start with the pilot; by default, on first use.
-    On real nodes (a pilot holding hosts), a node executor on each (nodes/backend.py)."""
+    """On real nodes (a pilot holding hosts), a node executor on each (nodes/backend.py)."""
     if context.hosts:
         from .nodes.backend import NodesBackend
 
@@ -28,9 +28,18 @@ def build(context: BuildContext, partition: Partition) -> Backend:
                           context.functions, log_dir=context.sandbox,
                           python_path=context.python_path,
                           cores=partition.nodes * context.cores_per_node,
-                          prestart=partition.nodes * workers if context.function_workers else 0,
+                          prestart=prestarted(partition.nodes * workers,
+                                              context.function_workers is not None),
                           name=partition.name, workers_per_node=workers,
                           keys_file=context.keys_file)
+
+
+def prestarted(workers: int, asked: bool) -> int:
+    """How many of one host's function workers start with the pilot: all that the user
+    asked for; by default as many as the host has CPUs (the first the scheduler feeds:
+    a first burst of functions finds them warm), the rest at their first task, so a
+    pilot of many virtual cores does not spend seconds of CPU on workers it may not use."""
+    return workers if asked else min(workers, os.cpu_count() or 1)
 
 
 class BuiltinBackend:

@@ -29,6 +29,7 @@ Where the workers run is pluggable (`WorkerProcesses`): local child processes he
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -55,6 +56,7 @@ WORKER_MODULE = "pilotfish.backends.functions.worker"  # run as `python -m`
 MAX_FAILED_STARTS = 3  # workers in a row that die before ready: their tasks fail
 FORCE_GRACE = 5.0  # seconds past a timeout or cancel before a worker is killed
 WATCH_INTERVAL = 1.0
+log = logging.getLogger(__name__)
 
 
 class WorkerProcesses(Protocol):
@@ -182,7 +184,13 @@ class FunctionPool:
         for ident, items in by_worker.items():
             worker = self._workers.get(ident)
             if worker is None:
-                worker = self._spawn(ident, env, one_off=env is not None)
+                try:
+                    worker = self._spawn(ident, env, one_off=env is not None)
+                except OSError as exc:  # a full disk, no processes left: the agent lives on
+                    worker = self._stand_in(ident, env, exc)
+                    if worker is None:
+                        self._not_started([item.uid for item in items], str(exc), self.sandbox)
+                        continue
             for item in items:
                 worker.outstanding[item.uid] = worker.dispatched
                 worker.dispatched += 1
@@ -203,13 +211,26 @@ class FunctionPool:
         with open(counter, "wb") as f:
             f.write(bytes(8))
         worker = _Worker(ident, log, counter, one_off=one_off)
-        self._workers[ident] = worker
         self.processes.start(
             self._reactor, ident,
             [sys.executable, "-m", WORKER_MODULE, self.address, ident, counter,
              self.keys_file],
             {**self._env, **(env or {})}, self.sandbox, log,
             lambda code: self._on_exit(worker, code))
+        self._workers[ident] = worker
+        return worker
+
+    def _stand_in(self, ident: str, env: dict[str, str] | None,
+                  exc: OSError) -> _Worker | None:
+        """A running worker that takes the tasks of one that could not start (after it
+        runs its own): work goes on on fewer workers. None for a one-off worker (its
+        task needs an environment of its own) or when none runs."""
+        ready = [w for w in self._workers.values() if w.ready and not w.one_off]
+        if env is not None or not ready:
+            return None
+        worker = min(ready, key=lambda w: len(w.outstanding))
+        log.warning("function worker %s of %s could not start (%s): its tasks go to %s",
+                    ident, self.name, exc, worker.ident)
         return worker
 
     def prestart(self, idents: Sequence[str]) -> None:
@@ -292,17 +313,7 @@ class FunctionPool:
         for uid in uids:
             self._forget(uid)
         if not worker.ready:
-            # Killed while it started, its tasks go back to be placed again; but workers
-            # that cannot start at all (a broken environment) would fail again and again.
-            self._failed_starts += 1
-            if self._failed_starts >= MAX_FAILED_STARTS:
-                reason = (f"function workers could not start ({how}; {self._failed_starts} "
-                          f"in a row); see {worker.log}")
-                for uid in uids:
-                    self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=reason))
-            else:
-                for uid in uids:
-                    self._emit(TaskRequeued(uid))
+            self._not_started(uids, how, worker.log)
             return
         running = started - 1
         for uid in uids:
@@ -321,6 +332,21 @@ class FunctionPool:
                                          "before its result reached the agent"))
             else:
                 self._emit(TaskRequeued(uid))
+
+    def _not_started(self, uids: list[str], how: str, where: str) -> None:
+        """Tasks of a worker that never became ready go back to be placed again; but
+        workers that cannot start at all (a broken environment) would fail again and
+        again: after `MAX_FAILED_STARTS` in a row, their tasks fail."""
+        self._failed_starts += 1
+        if self._failed_starts < MAX_FAILED_STARTS:
+            for uid in uids:
+                self._emit(TaskRequeued(uid))
+            return
+        reason = (f"function workers could not start ({how}; {self._failed_starts} in a "
+                  f"row); see {where}")
+        now = time.time()
+        for uid in uids:
+            self._emit(TaskFinished(uid, TaskState.FAILED, None, now, error=reason))
 
     # ---- control ----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from ...messages import encode
 from ...reactor import Reactor, readable
 from ...wire import Receiver
 from ..base import BackendEvent, DispatchedTask, NodeLayout, PlacedTask
-from ..builtin import BuiltinBackend
+from ..builtin import BuiltinBackend, prestarted
 from .protocol import (
     Beat,
     Cancel,
@@ -131,7 +131,7 @@ class NodeExecutor:
             setup.task_sandbox, NodeLayout(tuple(setup.core_ids), setup.gpus, setup.gpu_env,
                                            setup.first_node),
             self.functions, log_dir=setup.sandbox, python_path=setup.python_path,
-            cores=len(setup.core_ids), prestart=workers if setup.prestart else 0,
+            cores=len(setup.core_ids), prestart=prestarted(workers, setup.prestart),
             name=self.host, workers_per_node=workers, keys_file=self._keys_file)
         self.backend.start(self.reactor, self.outbox.append)
 

@@ -67,7 +67,7 @@ class Setup(msgspec.Struct, array_like=True, tag=True):
     gpus: int
     gpu_env: str | None
     workers_per_node: int
-    prestart: bool  # start its function workers now, not at their first task
+    prestart: bool  # the user asked for its function workers: all start now
     python_path: list[str]
     heartbeat_timeout: float
 
