@@ -141,6 +141,10 @@ class Journal:
         self.write("INSERT INTO tasks (id, uid, pilot, name, kind, cores, gpus, description,"
                    " NEW, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'NEW')", rows)
 
+    def move_tasks(self, rows: Sequence[tuple[str, int]]) -> None:
+        """Rows of (pilot, id) of tasks moved to another pilot before they were placed."""
+        self.write("UPDATE tasks SET pilot = ? WHERE id = ?", rows)
+
     def add_events(self, rows: Sequence[tuple[int, str, float]]) -> None:
         self.write("INSERT INTO events VALUES (?, ?, ?)", rows)
 

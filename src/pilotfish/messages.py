@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: Release and Released (tasks moved between pilots)
 
 
 class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
@@ -49,6 +49,21 @@ class Submit(msgspec.Struct, array_like=True, tag=True):
 
 class Cancel(msgspec.Struct, array_like=True, tag=True):
     uids: list[str]
+
+
+class Release(msgspec.Struct, array_like=True, tag=True):
+    """Give back those of these tasks that are still queued (not placed): the client
+    moves them to a pilot with room (late binding across pilots)."""
+
+    uids: list[str]
+
+
+class Released(msgspec.Struct, array_like=True, tag=True):
+    """The answer to a `Release`: the tasks that were still queued have left this agent
+    (at `ts`); the others stay and run here."""
+
+    uids: list[str]
+    ts: float
 
 
 class Heartbeat(msgspec.Struct, array_like=True, tag=True):
@@ -125,7 +140,7 @@ class Bye(msgspec.Struct, array_like=True, tag=True):
     stats: dict[str, float] = {}
 
 
-ToAgent = Submit | Cancel | Heartbeat | Shutdown
-ToClient = Hello | Accepted | Updates | Heartbeat | Bye
+ToAgent = Submit | Cancel | Release | Heartbeat | Shutdown
+ToClient = Hello | Accepted | Released | Updates | Heartbeat | Bye
 
 encode = msgspec.msgpack.Encoder().encode

@@ -37,6 +37,7 @@ from .files import DIR_MODE, private, private_dir, read_tail
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal, connect_readonly
 from .keys import Keys
+from .moves import Candidate, PilotLoad, plan_moves
 from .partitions import PartitionSpec
 from .pilots.batch import BatchError, BatchJob, JobEvent, SlurmBatch, client_host, job_request
 from .pilots.batch import stop_margin as batch_stop_margin
@@ -83,6 +84,9 @@ class Pilot:
         self._ended = False  # its end is decided (stopped is set once it is recorded)
         self._canceling: str | None = None  # why cancel() stops it
         self.outstanding = 0  # tasks submitted to it and not final yet
+        self.load = 0.0  # cores of those tasks (and of tasks on their way to it)
+        # Late binding across pilots: tasks may move to it, or from it to another.
+        self.movable = not any(p.backend == "simulated" for p in description.layout)
         self.stats: dict[str, float] = {}  # what its agent's work cost (when it ended)
         self.agent_pid: int | None = None  # as its agent said hello
         assert description.cores_per_node is not None and description.nodes is not None
@@ -174,6 +178,13 @@ class Session:
         self._done = threading.Condition()  # notified whenever tasks reach a final state
         # ... and on other state changes while someone waits for one (`wait_for`)
         self._state_waiters = 0
+        # Late binding across pilots: tasks asked back from a pilot -> where they go; the
+        # uids asked back from each pilot (one request at a time); canceled meanwhile.
+        self._moving: dict[str, str] = {}
+        self._asked: dict[str, list[str]] = {}
+        self._cancel_moving: set[str] = set()
+        self._moves_lock = threading.Lock()
+        self._nothing_to_move = False  # until something changes: tasks, pilots
         self._callbacks = CallbackThread()
         self._closed = False
         self._batch: SlurmBatch | None = None  # the session's batch jobs (made on first use)
@@ -412,7 +423,7 @@ class Session:
                                 f"{type(d).__name__}")
         targets = self._spread(descs, self._pick_pilot(pilot) if pilot is not None else None)
         self.journal.check()
-        tasks = self._submit(descs, targets)
+        tasks = self._submit(descs, targets, pinned=pilot is not None)
         return tasks[0] if single else tasks
 
     def _spread(self, descs: list[TaskDescription], pilot: Pilot | None) -> list[Pilot]:
@@ -452,8 +463,10 @@ class Session:
         return pilot
 
     @without_gc
-    def _submit(self, descs: list[TaskDescription], pilots: list[Pilot]) -> list[Task]:
-        """Journal the tasks, then send each pilot its own in one message."""
+    def _submit(self, descs: list[TaskDescription], pilots: list[Pilot],
+                pinned: bool = False) -> list[Task]:
+        """Journal the tasks, then send each pilot its own in one message. `pinned`: the
+        user chose the pilot (the tasks never move to another)."""
         now = time.time()
         specs: dict[str, list[m.TaskSpec]] = {}
         tasks: list[Task] = []
@@ -472,6 +485,7 @@ class Session:
                 assert d.function_blob is not None  # the channel sends each once per pilot
                 functions.setdefault(pid, {})[d.function_key] = d.function_blob
             task = Task(uid, seq, d, pid, self)
+            task.pinned = pinned
             task.events.append(("NEW", now))
             tasks.append(task)
             journaled = spec
@@ -492,8 +506,10 @@ class Session:
         with self._done:
             for task in tasks:
                 self._live[task.uid] = task
-            for pilot in pilots:
+            for pilot, d in zip(pilots, descs, strict=True):
                 pilot.outstanding += 1
+                pilot.load += d.ranks * d.cores_per_rank
+            self._nothing_to_move = False
         for uid, why in unsendable.items():
             self._end_tasks([uid], TaskState.FAILED, why)
         for pid, sent in specs.items():
@@ -510,6 +526,9 @@ class Session:
             if not t.state.final:
                 by_pilot.setdefault(t.pilot, []).append(t.uid)
                 rows.append((t.id, "cancel_requested", now))
+                with self._moves_lock:
+                    if t.uid in self._moving:  # given back on its way: it ends there
+                        self._cancel_moving.add(t.uid)
         self.journal.add_events(rows)
         for pilot, uids in by_pilot.items():
             self._channel.send(pilot, m.Cancel(uids))  # (queued for a pending pilot: its
@@ -661,11 +680,15 @@ class Session:
     def _on_message(self, pilot_uid: str, msg: Any) -> None:
         pilot = self.pilots[pilot_uid]
         if isinstance(msg, m.Updates):
-            self._apply_updates(msg.updates, msg.clock_offset)
+            finished = self._apply_updates(msg.updates, msg.clock_offset)
             if msg.seq:  # the agent keeps the batch until the journal holds it
                 self.journal.mark(pilot_uid, msg.seq)
+            if finished:  # room for tasks waiting elsewhere
+                self._rebalance()
         elif isinstance(msg, m.Accepted):
             self._accept(msg.uids, msg.ts)
+        elif isinstance(msg, m.Released):
+            self._on_released(pilot, msg.uids, msg.ts)
         elif isinstance(msg, m.Hello):
             with pilot._lock:
                 if pilot._ended:  # (a pending pilot canceled as its agent connected)
@@ -683,10 +706,95 @@ class Session:
                 self._kill_agent(pilot)
                 self._end_pilot(pilot, "FAILED", pilot.reason or "")
             pilot.ready.set()
+            self._nothing_to_move = False
+            self._rebalance()  # a new pilot has room
         elif isinstance(msg, m.Bye):
             pilot.stats = msg.stats
             canceled = pilot._canceling is not None
             self._end_pilot(pilot, "CANCELED" if canceled else "DONE", msg.reason)
+
+    # ---- late binding across pilots (moves.py plans; on the channel thread) ----------
+
+    def _rebalance(self) -> None:
+        """Ask pilots with a backlog to give back queued tasks that pilots with room can
+        run (one request per pilot at a time); `_on_released` moves what comes back."""
+        if self._nothing_to_move or self._closed:
+            return
+        pilots = [p for p in self.pilots.values() if p.active and p.movable]
+        if len(pilots) < 2:
+            return
+        loads = [PilotLoad(p.uid, p.cores, p.load) for p in pilots]
+        try:
+            plan = plan_moves(loads, self._movable_tasks, self._fits_pilot)
+        except RuntimeError:  # tasks submitted meanwhile (`_live` changed): next time
+            return
+        if not plan and any(p.load < p.cores for p in pilots) and any(
+                p.load > p.cores for p in pilots):
+            self._nothing_to_move = True  # none fits where there is room: until news
+        for source, moves in plan.items():
+            with self._moves_lock:
+                for uid, target in moves:
+                    self._moving[uid] = target
+                    self.pilots[target].load += self._live[uid].cores  # on its way
+                self._asked[source] = [uid for uid, _ in moves]
+            self._channel.send(source, m.Release([uid for uid, _ in moves]))
+
+    def _movable_tasks(self, pilot_uid: str) -> Iterator[Candidate]:
+        """A pilot's tasks that may move, newest first: queued as far as the client knows,
+        not pinned to it by the user, not moving already."""
+        if pilot_uid in self._asked:
+            return
+        for task in reversed(self._live.values()):
+            if (task.pilot == pilot_uid and task.state is TaskState.SUBMITTED
+                    and not task.pinned and task.description is not None
+                    and task.uid not in self._moving):
+                yield Candidate(task.uid, task.cores)
+
+    def _fits_pilot(self, uid: str, pilot_uid: str) -> bool:
+        d = self._live[uid].description
+        return d is not None and _fits(d, self.pilots[pilot_uid].description)
+
+    def _on_released(self, source: Pilot, uids: list[str], ts: float) -> None:
+        """The tasks `source` gave back go where they were planned to (or to the active
+        pilot with the most room, if that one ended); the rest stay at `source`."""
+        released = set(uids)
+        with self._moves_lock:
+            asked = self._asked.pop(source.uid, [])
+            plan = {uid: self._moving.pop(uid) for uid in asked if uid in self._moving}
+            canceled = self._cancel_moving & released
+            self._cancel_moving -= set(asked)
+        specs: dict[str, list[m.TaskSpec]] = {}
+        functions: dict[str, dict[str, bytes]] = {}
+        rows = []
+        for uid, target_uid in plan.items():
+            task, target = self._live.get(uid), self.pilots[target_uid]
+            target.load -= task.cores if task is not None else 0
+            if task is None or uid not in released:
+                continue  # it ran where it was (or ended meanwhile)
+            if uid in canceled:
+                continue  # ended below
+            if not target.active:
+                target = max((p for p in self.pilots.values() if p.active and p.movable),
+                             key=lambda p: p.cores - p.load, default=source)
+            d = task.description
+            assert d is not None
+            source.outstanding -= 1
+            source.load -= task.cores
+            target.outstanding += 1
+            target.load += task.cores
+            task.pilot, task.state = target.uid, TaskState.NEW
+            task.events.append(("released", ts))
+            rows.append((target.uid, task.id))
+            specs.setdefault(target.uid, []).append(d.to_spec(uid))
+            if d.function_key is not None and d.function_blob is not None:
+                functions.setdefault(target.uid, {})[d.function_key] = d.function_blob
+        self.journal.move_tasks(rows)
+        if canceled:
+            self._end_tasks(sorted(canceled), TaskState.CANCELED, "canceled")
+        for target_uid, sent in specs.items():
+            self._channel.send(target_uid, m.Submit(sent, functions.get(target_uid, {})))
+        self._nothing_to_move = False
+        self._rebalance()
 
     def _on_dropped(self, pilot_uid: str, uids: list[str], reason: str | None) -> None:
         """Tasks that could not be sent (their pilot ended first, or `reason`) fail."""
@@ -716,6 +824,11 @@ class Session:
                 return
             pilot._ended = True
             pilot.state, pilot.reason = state, reason
+        with self._moves_lock:  # tasks it was asked to give back end with it
+            for uid in self._asked.pop(pilot.uid, []):
+                target = self._moving.pop(uid, None)
+                if target is not None and (task := self._live.get(uid)) is not None:
+                    self.pilots[target].load -= task.cores
         # A simulated pilot's clock ran ahead of the wall clock: its end is on that clock.
         stopped = time.time() + pilot.stats.get("clock_offset", 0.0)
         self.journal.update_pilot(pilot.uid, stopped=stopped, state=state, error=reason)
@@ -745,14 +858,15 @@ class Session:
             with self._done:
                 self._done.notify_all()
 
-    def _apply_updates(self, updates: list[m.TaskUpdate], clock_offset: float = 0.0) -> None:
+    def _apply_updates(self, updates: list[m.TaskUpdate], clock_offset: float = 0.0) -> int:
+        """Apply updates; return how many tasks they ended."""
         # The channel thread applies the agent's updates; a user thread ends tasks of a
         # lost pilot: one at a time, or a task could be ended twice.
         with self._updating:
-            self._apply_updates_locked(updates, clock_offset)
+            return self._apply_updates_locked(updates, clock_offset)
 
     @without_gc
-    def _apply_updates_locked(self, updates: list[m.TaskUpdate], clock_offset: float) -> None:
+    def _apply_updates_locked(self, updates: list[m.TaskUpdate], clock_offset: float) -> int:
         now = time.time() + clock_offset  # final states are stamped on the pilot's clock
         event_rows: list[tuple[int, str, float]] = []
         finish_rows: list[tuple[Any, ...]] = []
@@ -783,7 +897,9 @@ class Session:
                 task.events.append((state.value, now))
                 finish_rows.append(_journal_row(task, now, event_rows))
                 del live[u.uid]
-                self.pilots[task.pilot].outstanding -= 1
+                owner = self.pilots[task.pilot]
+                owner.outstanding -= 1
+                owner.load -= task.cores
                 finished += 1
                 if has_callbacks:
                     callbacks.append(task)
@@ -799,6 +915,7 @@ class Session:
                 self._done.notify_all()
         if callbacks:
             self._callbacks.run(callbacks)
+        return finished
 
 
 def _unfinished(path: Path) -> tuple[list[tuple[str, str, str]], list[tuple[int, str, str, str]],

@@ -70,6 +70,7 @@ class Task(Future):  # type: ignore[type-arg]
     pid: int | None = None
     partition: str | None = None  # where it ran, once it ended
     placement: Placement | None = None  # ... and on what (pilot nodes, cores, GPUs)
+    pinned = False  # submitted to a pilot the user chose: it never moves to another
     _state = PENDING
     _result: Any = None
     _exception: BaseException | None = None
@@ -85,6 +86,12 @@ class Task(Future):  # type: ignore[type-arg]
         self.pilot = pilot
         self._session = session
         self.events: list[tuple[str, float]] = []
+
+    @property
+    def cores(self) -> int:
+        """The cores it asked for (0 for a task an earlier client submitted)."""
+        d = self.description
+        return d.ranks * d.cores_per_rank if d is not None else 0
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 import sys
@@ -15,6 +16,7 @@ import pytest
 import pilotfish as pf
 from pilotfish import TaskDescription as TD
 from pilotfish import TaskState
+from pilotfish.journal import connect_readonly
 
 from ..conftest import children, process_gone
 
@@ -617,6 +619,37 @@ def test_one_batch_spreads_over_pilots_by_free_capacity(session: pf.Session) -> 
     per_pilot = [sum(t.pilot == p.uid for t in tasks) for p in pilots]
     assert abs(per_pilot[0] - 4) <= 1 and abs(per_pilot[1] - 16) <= 1, per_pilot
     assert wide.pilot == pilots[2].uid
+
+
+def test_queued_tasks_move_to_pilots_with_room(session: pf.Session) -> None:
+    """Late binding across pilots: 200 `sleep 0.2` queued on a 4-core pilot move, while
+    queued, to pilots of 16 and 112 cores started after them; tasks submitted to the
+    small pilot by name stay there; every task runs once, and the journal says where."""
+    small = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4))
+    tasks = session.submit([TD(executable="/bin/sleep", arguments=["0.2"])
+                            for _ in range(200)])
+    pinned = session.submit([TD(executable="/bin/sleep", arguments=["0.2"])
+                             for _ in range(8)], pilot=small)
+    mid = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=16))
+    big = session.start_pilot(pf.PilotDescription(nodes=7, cores_per_node=16))
+    assert session.wait(timeout=120)
+    assert {t.state for t in tasks + pinned} == {pf.TaskState.DONE}
+    ran = collections.Counter(t.pilot for t in tasks)
+    assert ran[big.uid] > ran[mid.uid] > 0 and ran[small.uid] < 100, ran
+    assert {t.pilot for t in pinned} == {small.uid}
+    moved = [t for t in tasks if t.pilot != small.uid]
+    assert all([e for e, _ in t.events].count("RUNNING") == 1 for t in tasks)
+    assert all("released" in dict(t.events) for t in moved)
+    assert small.outstanding == mid.outstanding == big.outstanding == 0
+    assert small.load == mid.load == big.load == 0
+    session.journal.flush()
+    db = connect_readonly(session.path)
+    try:
+        journaled = dict(db.execute("SELECT uid, pilot FROM tasks").fetchall())
+    finally:
+        db.close()
+    assert all(journaled[t.uid] == t.pilot for t in tasks + pinned)
+    assert session.metrics(by="pilot").groups[big.uid].n_tasks == ran[big.uid]
 
 
 def test_the_executor_lets_finished_calls_go(session: pf.Session, pilot: pf.Pilot) -> None:

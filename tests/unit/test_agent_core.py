@@ -22,7 +22,9 @@ from pilotfish.agent.events import (
     LaunchTasks,
     NodeLost,
     PartitionLost,
+    ReleaseRequested,
     SendAccepted,
+    SendReleased,
     SendUpdates,
     StopRequested,
     TaskFinished,
@@ -150,6 +152,19 @@ def test_cancel_dequeues_what_waits_and_asks_the_backend_for_what_runs() -> None
     acts = core.handle(done("running", clock, CANCELED, error="canceled"), CaughtUp())
     assert updates(acts)["running"].state == "CANCELED"
     assert launched(acts) == []
+
+
+def test_release_gives_back_only_what_is_still_queued() -> None:
+    """Late binding across pilots: the client asks tasks back; those placed stay."""
+    core, clock = make_core(cores=1)
+    core.handle(TasksSubmitted([exe("running"), exe("queued"), exe("kept")]))
+    release = ReleaseRequested(["running", "queued", "unknown"])
+    acts = core.handle(release)
+    assert of(SendReleased, acts) == [SendReleased(["queued"], clock.t, release)]
+    assert set(core.tasks) == {"running", "kept"} and core.unfinished == 2
+    acts = core.handle(done("running", clock), CaughtUp())
+    assert launched(acts) == ["kept"]  # "queued" left: it is never placed here
+    assert set(updates(acts)) == {"running"}
 
 
 def test_late_results_of_ended_tasks_are_ignored() -> None:

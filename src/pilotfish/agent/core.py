@@ -51,7 +51,9 @@ from .events import (
     DispatchTasks,
     Event,
     LaunchTasks,
+    ReleaseRequested,
     SendAccepted,
+    SendReleased,
     SendUpdates,
     StopRequested,
     TasksSubmitted,
@@ -267,6 +269,8 @@ class AgentCore:
                     self._lost(task, event, rnd)
             elif type(event) is CancelRequested:
                 self._cancel(event, rnd)
+            elif type(event) is ReleaseRequested:
+                self._release(event, rnd)
             elif type(event) is PartitionLost:
                 self._lose(event, rnd)
             elif type(event) is NodeLost:
@@ -401,6 +405,26 @@ class AgentCore:
             placed = [u for u in live if u not in dequeued]
             if placed:
                 rnd.actions.append(CancelTasks(name, placed, event))
+
+    def _release(self, event: ReleaseRequested, rnd: _Round) -> None:
+        """Give back the tasks still queued (never placed here) to go to another pilot;
+        the client hears which (all others stay)."""
+        per_partition: dict[str, list[str]] = {}
+        for uid in event.uids:
+            task = self.tasks.get(uid)
+            if task is not None and task.state is SUBMITTED:
+                per_partition.setdefault(task.part.name, []).append(uid)
+        released: list[str] = []
+        for name, uids in per_partition.items():
+            part = self.partitions[name]
+            decisions = part.scheduler.cancel(uids, self.clock())
+            for d in decisions:
+                if type(d) is Dequeued:
+                    released.append(d.uid)
+                    del self.tasks[d.uid]
+                    self._progress.discard(d.uid)
+            self._apply(part, [d for d in decisions if type(d) is not Dequeued], event, rnd)
+        rnd.actions.append(SendReleased(released, self.clock(), event))
 
     # ---- from the backends ------------------------------------------------------------
 

@@ -35,7 +35,9 @@ __all__ = [
     "LaunchTasks",
     "NodeLost",
     "PartitionLost",
+    "ReleaseRequested",
     "SendAccepted",
+    "SendReleased",
     "SendUpdates",
     "StopRequested",
     "TaskFinished",
@@ -59,6 +61,12 @@ class CancelRequested(msgspec.Struct, frozen=True, gc=False):
     uids: list[str]
 
 
+class ReleaseRequested(msgspec.Struct, frozen=True, gc=False):
+    """The client would move these tasks to another pilot: those still queued leave."""
+
+    uids: list[str]
+
+
 class StopRequested(msgspec.Struct, frozen=True, gc=False):
     """The pilot stops: nothing more is placed, and every unfinished task ends with
     "pilot stopped: <reason>", CANCELED if `canceled` (the user asked) else FAILED."""
@@ -75,7 +83,8 @@ class CaughtUp(msgspec.Struct, frozen=True, gc=False):
     """The shell has handled all its input and is about to wait: what is held back goes."""
 
 
-Event = (TasksSubmitted | CancelRequested | StopRequested | Tick | CaughtUp | BackendEvent)
+Event = (TasksSubmitted | CancelRequested | ReleaseRequested | StopRequested | Tick | CaughtUp
+         | BackendEvent)
 
 
 # ---- actions ----------------------------------------------------------------------------
@@ -112,6 +121,14 @@ class SendAccepted(msgspec.Struct, frozen=True, gc=False):
     cause: Event
 
 
+class SendReleased(msgspec.Struct, frozen=True, gc=False):
+    """Tell the client these tasks left the agent at `ts` (a `ReleaseRequested`'s answer)."""
+
+    uids: list[str]
+    ts: float
+    cause: Event
+
+
 class SendUpdates(msgspec.Struct, frozen=True, gc=False):
     """Tell the client these tasks' new states (`finals` of them are final)."""
 
@@ -120,4 +137,5 @@ class SendUpdates(msgspec.Struct, frozen=True, gc=False):
     cause: Event
 
 
-Action = LaunchTasks | DispatchTasks | CancelTasks | SendAccepted | SendUpdates
+Action = (LaunchTasks | DispatchTasks | CancelTasks | SendAccepted | SendReleased
+          | SendUpdates)

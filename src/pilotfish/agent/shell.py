@@ -45,7 +45,9 @@ from .events import (
     CaughtUp,
     DispatchTasks,
     LaunchTasks,
+    ReleaseRequested,
     SendAccepted,
+    SendReleased,
     SendUpdates,
     StopRequested,
     TasksSubmitted,
@@ -242,6 +244,8 @@ class Agent:
                 self._send(m.Accepted(action.uids, action.ts))
             elif type(action) is CancelTasks:
                 backends[action.partition].cancel(action.uids)
+            elif type(action) is SendReleased:
+                self._send(m.Released(action.uids, action.ts))
 
     def _shutdown(self) -> None:
         reason = self._stop_reason or "stopped"
@@ -361,6 +365,8 @@ class Agent:
                 self._execute(self.core.handle(TasksSubmitted(msg.tasks)))
             elif isinstance(msg, m.Cancel):
                 self._execute(self.core.handle(CancelRequested(msg.uids)))
+            elif isinstance(msg, m.Release):
+                self._execute(self.core.handle(ReleaseRequested(msg.uids)))
             elif isinstance(msg, m.Heartbeat):
                 self.link.acked(msg.acked)
             elif isinstance(msg, m.Shutdown):  # the client's: its tasks end CANCELED
