@@ -84,12 +84,14 @@ class Reactor:
             # pay for a poll.
             ready = [] if now - self._polled < IDLE_POLL_INTERVAL else self._poll(0, now)
         if not ready and wait > 0:
-            for idle in self._idle:
+            # What is held back goes first (a simulation's jump must not move the time
+            # of updates held across it), then idle work, if that made none.
+            if any([hook() for hook in self._before_wait]):
+                wait = 0.0
+            for idle in self._idle if wait > 0 else ():
                 hint = idle()
                 if hint is not None:
                     wait = min(wait, hint)
-            if wait > 0 and any([hook() for hook in self._before_wait]):
-                wait = 0.0
             if wait > 0:
                 start = time.monotonic()
                 ready = self._poll(max(1, int(wait * 1000)), start)

@@ -54,6 +54,9 @@ def test_an_hour_of_tasks_takes_a_moment_and_keeps_exact_virtual_times(
     m = session.metrics()  # flushes the journal first
     assert m.core_utilization == pytest.approx(1.0, abs=1e-3)
     assert m.makespan_s == pytest.approx(3600, rel=0.01)
+    # A task's final state is stamped when its update left the agent, before the clock
+    # jumped to the next wave's end (not 600 simulated seconds late).
+    assert m.end_to_final is not None and m.end_to_final.max < 60, m.end_to_final
 
 
 def test_multi_node_gpu_tasks_and_tags_are_placed_as_for_real(session: pf.Session) -> None:
