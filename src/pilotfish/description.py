@@ -178,7 +178,8 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     rest); unset, the scheduler uses as few nodes as are free. A single-rank task stays on
     one node. `timeout` is in seconds: the task is killed and FAILED with the reason when
     it runs longer. `retries` is how many times the task may be placed again elsewhere
-    when the partition running it is lost (its runtime died). `duration` is how long the
+    when the partition running it is lost (its runtime died), or its pilot ends under it
+    (canceled, lost, out of time: then on another live pilot). `duration` is how long the
     task "runs" on a simulated pilot (default: N for `sleep N`, else 0); real backends
     ignore it.
 

@@ -37,12 +37,12 @@ from .files import DIR_MODE, private, private_dir, read_tail
 from .gcpause import without_gc
 from .journal import LIFECYCLE, Journal, connect_readonly
 from .keys import Keys
-from .moves import Candidate, PilotLoad, plan_moves
 from .partitions import PartitionSpec
 from .pilots.batch import BatchError, BatchJob, JobEvent, SlurmBatch, client_host, job_request
 from .pilots.batch import stop_margin as batch_stop_margin
 from .pilots.local import LocalAgent
 from .proctree import this_process
+from .relocation import STOPPED, Relocator, fits
 from .states import PILOT_LIVE_STATES, TaskState, is_stale
 from .task import Task
 
@@ -124,17 +124,6 @@ class Pilot:
         return self.agent.process if self.agent is not None else None
 
 
-def _fits(d: TaskDescription, pilot: PilotDescription) -> bool:
-    """Whether a task could ever run on a pilot of this shape (cores, GPUs, nodes, the
-    partition it names); the agent says exactly why not where it cannot."""
-    assert pilot.cores_per_node and pilot.gpus_per_node is not None and pilot.nodes
-    if d.partition is not None and d.partition not in {p.name for p in pilot.layout}:
-        return False
-    per_node = pilot.cores_per_node // d.cores_per_rank
-    if d.gpus_per_rank:
-        per_node = min(per_node, int(pilot.gpus_per_node / d.gpus_per_rank))
-    return per_node >= 1 and d.ranks <= per_node * pilot.nodes
-
 def _tasks(call: str, tasks: Iterable[Task]) -> list[Task]:
     """`tasks` as a list, each one a Task (else a TypeError naming the first that is not)."""
     if isinstance(tasks, Task):
@@ -178,13 +167,7 @@ class Session:
         self._done = threading.Condition()  # notified whenever tasks reach a final state
         # ... and on other state changes while someone waits for one (`wait_for`)
         self._state_waiters = 0
-        # Late binding across pilots: tasks asked back from a pilot -> where they go; the
-        # uids asked back from each pilot (one request at a time); canceled meanwhile.
-        self._moving: dict[str, str] = {}
-        self._asked: dict[str, list[str]] = {}
-        self._cancel_moving: set[str] = set()
-        self._moves_lock = threading.Lock()
-        self._nothing_to_move = False  # until something changes: tasks, pilots
+        self._relocator = Relocator(self)  # tasks that change pilot
         self._callbacks = CallbackThread()
         self._closed = False
         self._batch: SlurmBatch | None = None  # the session's batch jobs (made on first use)
@@ -442,7 +425,7 @@ class Session:
         load = {p.uid: p.outstanding / p.cores for p in live}
         targets = []
         for d in descs:
-            able = [p for p in live if _fits(d, p.description)] or live  # (none: it fails
+            able = [p for p in live if fits(d, p.description)] or live  # (none: it fails
             best = min(able, key=lambda p: load[p.uid])                  # there, saying why)
             load[best.uid] += d.ranks * d.cores_per_rank / best.cores
             targets.append(best)
@@ -509,7 +492,7 @@ class Session:
             for pilot, d in zip(pilots, descs, strict=True):
                 pilot.outstanding += 1
                 pilot.load += d.ranks * d.cores_per_rank
-            self._nothing_to_move = False
+        self._relocator.changed()
         for uid, why in unsendable.items():
             self._end_tasks([uid], TaskState.FAILED, why)
         for pid, sent in specs.items():
@@ -526,9 +509,7 @@ class Session:
             if not t.state.final:
                 by_pilot.setdefault(t.pilot, []).append(t.uid)
                 rows.append((t.id, "cancel_requested", now))
-                with self._moves_lock:
-                    if t.uid in self._moving:  # given back on its way: it ends there
-                        self._cancel_moving.add(t.uid)
+                self._relocator.cancel_requested(t)
         self.journal.add_events(rows)
         for pilot, uids in by_pilot.items():
             self._channel.send(pilot, m.Cancel(uids))  # (queued for a pending pilot: its
@@ -684,11 +665,11 @@ class Session:
             if msg.seq:  # the agent keeps the batch until the journal holds it
                 self.journal.mark(pilot_uid, msg.seq)
             if finished:  # room for tasks waiting elsewhere
-                self._rebalance()
+                self._relocator.rebalance()
         elif isinstance(msg, m.Accepted):
             self._accept(msg.uids, msg.ts)
         elif isinstance(msg, m.Released):
-            self._on_released(pilot, msg.uids, msg.ts)
+            self._relocator.released(pilot, msg.uids, msg.ts)
         elif isinstance(msg, m.Hello):
             with pilot._lock:
                 if pilot._ended:  # (a pending pilot canceled as its agent connected)
@@ -706,95 +687,12 @@ class Session:
                 self._kill_agent(pilot)
                 self._end_pilot(pilot, "FAILED", pilot.reason or "")
             pilot.ready.set()
-            self._nothing_to_move = False
-            self._rebalance()  # a new pilot has room
+            self._relocator.changed()
+            self._relocator.rebalance()  # a new pilot has room
         elif isinstance(msg, m.Bye):
             pilot.stats = msg.stats
             canceled = pilot._canceling is not None
             self._end_pilot(pilot, "CANCELED" if canceled else "DONE", msg.reason)
-
-    # ---- late binding across pilots (moves.py plans; on the channel thread) ----------
-
-    def _rebalance(self) -> None:
-        """Ask pilots with a backlog to give back queued tasks that pilots with room can
-        run (one request per pilot at a time); `_on_released` moves what comes back."""
-        if self._nothing_to_move or self._closed:
-            return
-        pilots = [p for p in self.pilots.values() if p.active and p.movable]
-        if len(pilots) < 2:
-            return
-        loads = [PilotLoad(p.uid, p.cores, p.load) for p in pilots]
-        try:
-            plan = plan_moves(loads, self._movable_tasks, self._fits_pilot)
-        except RuntimeError:  # tasks submitted meanwhile (`_live` changed): next time
-            return
-        if not plan and any(p.load < p.cores for p in pilots) and any(
-                p.load > p.cores for p in pilots):
-            self._nothing_to_move = True  # none fits where there is room: until news
-        for source, moves in plan.items():
-            with self._moves_lock:
-                for uid, target in moves:
-                    self._moving[uid] = target
-                    self.pilots[target].load += self._live[uid].cores  # on its way
-                self._asked[source] = [uid for uid, _ in moves]
-            self._channel.send(source, m.Release([uid for uid, _ in moves]))
-
-    def _movable_tasks(self, pilot_uid: str) -> Iterator[Candidate]:
-        """A pilot's tasks that may move, newest first: queued as far as the client knows,
-        not pinned to it by the user, not moving already."""
-        if pilot_uid in self._asked:
-            return
-        for task in reversed(self._live.values()):
-            if (task.pilot == pilot_uid and task.state is TaskState.SUBMITTED
-                    and not task.pinned and task.description is not None
-                    and task.uid not in self._moving):
-                yield Candidate(task.uid, task.cores)
-
-    def _fits_pilot(self, uid: str, pilot_uid: str) -> bool:
-        d = self._live[uid].description
-        return d is not None and _fits(d, self.pilots[pilot_uid].description)
-
-    def _on_released(self, source: Pilot, uids: list[str], ts: float) -> None:
-        """The tasks `source` gave back go where they were planned to (or to the active
-        pilot with the most room, if that one ended); the rest stay at `source`."""
-        released = set(uids)
-        with self._moves_lock:
-            asked = self._asked.pop(source.uid, [])
-            plan = {uid: self._moving.pop(uid) for uid in asked if uid in self._moving}
-            canceled = self._cancel_moving & released
-            self._cancel_moving -= set(asked)
-        specs: dict[str, list[m.TaskSpec]] = {}
-        functions: dict[str, dict[str, bytes]] = {}
-        rows = []
-        for uid, target_uid in plan.items():
-            task, target = self._live.get(uid), self.pilots[target_uid]
-            target.load -= task.cores if task is not None else 0
-            if task is None or uid not in released:
-                continue  # it ran where it was (or ended meanwhile)
-            if uid in canceled:
-                continue  # ended below
-            if not target.active:
-                target = max((p for p in self.pilots.values() if p.active and p.movable),
-                             key=lambda p: p.cores - p.load, default=source)
-            d = task.description
-            assert d is not None
-            source.outstanding -= 1
-            source.load -= task.cores
-            target.outstanding += 1
-            target.load += task.cores
-            task.pilot, task.state = target.uid, TaskState.NEW
-            task.events.append(("released", ts))
-            rows.append((target.uid, task.id))
-            specs.setdefault(target.uid, []).append(d.to_spec(uid))
-            if d.function_key is not None and d.function_blob is not None:
-                functions.setdefault(target.uid, {})[d.function_key] = d.function_blob
-        self.journal.move_tasks(rows)
-        if canceled:
-            self._end_tasks(sorted(canceled), TaskState.CANCELED, "canceled")
-        for target_uid, sent in specs.items():
-            self._channel.send(target_uid, m.Submit(sent, functions.get(target_uid, {})))
-        self._nothing_to_move = False
-        self._rebalance()
 
     def _on_dropped(self, pilot_uid: str, uids: list[str], reason: str | None) -> None:
         """Tasks that could not be sent (their pilot ended first, or `reason`) fail."""
@@ -824,15 +722,13 @@ class Session:
                 return
             pilot._ended = True
             pilot.state, pilot.reason = state, reason
-        with self._moves_lock:  # tasks it was asked to give back end with it
-            for uid in self._asked.pop(pilot.uid, []):
-                target = self._moving.pop(uid, None)
-                if target is not None and (task := self._live.get(uid)) is not None:
-                    self.pilots[target].load -= task.cores
+        self._relocator.pilot_ended(pilot)
         # A simulated pilot's clock ran ahead of the wall clock: its end is on that clock.
         stopped = time.time() + pilot.stats.get("clock_offset", 0.0)
         self.journal.update_pilot(pilot.uid, stopped=stopped, state=state, error=reason)
-        self._fail_live(pilot.uid, tasks, reason)
+        mine = [t for t in list(self._live.values()) if t.pilot == pilot.uid]
+        rest = self._relocator.retry(mine, pilot)  # as their retries allow
+        self._end_tasks([t.uid for t in rest], tasks, reason)
         pilot.ready.set()
         pilot.stopped.set()
 
@@ -875,6 +771,7 @@ class Session:
         finished = 0
         moved = False  # a task changed to a state that is not final
         callbacks: list[Task] = []
+        retried: list[tuple[Task, m.TaskUpdate]] = []  # stopped with their pilot
         for u in updates:
             task = live.get(u.uid)
             state = _STATES[u.state]
@@ -885,7 +782,10 @@ class Session:
                 task.events.extend(u.events)
             if u.pid:
                 task.pid = u.pid
-            if state.final:
+            if state.final and u.error is not None and u.error.startswith(STOPPED) and (
+                    self._relocator.may_retry(task, u.error)):
+                retried.append((task, u))
+            elif state.final:
                 task.exit_code, task.error = u.exit_code, u.error
                 task.partition, task.placement = u.partition, u.placement
                 d = task.description
@@ -915,6 +815,17 @@ class Session:
                 self._done.notify_all()
         if callbacks:
             self._callbacks.run(callbacks)
+        if retried:  # those that found no pilot end as the agent said
+            update_of = {task.uid: u for task, u in retried}
+            by_source: dict[str, list[Task]] = {}
+            for task, _ in retried:
+                by_source.setdefault(task.pilot, []).append(task)
+            for source, stopped in by_source.items():
+                rest = self._relocator.retry(stopped, self.pilots[source])
+                for u in (update_of[t.uid] for t in rest):
+                    u.events = []  # (kept already)
+                finished += self._apply_updates_locked([update_of[t.uid] for t in rest],
+                                                       clock_offset)
         return finished
 
 

@@ -28,3 +28,42 @@ def test_a_canceled_pilot_ends_canceled_with_its_tasks(session: pf.Session) -> N
     assert pilot.state == "CANCELED"
     with pytest.raises(RuntimeError, match="is not an active or pending pilot"):
         session.submit(pf.TaskDescription(executable="/bin/true"), pilot=pilot)
+
+
+def sleeper(retries: int = 0) -> pf.TaskDescription:
+    return pf.TaskDescription(executable="/bin/sleep", arguments=["60"], retries=retries)
+
+
+def test_tasks_of_a_canceled_pilot_move_to_another_as_their_retries_allow(
+        session: pf.Session) -> None:
+    first = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+    again, once = session.submit([sleeper(retries=1), sleeper()])
+    assert session.wait_for([again, once], pf.TaskState.RUNNING, timeout=30)
+    second = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+    first.cancel()
+    assert session.wait([once], timeout=10) and once.state is pf.TaskState.CANCELED
+    assert once.error == "pilot stopped: shutdown requested (pilot canceled)"
+    assert session.wait_for([again], pf.TaskState.RUNNING, timeout=30)
+    assert again.pilot == second.uid and again.attempt == 2  # its one retry, used
+    assert [e for e, _ in again.events].count("RUNNING") == 2
+    # Lost with no retry left, it fails with its pilot's reason.
+    second.cancel()
+    assert session.wait([again], timeout=10) and again.state is pf.TaskState.CANCELED
+    assert (first.outstanding, second.outstanding) == (0, 0)
+
+
+def test_tasks_of_a_lost_pilot_move_to_another_as_their_retries_allow(
+        session: pf.Session) -> None:
+    doomed = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+    again, once = session.submit([sleeper(retries=1), sleeper()])
+    assert session.wait_for([again, once], pf.TaskState.RUNNING, timeout=30)
+    spare = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+    pid = again.pid
+    assert doomed.process is not None and pid is not None
+    doomed.process.kill()  # its agent dies: its tasks are killed, the pilot is lost
+    assert session.wait([once], timeout=30) and once.state is pf.TaskState.FAILED
+    assert doomed.state == "FAILED" and once.error == doomed.reason
+    assert session.wait_for([again], pf.TaskState.RUNNING, timeout=30)
+    assert again.pilot == spare.uid and again.attempt == 2 and process_gone(pid, 10)
+    session.cancel([again])
+    assert session.wait([again], timeout=10)
