@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from .description import InvalidDescription, PilotDescription, TaskDescription
     from .journal import JournalError
     from .partitions import PartitionSpec
+    from .pilot import Pilot
     from .routing import RoutingPolicy, TaskTraits
-    from .session import Pilot, PilotExecutor, Session, __version__
+    from .session import PilotExecutor, Session, __version__
     from .states import InvalidTransition, TaskState
     from .task import RemoteError, Task, TaskFailed
 
@@ -29,7 +30,7 @@ _WHERE = {
     "InvalidDescription": "description", "PilotDescription": "description",
     "TaskDescription": "description", "JournalError": "journal",
     "PartitionSpec": "partitions", "RoutingPolicy": "routing", "TaskTraits": "routing",
-    "Pilot": "session", "PilotExecutor": "session", "Session": "session",
+    "Pilot": "pilot", "PilotExecutor": "session", "Session": "session",
     "__version__": "session", "InvalidTransition": "states", "TaskState": "states",
     "RemoteError": "task", "Task": "task", "TaskFailed": "task",
 }

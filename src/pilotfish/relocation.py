@@ -19,24 +19,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 from . import messages as m
 from .description import PilotDescription, TaskDescription
+from .journal import Journal
 from .moves import Candidate, PilotLoad, plan_moves
+from .pilot import Pilot
 from .states import TaskState
 from .task import Task
-
-if TYPE_CHECKING:
-    from .session import Pilot, Session
 
 STOPPED = "pilot stopped"  # how the agent's updates begin for tasks its stop ended
 
 
 class Relocator:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    """The session's pilots and unfinished tasks, shared; `send` reaches an agent,
+    `end_tasks` ends tasks from the client's side, `closed` says the session is closing."""
+
+    def __init__(self, pilots: dict[str, Pilot], live: dict[str, Task],
+                 send: Callable[[str, m.Release | m.Submit], None], journal: Journal,
+                 end_tasks: Callable[[list[str], TaskState, str], None],
+                 closed: Callable[[], bool]) -> None:
+        self.pilots, self.live, self.send, self.journal = pilots, live, send, journal
+        self.end_tasks, self.closed = end_tasks, closed
         self._moving: dict[str, str] = {}  # uid asked back -> the pilot it goes to
         self._asked: dict[str, list[str]] = {}  # pilot -> uids asked back from it
         self._canceled: set[str] = set()  # asked back, then canceled by the user
@@ -52,8 +57,7 @@ class Relocator:
     def rebalance(self) -> None:
         """Ask pilots with a backlog to give back queued tasks that pilots with room can
         run; `released` moves what comes back."""
-        s = self.session
-        if self._nothing_to_move or s._closed:
+        if self._nothing_to_move or self.closed():
             return
         pilots = self._targets()
         if len(pilots) < 2:
@@ -70,14 +74,13 @@ class Relocator:
             with self._lock:
                 for uid, target in moves:
                     self._moving[uid] = target
-                    s.pilots[target].load += s._live[uid].cores  # on its way there
+                    self.pilots[target].load += self.live[uid].cores  # on its way there
                 self._asked[source] = [uid for uid, _ in moves]
-            s._channel.send(source, m.Release([uid for uid, _ in moves]))
+            self.send(source, m.Release([uid for uid, _ in moves]))
 
     def released(self, source: Pilot, uids: list[str], ts: float) -> None:
         """`source` gave these back: each goes where it was planned to (or, if that pilot
         ended, to the live one with the most room); the others stay at `source`."""
-        s = self.session
         given = set(uids)
         with self._lock:
             asked = self._asked.pop(source.uid, [])
@@ -86,7 +89,7 @@ class Relocator:
             self._canceled -= set(asked)
         moves: list[tuple[Task, Pilot]] = []
         for uid, target_uid in plan.items():
-            task, target = s._live.get(uid), s.pilots[target_uid]
+            task, target = self.live.get(uid), self.pilots[target_uid]
             if task is None:
                 continue  # it ended meanwhile
             target.load -= task.cores  # no longer on its way
@@ -95,7 +98,7 @@ class Relocator:
                               else self._roomiest(task, source) or source))
         self._move(source, moves, "released", ts)
         if canceled:
-            s._end_tasks(sorted(canceled), TaskState.CANCELED, "canceled")
+            self.end_tasks(sorted(canceled), TaskState.CANCELED, "canceled")
         self.changed()
         self.rebalance()
 
@@ -107,18 +110,17 @@ class Relocator:
 
     def pilot_ended(self, pilot: Pilot) -> None:
         """What was asked back from an ended pilot ended with it: its room is free."""
-        s = self.session
         with self._lock:
             for uid in self._asked.pop(pilot.uid, []):
                 target = self._moving.pop(uid, None)
-                if target is not None and (task := s._live.get(uid)) is not None:
-                    s.pilots[target].load -= task.cores
+                if target is not None and (task := self.live.get(uid)) is not None:
+                    self.pilots[target].load -= task.cores
 
     # ---- retries ---------------------------------------------------------------------
 
     def may_retry(self, task: Task, error: str | None) -> bool:
         """Whether a task its pilot's end stopped (`error` says so) goes to another pilot."""
-        source = self.session.pilots[task.pilot]
+        source = self.pilots[task.pilot]
         return (error is not None and error.startswith(STOPPED)
                 and source._canceling is not None and self._retryable(task, source)
                 and self._roomiest(task, source) is not None)
@@ -142,13 +144,13 @@ class Relocator:
     def _retryable(self, task: Task, source: Pilot) -> bool:
         d = task.description
         return (d is not None and not task.pinned and task.attempt <= d.retries
-                and source.movable and not self.session._closed)
+                and source.movable and not self.closed())
 
     # ---- helpers ---------------------------------------------------------------------
 
     def _targets(self) -> list[Pilot]:
         """Pilots tasks may go to: live, not ending, not simulated."""
-        return [p for p in self.session.pilots.values()
+        return [p for p in self.pilots.values()
                 if p.active and p.movable and p._canceling is None and not p._ended]
 
     def _roomiest(self, task: Task, source: Pilot) -> Pilot | None:
@@ -162,21 +164,19 @@ class Relocator:
         not pinned to it, not on their way already."""
         if pilot_uid in self._asked:
             return
-        for task in reversed(self.session._live.values()):
+        for task in reversed(self.live.values()):
             if (task.pilot == pilot_uid and task.state is TaskState.SUBMITTED
                     and not task.pinned and task.description is not None
                     and task.uid not in self._moving):
                 yield Candidate(task.uid, task.cores)
 
     def _fits(self, uid: str, pilot_uid: str) -> bool:
-        s = self.session
-        d = s._live[uid].description
-        return d is not None and fits(d, s.pilots[pilot_uid].description)
+        d = self.live[uid].description
+        return d is not None and fits(d, self.pilots[pilot_uid].description)
 
     def _move(self, source: Pilot, moves: list[tuple[Task, Pilot]], event: str,
               ts: float) -> None:
         """Hand tasks to their new pilots: counts, journal, one message per pilot."""
-        s = self.session
         specs: dict[str, list[m.TaskSpec]] = {}
         functions: dict[str, dict[str, bytes]] = {}
         rows = []
@@ -193,9 +193,9 @@ class Relocator:
             specs.setdefault(target.uid, []).append(d.to_spec(task.uid))
             if d.function_key is not None and d.function_blob is not None:
                 functions.setdefault(target.uid, {})[d.function_key] = d.function_blob
-        s.journal.move_tasks(rows)
+        self.journal.move_tasks(rows)
         for target_uid, sent in specs.items():
-            s._channel.send(target_uid, m.Submit(sent, functions.get(target_uid, {})))
+            self.send(target_uid, m.Submit(sent, functions.get(target_uid, {})))
 
 
 def fits(d: TaskDescription, pilot: PilotDescription) -> bool:

@@ -34,12 +34,19 @@ def sleeper(retries: int = 0) -> pf.TaskDescription:
     return pf.TaskDescription(executable="/bin/sleep", arguments=["60"], retries=retries)
 
 
-def test_tasks_of_a_canceled_pilot_move_to_another_as_their_retries_allow(
-        session: pf.Session) -> None:
+def two_pilots_one_running(session: pf.Session
+                           ) -> tuple[pf.Pilot, pf.Pilot, pf.Task, pf.Task]:
+    """A pilot running a task with a retry and one without, then a second, idle pilot."""
     first = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
     again, once = session.submit([sleeper(retries=1), sleeper()])
     assert session.wait_for([again, once], pf.TaskState.RUNNING, timeout=30)
     second = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+    return first, second, again, once
+
+
+def test_tasks_of_a_canceled_pilot_move_to_another_as_their_retries_allow(
+        session: pf.Session) -> None:
+    first, second, again, once = two_pilots_one_running(session)
     first.cancel()
     assert session.wait([once], timeout=10) and once.state is pf.TaskState.CANCELED
     assert once.error == "pilot stopped: shutdown requested (pilot canceled)"
@@ -54,10 +61,7 @@ def test_tasks_of_a_canceled_pilot_move_to_another_as_their_retries_allow(
 
 def test_tasks_of_a_lost_pilot_move_to_another_as_their_retries_allow(
         session: pf.Session) -> None:
-    doomed = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
-    again, once = session.submit([sleeper(retries=1), sleeper()])
-    assert session.wait_for([again, once], pf.TaskState.RUNNING, timeout=30)
-    spare = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+    doomed, spare, again, once = two_pilots_one_running(session)
     pid = again.pid
     assert doomed.process is not None and pid is not None
     doomed.process.kill()  # its agent dies: its tasks are killed, the pilot is lost
