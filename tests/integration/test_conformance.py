@@ -176,7 +176,8 @@ def chatty(fail: bool) -> int:
     return 1
 
 
-def test_a_functions_prints_are_its_own(backend: str, session: pf.Session) -> None:
+def test_a_functions_prints_are_its_own(backend: str, session: pf.Session,
+                                        tmp_path: Path) -> None:
     runs(backend, "function")
     shows(backend, "output")
     done, failed, silent = session.submit([TD(function=chatty, args=(False,)),
@@ -186,6 +187,15 @@ def test_a_functions_prints_are_its_own(backend: str, session: pf.Session) -> No
     assert done.stdout == failed.stdout == "hello\n"  # each its own, even one that raised
     assert done.stderr == failed.stderr == "oops\n"
     assert silent.stdout == silent.stderr == ""
+    # All of it in files, as an executable's, where there is something to keep.
+    tasks = session.pilots[done.pilot].sandbox / "tasks"
+    assert (tasks / f"{done.uid}.out").read_text() == "hello\n"
+    assert (tasks / f"{failed.uid}.err").read_text() == "oops\n"
+    assert not (tasks / f"{silent.uid}.out").exists()
+    boxed = session.submit(TD(function=chatty, args=(False,), sandbox=tmp_path / "box"))
+    assert boxed.result(timeout=30) == 1
+    assert (tmp_path / "box" / f"{boxed.uid}.out").read_text() == "hello\n"
+    assert (tmp_path / "box" / f"{boxed.uid}.err").stat().st_mode & 0o777 == 0o600
 
 
 def test_failing_exit_code_fails_with_it(backend: str, session: pf.Session) -> None:

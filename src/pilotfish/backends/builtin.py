@@ -48,7 +48,8 @@ class BuiltinBackend:
                  prestart: int = 0, name: str = "builtin", workers_per_node: int = 1,
                  *, keys_file: str) -> None:
         self.processes = ProcessRunner(sandbox, layout, slots=cores)
-        self.pool = FunctionPool(log_dir, functions, python_path or [], keys_file, name=name)
+        self.pool = FunctionPool(log_dir, functions, python_path or [], keys_file, name=name,
+                                 tasks_dir=sandbox)
         self.layout = layout
         self.prestart = prestart  # function workers to start now, not at their first task
         self.workers_per_node = workers_per_node

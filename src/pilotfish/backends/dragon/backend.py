@@ -63,6 +63,7 @@ from ..base import (
     TaskRequeued,
     TaskStarted,
 )
+from ..functions.calls import TASKS_DIR_ENV
 from ..functions.pool import FunctionPool
 from ..functions.protocol import STATES
 from . import launcher
@@ -191,7 +192,7 @@ class DragonBackend:
         if not dragon_pool:
             self.processes = DragonProcesses(self)
             self.pool = FunctionPool(log_dir, functions, python_path, keys_file,
-                                     self.processes, name)
+                                     self.processes, name, tasks_dir=sandbox)
         self.python_path = python_path
         self._sent_functions: set[str] = set()
         self._tasks: dict[str, PlacedTask | DispatchedTask] = {}  # sent or waiting, not ended
@@ -226,6 +227,7 @@ class DragonBackend:
         env = dict(os.environ)
         env.setdefault("DRAGON_DEFAULT_SEG_SZ", str(SEGMENT_BYTES))
         env.setdefault("DRAGON_INF_SEG_SZ", str(SEGMENT_BYTES))
+        env[TASKS_DIR_ENV] = self.sandbox  # (functions in its pool: their output files)
         env["PYTHONPATH"] = os.pathsep.join([p for p in self.python_path if p]
                                             + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
         bin_dir = os.path.dirname(launcher())  # Dragon runs its own tools (dragon-config)

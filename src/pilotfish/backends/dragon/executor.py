@@ -122,11 +122,11 @@ def call(task: PoolCall, blob: bytes) -> Result:
         with capture:
             value = fn(*args, **kwargs)
     except BaseException as exc:
-        return capture.into(failed(task.uid, exc, start, time.time()))
+        return capture.into(failed(task.uid, exc, start, time.time()), task.cwd)
     finally:
         if leave is not None:
             leave()
-    return capture.into(returned(task.uid, value, start, time.time()))
+    return capture.into(returned(task.uid, value, start, time.time()), task.cwd)
 
 
 class Executor:

@@ -15,13 +15,16 @@ from typing import Any
 import cloudpickle
 import msgspec
 
-from ...files import TAIL_BYTES
+from ...files import TAIL_BYTES, private
 from .protocol import Outcome, Result
 
 # pilotfish's backends: the frames of the worker and of the executor that called the task
 _OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _OK, _ERROR = Outcome.OK, Outcome.ERROR  # (an enum member's lookup costs ~70 ns a task)
+# Where a function's output files go when it has no sandbox: the pilot's default task
+# sandbox, which the pool gives its workers (and Dragon its executor) in the environment.
+TASKS_DIR_ENV = "PILOTFISH_TASKS_DIR"
 
 
 def format_error(exc: BaseException) -> str:
@@ -88,7 +91,9 @@ def entered(env: dict[str, str] | None, cwd: str | None) -> Callable[[], None]:
 class Captured:
     """A call's prints: `sys.stdout` and `sys.stderr` are buffers while it runs (output
     written to the file descriptors themselves, by C code or child processes, is not
-    caught: it goes to the worker's log)."""
+    caught: it goes to the worker's log). What it printed is kept as an executable's
+    output is: `<sandbox>/<uid>.out` and `.err`, made only when there is something to
+    keep, and its tails in the result."""
 
     __slots__ = ("err", "out", "saved")
 
@@ -103,8 +108,22 @@ class Captured:
     def __exit__(self, *exc: object) -> None:
         sys.stdout, sys.stderr = self.saved
 
-    def into(self, result: Result) -> Result:
-        """`result` with the tails of what the call printed ("" when it printed none)."""
+    def into(self, result: Result, sandbox: str | None) -> Result:
+        """`result` with the tails of what the call printed ("" when it printed none),
+        all of it saved in `sandbox` (else the pilot's task sandbox, else here)."""
         out, err = self.out.getvalue(), self.err.getvalue()
+        if out or err:
+            where = sandbox or os.environ.get(TASKS_DIR_ENV) or "."
+            for text, suffix in ((out, ".out"), (err, ".err")):
+                if text:
+                    _save(os.path.join(where, result.uid + suffix), text)
         return msgspec.structs.replace(result, stdout=out[-TAIL_BYTES:],
                                        stderr=err[-TAIL_BYTES:])
+
+
+def _save(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8", errors="replace", opener=private) as f:
+            f.write(text)
+    except OSError:
+        pass  # (a full disk, a sandbox gone: the tails still come back)

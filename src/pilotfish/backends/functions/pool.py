@@ -49,6 +49,7 @@ from ...states import TaskState
 from ...wire import Receiver
 from ..base import BackendEvent, TaskFinished, TaskLost, TaskRequeued, TaskStarted
 from ..processes import signal_group
+from .calls import TASKS_DIR_ENV
 from .protocol import STATES, Call, Cancel, Done, FromWorker, Ready, Result, Run, Started, Stop
 from .worker import ANNOUNCER_SUFFIX
 
@@ -139,7 +140,7 @@ class _Worker:
 class FunctionPool:
     def __init__(self, sandbox: str, functions: dict[str, bytes], python_path: list[str],
                  keys_file: str, processes: WorkerProcesses | None = None,
-                 name: str = "builtin") -> None:
+                 name: str = "builtin", tasks_dir: str | None = None) -> None:
         self.sandbox = sandbox
         self.keys_file = keys_file  # workers read the session's keys there
         self.name = name  # the partition's: its workers' files are its own
@@ -148,6 +149,8 @@ class FunctionPool:
         self._env = dict(os.environ)
         if python_path:
             self._env["PYTHONPATH"] = os.pathsep.join(python_path)
+        if tasks_dir:  # where a function without a sandbox leaves its output files
+            self._env[TASKS_DIR_ENV] = tasks_dir
         self.functions = functions  # key -> pickled function, shared with the agent
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.ROUTER)

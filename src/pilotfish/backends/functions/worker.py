@@ -168,10 +168,10 @@ class FunctionWorker:
             stop = time.time()
             reason = (f"timed out after {timeout} s" if intr.outcome == Outcome.TIMEOUT
                       else "canceled")
-            return capture.into(Result(uid, intr.outcome, None, reason, start, stop))
+            return capture.into(Result(uid, intr.outcome, None, reason, start, stop), call.cwd)
         except BaseException as exc:
             self.in_task = False
-            return capture.into(failed(uid, exc, start, time.time()))
+            return capture.into(failed(uid, exc, start, time.time()), call.cwd)
         finally:
             self.in_task = False
             if timeout:
@@ -181,7 +181,7 @@ class FunctionWorker:
             self.running = None
             self.announcer.task_ended(self.started)
             self.canceled.discard(uid)
-        return capture.into(returned(uid, value, start, stop))
+        return capture.into(returned(uid, value, start, stop), call.cwd)
 
     def run(self) -> None:
         signal.signal(signal.SIGALRM, self._on_signal)
