@@ -70,6 +70,7 @@ class Channel:
         on_dropped: Callable[[str, list[str], str | None], None],
         keys: Keys,
         acked: Callable[[str], int] = lambda pilot: 0,
+        seen: Callable[[str], int] = lambda pilot: 0,
     ) -> None:
         # All three are called on the channel thread with the pilot's uid and: a decoded
         # message; the reason the agent was lost; a Submit that can no longer be sent.
@@ -77,6 +78,7 @@ class Channel:
         self._on_lost = on_lost
         self._on_dropped = on_dropped
         self._acked = acked  # a pilot's last update batch the session holds (heartbeats say)
+        self._seen = seen  # final updates of a pilot's agent applied (heartbeats say)
         self._closed = False
         # A context of our own: its ZAP handler admits only holders of the session's keys.
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -264,16 +266,17 @@ class Channel:
         if not batch:
             return
         tasks = [t for sub in batch for t in sub.tasks]
+        seen = min(sub.seen for sub in batch)  # (what the first of them had applied)
         sent = link.sent_functions
         functions = {k: v for sub in batch for k, v in sub.functions.items() if k not in sent}
         sent.update(functions)
         for i in range(0, len(tasks), MAX_TASKS_PER_MESSAGE):
             chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
             try:
-                data = m.encode(m.Submit(chunk, functions if i == 0 else {}))
+                data = m.encode(m.Submit(chunk, functions if i == 0 else {}, seen))
             except Exception:  # descriptions are checked to encode: a task that still
                 chunk = self._drop_unencodable(link, chunk)  # does not fails alone
-                data = m.encode(m.Submit(chunk, functions if i == 0 else {}))
+                data = m.encode(m.Submit(chunk, functions if i == 0 else {}, seen))
             Channel._send(link, data)
 
     def _drop_unencodable(self, link: AgentLink, tasks: list[m.TaskSpec]) -> list[m.TaskSpec]:
@@ -322,7 +325,8 @@ class Channel:
                 continue
             if link.hello is not None and now - link.last_sent >= HEARTBEAT_INTERVAL:
                 link.last_sent = now
-                self._send(link, m.encode(m.Heartbeat(time.time(), self._acked(link.pilot))))
+                self._send(link, m.encode(m.Heartbeat(time.time(), self._acked(link.pilot),
+                                                      self._seen(link.pilot))))
 
     def _lose(self, link: AgentLink, reason: str) -> None:
         self._close_link(link)

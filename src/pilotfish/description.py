@@ -11,6 +11,7 @@ import difflib
 import functools
 import hashlib
 import importlib.util
+import io
 import itertools
 import os
 import pickle
@@ -27,7 +28,7 @@ import msgspec
 
 from .backends import registry
 from .launchers import check_launcher
-from .messages import TaskSpec
+from .messages import TASK_REF, TaskSpec
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
 from .pilots.batch import check_directives
 from .pilots.slurm import current_allocation
@@ -137,23 +138,47 @@ def pickle_function(function: Callable[..., Any]) -> tuple[str, bytes]:
     return entry
 
 
-def pickle_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bytes | None:
-    if not args and not kwargs:
+def is_task(value: Any) -> bool:
+    """A pilotfish Task (task.py imports this module: it is known by its mark)."""
+    return getattr(type(value), "_pilotfish_task", False) is True
+
+
+class _ArgumentsPickler(cloudpickle.Pickler):
+    """cloudpickle, with each pilotfish Task pickled as a reference to its result."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.tasks: dict[str, Any] = {}
+
+    def persistent_id(self, obj: Any) -> tuple[str, str] | None:
+        if is_task(obj):
+            self.tasks[obj.uid] = obj
+            return (TASK_REF, obj.uid)
         return None
+
+
+def pickle_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]
+                     ) -> tuple[bytes | None, tuple[Any, ...]]:
+    """The pickled (args, kwargs) and the tasks among them (each stands for its result:
+    the worker gets it in their place)."""
+    if not args and not kwargs:
+        return None, ()
     payload = (args, dict(kwargs))
     try:
-        return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), ()
     except Exception:
-        pass
+        pass  # (a Task refuses plain pickling: it goes as a reference, below)
+    buffer = io.BytesIO()
+    pickler = _ArgumentsPickler(buffer)
     try:
-        return cloudpickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dump(payload)
     except Exception as exc:
         future = _a_future(payload)
         if future is not None:
-            raise TypeError(f"TaskDescription.args/kwargs hold a task or future ({future!r}): "
-                            "tasks cannot be arguments yet; pass its result "
-                            "(task.result()) instead") from None
+            raise TypeError(f"TaskDescription.args/kwargs hold a future ({future!r}) that is "
+                            "not a pilotfish Task: pass its result instead") from None
         raise TypeError(f"TaskDescription.args/kwargs cannot be serialised: {exc}") from exc
+    return buffer.getvalue(), tuple(pickler.tasks.values())
 
 
 def _a_future(value: Any, depth: int = 4) -> Future[Any] | None:
@@ -227,19 +252,22 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     partition: str | None = None
     retries: int = 0
     launcher: str | None = None
+    after: Sequence[Any] = ()  # Tasks (submitted before) that must end DONE first
     # Derived at construction, not given: the pickled function and arguments, so that an
-    # unserialisable function is refused here and submit does no pickling.
+    # unserialisable function is refused here and submit does no pickling; the tasks
+    # among the arguments (each stands for its result, and is waited for).
     function_key: str | None = None
     function_blob: bytes | None = None
     args_blob: bytes | None = None
+    inputs: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         owner = "TaskDescription"
         set_ = msgspec.structs.force_setattr
         if self.function_key is not None or self.function_blob is not None or (
-                self.args_blob is not None):
-            raise TypeError(f"{owner}: function_key, function_blob and args_blob are "
-                            "derived from function and args; do not give them")
+                self.args_blob is not None) or self.inputs:
+            raise TypeError(f"{owner}: function_key, function_blob, args_blob and inputs "
+                            "are derived from function and args; do not give them")
         if self.function is None:
             if self.executable is None:
                 raise InvalidDescription(owner, "executable", "give an executable or a function")
@@ -288,7 +316,9 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             key, blob = pickle_function(self.function)
             set_(self, "function_key", key)
             set_(self, "function_blob", blob)
-            set_(self, "args_blob", pickle_arguments(tuple(self.args), self.kwargs))
+            args_blob, inputs = pickle_arguments(tuple(self.args), self.kwargs)
+            set_(self, "args_blob", args_blob)
+            set_(self, "inputs", inputs)
         if self.environment:
             _check_strings(owner, "environment", self.environment, c_string=True)
         elif type(self.environment) is not dict:
@@ -334,6 +364,15 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             why = check_launcher(self.launcher)
             if why is not None:
                 raise InvalidDescription(owner, "launcher", why)
+        if self.after:
+            if isinstance(self.after, str | bytes) or not isinstance(self.after, Sequence):
+                raise TypeError(f"{owner}.after must be a list of tasks, got "
+                                f"{type(self.after).__name__}")
+            for t in self.after:
+                if not is_task(t):
+                    raise TypeError(f"{owner}.after must be a list of tasks (pilotfish "
+                                    f"Task, as submit returns), got {t!r}")
+            set_(self, "after", tuple(self.after))
         tags = self.tags
         if tags or type(tags) is not dict:
             _check_strings(owner, "tags", tags)
@@ -355,17 +394,31 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     def kind(self) -> str:
         return "function" if self.function is not None else "executable"
 
-    def to_spec(self, uid: str) -> TaskSpec:
+    def to_spec(self, uid: str, after: list[str] | None = None,
+                inputs: dict[str, bytes | None] | None = None) -> TaskSpec:
         """The task as the agent gets it (and the journal keeps it): the wire spec's fields
         are this description's, by name (a unit test holds the two lists together),
         less what stays in the client (the function object, args, kwargs and the
-        function's pickled bytes, which travel once per pilot)."""
+        function's pickled bytes, which travel once per pilot). Dependencies go by
+        uid: by default every task named or among the arguments, whose results the agent
+        fills in; the session passes those it resolved itself (`after`, `inputs`)."""
+        if after is None:
+            after = list(dict.fromkeys(t.uid for t in (*self.after, *self.inputs)))
+        if inputs is None:
+            inputs = dict.fromkeys((t.uid for t in self.inputs), None)
         return TaskSpec(uid, self.kind, self.executable, list(self.arguments),
                         dict(self.environment), self.sandbox, self.function_key,  # type: ignore[arg-type]
                         self.args_blob, self.ranks, self.cores_per_rank, self.gpus_per_rank,
                         self.priority, self.timeout, self.name, dict(self.tags),
                         self.ranks_per_node, self.mem_per_rank, self.duration, self.partition,
-                        self.retries, self.launcher)
+                        self.retries, self.launcher, after, inputs)
+
+    @property
+    def depends_on(self) -> tuple[Any, ...]:
+        """The tasks it waits for: those named in `after` and those among its arguments."""
+        if not self.inputs:
+            return tuple(self.after)
+        return tuple({id(t): t for t in (*self.after, *self.inputs)}.values())
 
     @property
     def cores(self) -> int:

@@ -13,7 +13,12 @@ from typing import Literal
 
 import msgspec
 
-WIRE_VERSION = 2  # 2: Release and Released (tasks moved between pilots)
+WIRE_VERSION = 3  # 2: Release and Released (tasks moved between pilots); 3: dependencies
+
+
+# How a task among a function's arguments is pickled: a persistent id (TASK_REF, uid),
+# which the worker's unpickler turns into that task's result (`TaskSpec.inputs`).
+TASK_REF = "pilotfish.task"
 
 
 class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
@@ -40,11 +45,17 @@ class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
     partition: str | None = None
     retries: int = 0  # placements elsewhere allowed when its partition is lost
     launcher: str | None = None  # a name of launchers.LAUNCHERS (None: the platform's)
+    # Dependencies: tasks on this pilot to wait for (each must end DONE), and the results
+    # standing for tasks among a function's arguments (None: the agent fills it in from
+    # the task it waits for; bytes: the client's, of a task already done).
+    after: list[str] = []
+    inputs: dict[str, bytes | None] = {}
 
 
 class Submit(msgspec.Struct, array_like=True, tag=True):
     tasks: list[TaskSpec]
     functions: dict[str, bytes] = {}  # pickled functions not sent to this agent before
+    seen: int = 0  # final updates of this agent the client had applied (see Updates.finals)
 
 
 class Cancel(msgspec.Struct, array_like=True, tag=True):
@@ -69,6 +80,7 @@ class Released(msgspec.Struct, array_like=True, tag=True):
 class Heartbeat(msgspec.Struct, array_like=True, tag=True):
     ts: float
     acked: int = 0  # from a client: the last `Updates.seq` its journal holds
+    seen: int = 0  # from a client: final updates of this agent it has applied
 
 
 class Shutdown(msgspec.Struct, array_like=True, tag=True):
@@ -123,6 +135,9 @@ class Updates(msgspec.Struct, array_like=True, tag=True):
     updates: list[TaskUpdate]
     clock_offset: float = 0.0  # the agent's clock minus the wall clock (simulated pilots)
     seq: int = 0  # numbered from 1 where the agent keeps them until acknowledged
+    # Final updates in this message. The agent keeps the outcomes of ended tasks until
+    # the client says (`seen`) it applied them: a task sent meanwhile may depend on one.
+    finals: int = 0
 
 
 class Attach(msgspec.Struct, array_like=True, tag=True):

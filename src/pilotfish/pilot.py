@@ -46,6 +46,7 @@ class Pilot:
         self._canceling: str | None = None  # why cancel() stops it
         self.outstanding = 0  # tasks submitted to it and not final yet
         self.load = 0.0  # cores of those tasks (and of tasks on their way to it)
+        self.finals_seen = 0  # final updates of its agent applied (see Updates.finals)
         # Late binding across pilots: tasks may move to it, or from it to another.
         self.movable = not any(p.backend == "simulated" for p in description.layout)
         self.stats: dict[str, float] = {}  # what its agent's work cost (when it ended)

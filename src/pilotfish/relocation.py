@@ -48,6 +48,11 @@ class Relocator:
         self._lock = threading.Lock()
         self._nothing_to_move = False  # a look found nothing: until tasks or pilots change
 
+    @property
+    def moving(self) -> set[str]:
+        """Tasks asked back from their pilot, not yet given back."""
+        return set(self._moving)
+
     def changed(self) -> None:
         """Tasks were submitted or a pilot started: the next look may find moves."""
         self._nothing_to_move = False
@@ -144,7 +149,7 @@ class Relocator:
     def _retryable(self, task: Task, source: Pilot) -> bool:
         d = task.description
         return (d is not None and not task.pinned and task.attempt <= d.retries
-                and source.movable and not self.closed())
+                and not d.depends_on and source.movable and not self.closed())
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -165,8 +170,9 @@ class Relocator:
         if pilot_uid in self._asked:
             return
         for task in reversed(self.live.values()):
+            d = task.description
             if (task.pilot == pilot_uid and task.state is TaskState.SUBMITTED
-                    and not task.pinned and task.description is not None
+                    and not task.pinned and d is not None and not d.depends_on
                     and task.uid not in self._moving):
                 yield Candidate(task.uid, task.cores)
 

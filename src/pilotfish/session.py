@@ -31,6 +31,7 @@ from . import messages as m
 from .agent.config import AgentConfig
 from .backends import registry
 from .channel import JOB_END_GRACE, Channel
+from .dependencies import Held, plan
 from .description import PilotDescription, TaskDescription
 from .files import DIR_MODE, private, private_dir, read_tail
 from .gcpause import without_gc
@@ -101,6 +102,7 @@ class Session:
         self._done = threading.Condition()  # notified whenever tasks reach a final state
         # ... and on other state changes while someone waits for one (`wait_for`)
         self._state_waiters = 0
+        self._held = Held()  # tasks waiting for tasks of other pilots
         self._relocator = Relocator(  # tasks that change pilot
             self.pilots, self._live, lambda pilot, msg: self._channel.send(pilot, msg),
             self.journal, self._end_tasks, lambda: self._closed)
@@ -110,7 +112,8 @@ class Session:
         self.keys_file = keys_file
         self._channel = Channel(self._on_message, self._on_lost, self._on_dropped,
                                 Keys.load(self.keys_file),
-                                acked=lambda pilot: self.journal.committed.get(pilot, 0))
+                                acked=lambda pilot: self.journal.committed.get(pilot, 0),
+                                seen=lambda pilot: self.pilots[pilot].finals_seen)
 
     @classmethod
     def attach(cls, path: str | os.PathLike[str], timeout: float = 30.0) -> Session:
@@ -340,6 +343,10 @@ class Session:
             if not isinstance(d, TaskDescription):
                 raise TypeError(f"submit takes TaskDescription objects; item {i} is "
                                 f"{type(d).__name__}")
+            for t in d.depends_on:
+                if t._session is not self:
+                    raise ValueError(f"item {i} depends on {t.uid}, a task of another "
+                                     "session")
         targets = self._spread(descs, self._pick_pilot(pilot) if pilot is not None else None)
         self.journal.check()
         tasks = self._submit(descs, targets, pinned=pilot is not None)
@@ -361,6 +368,11 @@ class Session:
         load = {p.uid: p.outstanding / p.cores for p in live}
         targets = []
         for d in descs:
+            near = {t.pilot for t in d.depends_on if not t.state.final}
+            if len(near) == 1 and (p := self.pilots[near.pop()]) in live and fits(
+                    d, p.description):  # where its inputs are: the agent resolves them
+                targets.append(p)
+                continue
             able = [p for p in live if fits(d, p.description)] or live  # (none: it fails
             best = min(able, key=lambda p: load[p.uid])                  # there, saying why)
             load[best.uid] += d.ranks * d.cores_per_rank / best.cores
@@ -388,6 +400,7 @@ class Session:
         user chose the pilot (the tasks never move to another)."""
         now = time.time()
         specs: dict[str, list[m.TaskSpec]] = {}
+        ordered: list[tuple[str, Any]] = []  # (pilot, spec), in submission order
         tasks: list[Task] = []
         rows = []
         functions: dict[str, dict[str, bytes]] = {}  # pilot -> key -> function
@@ -395,6 +408,7 @@ class Session:
         with self._lock:
             first = self._seq + 1
             self._seq += len(descs)
+        deferred: list[tuple[int, Task]] = []  # tasks with inputs: planned below
         for seq, d, pilot in zip(range(first, first + len(descs)), descs, pilots,
                                  strict=True):
             uid = f"task.{seq:06d}"
@@ -412,7 +426,9 @@ class Session:
                 journaled = msgspec.structs.replace(spec, args_blob=None)
             try:
                 description = _json_encode(journaled).decode()
-                specs.setdefault(pid, []).append(spec)
+                if d.depends_on:
+                    deferred.append((len(ordered), task))
+                ordered.append((pid, spec))
             except Exception as exc:  # descriptions are checked to encode: should one
                 description = "{}"  # still not, it fails alone (below)
                 unsendable[uid] = f"cannot be sent to the agent: {exc}"
@@ -429,11 +445,38 @@ class Session:
                 pilot.outstanding += 1
                 pilot.load += d.ranks * d.cores_per_rank
         self._relocator.changed()
+        ended: list[tuple[str, TaskState, str]] = []
+        with self._updating:  # inputs cannot end while planned, nor `seen` grow
+            for i, task in deferred:
+                pid, spec = ordered[i]
+                how = self._plan(task, pid)
+                if isinstance(how, tuple):
+                    ended.append((task.uid, *how))
+                ordered[i] = (pid, None if isinstance(how, tuple) else how)
+            for pid, spec_or_none in ordered:
+                if spec_or_none is not None:
+                    specs.setdefault(pid, []).append(spec_or_none)
+            for pid, sent in specs.items():  # (queued in the order `seen` was read)
+                self._channel.send(pid, m.Submit(sent, functions.get(pid, {}),
+                                                 seen=self.pilots[pid].finals_seen))
         for uid, why in unsendable.items():
             self._end_tasks([uid], TaskState.FAILED, why)
-        for pid, sent in specs.items():
-            self._channel.send(pid, m.Submit(sent, functions.get(pid, {})))
+        for uid, state, why in ended:
+            self._end_tasks([uid], state, why)
         return tasks
+
+    def _plan(self, task: Task, pid: str) -> m.TaskSpec | tuple[TaskState, str] | None:
+        """A task with inputs, for pilot `pid`: its spec (the agent resolves the rest),
+        how it ends (an input failed), or None: held until inputs elsewhere end."""
+        d = task.description
+        assert d is not None
+        p = plan(d, pid, self._relocator.moving)
+        if p.ends is not None:
+            return p.ends
+        if p.waits_for:
+            self._held.hold(task, p.waits_for)
+            return None
+        return d.to_spec(task.uid, p.after, p.inputs)
 
     def cancel(self, tasks: Iterable[Task]) -> None:
         """Cancel queued or running tasks; each ends CANCELED unless it finished first
@@ -441,12 +484,18 @@ class Session:
         by_pilot: dict[str, list[str]] = {}
         now = time.time()
         rows = []
+        held: list[str] = []  # waiting here for inputs elsewhere: they end here
         for t in _tasks("cancel", tasks):
             if not t.state.final:
-                by_pilot.setdefault(t.pilot, []).append(t.uid)
                 rows.append((t.id, "cancel_requested", now))
+                with self._updating:
+                    if self._held.release(t.uid) is not None:
+                        held.append(t.uid)
+                        continue
+                by_pilot.setdefault(t.pilot, []).append(t.uid)
                 self._relocator.cancel_requested(t)
         self.journal.add_events(rows)
+        self._end_tasks(held, TaskState.CANCELED, "canceled")
         for pilot, uids in by_pilot.items():
             self._channel.send(pilot, m.Cancel(uids))  # (queued for a pending pilot: its
             if self.pilots[pilot].state == "PENDING":  # agent must not run them either)
@@ -597,7 +646,7 @@ class Session:
     def _on_message(self, pilot_uid: str, msg: Any) -> None:
         pilot = self.pilots[pilot_uid]
         if isinstance(msg, m.Updates):
-            finished = self._apply_updates(msg.updates, msg.clock_offset)
+            finished = self._apply_updates(msg.updates, msg.clock_offset, pilot, msg.finals)
             if msg.seq:  # the agent keeps the batch until the journal holds it
                 self.journal.mark(pilot_uid, msg.seq)
             if finished:  # room for tasks waiting elsewhere
@@ -690,12 +739,17 @@ class Session:
             with self._done:
                 self._done.notify_all()
 
-    def _apply_updates(self, updates: list[m.TaskUpdate], clock_offset: float = 0.0) -> int:
-        """Apply updates; return how many tasks they ended."""
+    def _apply_updates(self, updates: list[m.TaskUpdate], clock_offset: float = 0.0,
+                       sender: Pilot | None = None, finals: int = 0) -> int:
+        """Apply updates (from `sender`'s agent: `finals` final ones); return how many
+        tasks they ended."""
         # The channel thread applies the agent's updates; a user thread ends tasks of a
         # lost pilot: one at a time, or a task could be ended twice.
         with self._updating:
-            return self._apply_updates_locked(updates, clock_offset)
+            ended = self._apply_updates_locked(updates, clock_offset)
+            if sender is not None:
+                sender.finals_seen += finals  # (read with `_updating` held, by submit)
+            return ended
 
     @without_gc
     def _apply_updates_locked(self, updates: list[m.TaskUpdate], clock_offset: float) -> int:
@@ -708,6 +762,7 @@ class Session:
         moved = False  # a task changed to a state that is not final
         callbacks: list[Task] = []
         retried: list[tuple[Task, m.TaskUpdate]] = []  # stopped with their pilot
+        ended_uids: list[str] = []
         for u in updates:
             task = live.get(u.uid)
             state = _STATES[u.state]
@@ -733,6 +788,7 @@ class Session:
                 task.events.append((state.value, now))
                 finish_rows.append(_journal_row(task, now, event_rows))
                 del live[u.uid]
+                ended_uids.append(u.uid)
                 owner = self.pilots[task.pilot]
                 owner.outstanding -= 1
                 owner.load -= task.cores
@@ -751,6 +807,8 @@ class Session:
                 self._done.notify_all()
         if callbacks:
             self._callbacks.run(callbacks)
+        if len(self._held) and ended_uids:
+            finished += self._release_held(ended_uids)
         if retried:  # those that found no pilot end as the agent said
             update_of = {task.uid: u for task, u in retried}
             by_source: dict[str, list[Task]] = {}
@@ -763,6 +821,35 @@ class Session:
                 finished += self._apply_updates_locked([update_of[t.uid] for t in rest],
                                                        clock_offset)
         return finished
+
+    def _release_held(self, ended: list[str]) -> int:
+        """Tasks held for inputs elsewhere that ended: each goes to its pilot now (with
+        their results), or ends (an input failed; its pilot ended). With `_updating`
+        held; returns how many ended."""
+        specs: dict[str, list[m.TaskSpec]] = {}
+        functions: dict[str, dict[str, bytes]] = {}
+        ends: list[m.TaskUpdate] = []
+        for task in self._held.ended(ended):
+            pilot = self.pilots[task.pilot]
+            if task.state.final:
+                continue
+            if not pilot.active:
+                ends.append(m.TaskUpdate(task.uid, TaskState.FAILED.value, error=(
+                    f"{pilot.uid} ended before this task's inputs did ({pilot.reason})")))
+                continue
+            how = self._plan(task, pilot.uid)
+            if isinstance(how, tuple):
+                ends.append(m.TaskUpdate(task.uid, how[0].value, error=how[1]))
+            elif how is not None:
+                specs.setdefault(pilot.uid, []).append(how)
+                d = task.description
+                if d is not None and d.function_key is not None and d.function_blob:
+                    functions.setdefault(pilot.uid, {})[d.function_key] = d.function_blob
+        for pid, sent in specs.items():
+            self._channel.send(pid, m.Submit(sent, functions.get(pid, {}),
+                                             seen=self.pilots[pid].finals_seen))
+        return self._apply_updates_locked(ends, 0.0) if ends else 0
+
 
 
 def _unfinished(path: Path) -> tuple[list[tuple[str, str, str]], list[tuple[int, str, str, str]],

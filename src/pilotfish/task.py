@@ -71,6 +71,7 @@ class Task(Future):  # type: ignore[type-arg]
     partition: str | None = None  # where it ran, once it ended
     placement: Placement | None = None  # ... and on what (pilot nodes, cores, GPUs)
     pinned = False  # submitted to a pilot the user chose: it never moves to another
+    _pilotfish_task = True  # (how descriptions know a Task among a function's arguments)
     _state = PENDING
     _result: Any = None
     _exception: BaseException | None = None
@@ -86,6 +87,10 @@ class Task(Future):  # type: ignore[type-arg]
         self.pilot = pilot
         self._session = session
         self.events: list[tuple[str, float]] = []
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"{self.uid} cannot be pickled: a task among a function's "
+                        "arguments stands for its result (TaskDescription does that)")
 
     @property
     def cores(self) -> int:

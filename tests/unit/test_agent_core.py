@@ -167,6 +167,21 @@ def test_release_gives_back_only_what_is_still_queued() -> None:
     assert set(updates(acts)) == {"running"}
 
 
+def test_a_task_waits_outside_the_scheduler_for_its_inputs() -> None:
+    core, clock = make_core(cores=2, workers=2)
+    acts = core.handle(TasksSubmitted([fn("a"), fn("b", after=["a"], inputs={"a": None}),
+                                       exe("c", after=["a"]), exe("d", after=["a"])]))
+    dispatched = [t.spec.uid for a in of(DispatchTasks, acts) for t in a.tasks]  # type: ignore[attr-defined]
+    assert dispatched == ["a"] and launched(acts) == []  # b, c, d wait (cores are free)
+    core.handle(CancelRequested(["d"]))  # in no scheduler: it ends at once
+    acts = core.handle(done("a", clock, result=b"\x80\x04K*."))
+    dispatched = [t for a in of(DispatchTasks, acts) for t in a.tasks]  # type: ignore[attr-defined]
+    assert [t.spec.uid for t in dispatched] == ["b"] and launched(acts) == ["c"]
+    assert dispatched[0].spec.inputs == {"a": b"\x80\x04K*."}  # a's result, filled in
+    acts = core.handle(CaughtUp())
+    assert updates(acts)["d"].state == "CANCELED"
+
+
 def test_late_results_of_ended_tasks_are_ignored() -> None:
     core, clock = make_core()
     core.handle(TasksSubmitted([exe("a")]))

@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from ..backends.base import (
     DispatchedTask,
     NodeLost,
@@ -59,6 +61,7 @@ from .events import (
     TasksSubmitted,
     Tick,
 )
+from .waiting import Verdict, Waiting
 
 PROGRESS_INTERVAL = 0.05  # seconds a task stays SCHEDULED or RUNNING before that is sent
 FLUSH_INTERVAL, FLUSH_BATCH = 0.01, 10_000  # final updates held back: at most (s, count)
@@ -234,6 +237,8 @@ class AgentCore:
         self._balanced = 0.0
         self._seq = 0
         self._shapes: dict[tuple[int, int, float, int, int], Shape] = {}
+        self._waiting = Waiting()  # tasks waiting for others (`after`), ended outcomes
+        self._unblocked: list[Verdict] = []  # waited, and now go (or end): this round
 
     # ---- the one entry point ----------------------------------------------------------
 
@@ -290,6 +295,7 @@ class AgentCore:
         if self.stopped is not None:
             self._stop(rnd)
             return rnd.actions
+        self._unblock(events[-1] if events else Tick(), rnd)
         self._schedule(rnd)
         if len(self.partitions) > 1 and self.clock() - self._balanced >= BALANCE_INTERVAL:
             self._balance(events[-1] if events else Tick(), rnd)
@@ -322,7 +328,13 @@ class AgentCore:
 
     # ---- from the client --------------------------------------------------------------
 
+    def client_seen(self, finals: int) -> None:
+        """A heartbeat: the client has applied this many of our final updates, and
+        resolves names of those tasks itself from now on."""
+        self._waiting.heartbeat(finals)
+
     def _submit(self, event: TasksSubmitted, rnd: _Round) -> None:
+        self._waiting.seen(event.seen)  # (before its tasks name any)
         accepted: list[str] = []
         per_partition: dict[str, list[Request]] = {}
         rejected: list[tuple[_Task, str]] = []
@@ -348,11 +360,15 @@ class AgentCore:
             request = _request(spec, seq, shape, part)
             task = tasks[spec.uid] = _Task(spec, request, part)
             accepted.append(spec.uid)
-            if reason is None:
-                per_partition.setdefault(part.name, []).append(request)
-            else:
+            if reason is not None:
                 task.routed = False
                 rejected.append((task, reason))
+            elif spec.after:
+                verdict = self._waiting.add(spec.uid, spec.after, tasks)
+                if verdict is not None:  # (else it waits, in no scheduler)
+                    self._unblocked.append(verdict)
+            else:
+                per_partition.setdefault(part.name, []).append(request)
         self._seq = seq
         now = self.clock()
         rnd.actions.append(SendAccepted(accepted, now, event))
@@ -395,7 +411,12 @@ class AgentCore:
         per_partition: dict[str, list[str]] = {}
         for uid in event.uids:
             task = self.tasks.get(uid)
-            if task is not None and not task.state.final:
+            if task is None or task.state.final:
+                continue
+            if uid in self._waiting.blocked:  # in no scheduler: it ends here
+                self._finish(task, TaskFinished(uid, CANCELED, None, self.clock(),
+                                                error="canceled"))
+            else:
                 per_partition.setdefault(task.part.name, []).append(uid)
         for name, live in per_partition.items():
             part = self.partitions[name]
@@ -604,11 +625,38 @@ class AgentCore:
                  rnd: _Round) -> None:
         """Queue tasks (queued or placed elsewhere before) on `part`, from the start."""
         requests = []
+        blocked = self._waiting.blocked
         for task in tasks:
             task.part = part
             task.request = _request(task.spec, task.request.seq, task.request.shape, part)
-            requests.append(task.request)
+            if task.spec.uid not in blocked:  # (one waiting for others stays so, there)
+                requests.append(task.request)
         self._apply(part, part.scheduler.submit(requests, self.clock()), cause, rnd)
+
+    def _unblock(self, cause: Event, rnd: _Round) -> None:
+        """Tasks whose inputs ended: placed (their arguments' results filled in), or
+        ended because an input failed (which may end tasks waiting for them, in turn)."""
+        now = self.clock()
+        per_partition: dict[str, list[Request]] = {}
+        while self._unblocked:
+            verdicts, self._unblocked = self._unblocked, []
+            for v in verdicts:
+                task = self.tasks.get(v.uid)
+                if task is None or task.state.final:
+                    continue
+                if not v.ready:
+                    self._finish(task, TaskFinished(v.uid, v.state, None, now, error=v.why))
+                    continue
+                spec = task.spec
+                if any(blob is None for blob in spec.inputs.values()):
+                    result = self._waiting.result
+                    task.spec = msgspec.structs.replace(spec, inputs={
+                        name: blob if blob is not None else result(name)
+                        for name, blob in spec.inputs.items()})
+                per_partition.setdefault(task.part.name, []).append(task.request)
+        for name, requests in per_partition.items():
+            part = self.partitions[name]
+            self._apply(part, part.scheduler.submit(requests, now), cause, rnd)
 
     def _finish(self, task: _Task, outcome: TaskFinished) -> None:
         if outcome.exec_start is not None:
@@ -618,6 +666,8 @@ class AgentCore:
         _move(task, outcome.state)
         task.outcome = outcome
         self._final[outcome.uid] = None
+        self._unblocked += self._waiting.end(outcome.uid, outcome.state, outcome.error,
+                                             outcome.result, outcome.exit_code)
 
     def _stop(self, rnd: _Round) -> None:
         """End every unfinished task with the stop's reason, and send everything."""
@@ -653,6 +703,7 @@ class AgentCore:
                                       task.part.name if task.routed else None,
                                       task.placement if o.exec_start is not None else None))
             self._progress.discard(uid)
+        self._waiting.sent(self._final)  # (in the order the client gets them)
         self._final.clear()
         cutoff = math.inf if everything else self._flushed - PROGRESS_INTERVAL
         for uid in self._progress.pop_due(cutoff):

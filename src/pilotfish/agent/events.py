@@ -52,9 +52,11 @@ __all__ = [
 # ---- events -----------------------------------------------------------------------------
 
 class TasksSubmitted(msgspec.Struct, frozen=True, gc=False):
-    """The client sent these tasks (a resent task, already known, is ignored)."""
+    """The client sent these tasks (a resent task, already known, is ignored), having
+    applied `seen` final updates of this agent."""
 
     tasks: list[TaskSpec]
+    seen: int = 0
 
 
 class CancelRequested(msgspec.Struct, frozen=True, gc=False):

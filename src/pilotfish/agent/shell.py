@@ -239,7 +239,8 @@ class Agent:
                 if action.finals:
                     self.stats.last_final = time.monotonic()
                     self.stats.waited_at_final = self.reactor.waited
-                self._send(m.Updates(action.updates, self.clock.offset))
+                self._send(m.Updates(action.updates, self.clock.offset,
+                                     finals=action.finals))
             elif type(action) is SendAccepted:
                 self._send(m.Accepted(action.uids, action.ts))
             elif type(action) is CancelTasks:
@@ -362,13 +363,14 @@ class Agent:
                     self.stats.waited_at_submit = self.reactor.waited
                 self.clock.hold()  # a simulation waits for the rest of the bag
                 self.functions.update(msg.functions)
-                self._execute(self.core.handle(TasksSubmitted(msg.tasks)))
+                self._execute(self.core.handle(TasksSubmitted(msg.tasks, msg.seen)))
             elif isinstance(msg, m.Cancel):
                 self._execute(self.core.handle(CancelRequested(msg.uids)))
             elif isinstance(msg, m.Release):
                 self._execute(self.core.handle(ReleaseRequested(msg.uids)))
             elif isinstance(msg, m.Heartbeat):
                 self.link.acked(msg.acked)
+                self.core.client_seen(msg.seen)
             elif isinstance(msg, m.Shutdown):  # the client's: its tasks end CANCELED
                 self._canceled = self._stop_reason is None
                 self.stop(f"shutdown requested ({msg.reason})" if msg.reason

@@ -372,7 +372,8 @@ class DragonBackend:
                 env = {**spec.environment, **gpu} if spec.environment and gpu else (
                     spec.environment or gpu)
                 calls.append(PoolCall(spec.uid, key, spec.args_blob, spec.timeout, env,
-                                      worker, spec.sandbox))
+                                      worker, spec.sandbox,
+                                      spec.inputs or None))  # type: ignore[arg-type]
             else:
                 assert isinstance(placed, PlacedTask)  # executables have slots
                 execs.append(self._exec_message(placed))

@@ -55,7 +55,13 @@ from pilotfish.backends.dragon.protocol import (
     Stop,
     ToExecutor,
 )
-from pilotfish.backends.functions.calls import Captured, entered, failed, returned
+from pilotfish.backends.functions.calls import (
+    Captured,
+    entered,
+    failed,
+    load_arguments,
+    returned,
+)
 from pilotfish.backends.processes import KILL_GRACE
 from pilotfish.keys import Keys
 from pilotfish.messages import encode
@@ -117,7 +123,7 @@ def call(task: PoolCall, blob: bytes) -> Result:
         fn = _functions.get(task.key)
         if fn is None:
             fn = _functions[task.key] = pickle.loads(blob)
-        args, kwargs = pickle.loads(task.args_blob) if task.args_blob else ((), {})
+        args, kwargs = load_arguments(task.args_blob, task.inputs)
         start = time.time()
         with capture:
             value = fn(*args, **kwargs)

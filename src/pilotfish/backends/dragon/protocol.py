@@ -29,6 +29,7 @@ class PoolCall(msgspec.Struct, array_like=True, frozen=True, gc=False):
     env: dict[str, str] | None  # the task's and its GPU visibility variable, while it runs
     worker: int  # the agent's worker index: its tasks go as one pool call; -1: a one-off
     cwd: str | None = None  # the task's sandbox, while it runs
+    inputs: dict[str, bytes] | None = None  # results standing for tasks among the args
 
 
 class Rank(msgspec.Struct, array_like=True, frozen=True):

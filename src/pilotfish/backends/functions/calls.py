@@ -16,6 +16,7 @@ import cloudpickle
 import msgspec
 
 from ...files import TAIL_BYTES, private
+from ...messages import TASK_REF
 from .protocol import Outcome, Result
 
 # pilotfish's backends: the frames of the worker and of the executor that called the task
@@ -64,6 +65,31 @@ def returned(uid: str, value: Any, start: float, stop: float) -> Result:
     except Exception as exc:
         msg = f"return value of type {type(value).__name__} cannot be serialised: {exc}"
         return Result(uid, _ERROR, pickle_exception(TypeError(msg)), msg, start, stop)
+
+
+def load_arguments(blob: bytes | None, inputs: dict[str, bytes] | None
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A call's (args, kwargs); each task among them becomes its result (`inputs`)."""
+    if not blob:
+        return (), {}
+    if not inputs:
+        return pickle.loads(blob)  # type: ignore[no-any-return]
+    return _ArgumentsUnpickler(io.BytesIO(blob), inputs).load()  # type: ignore[no-any-return]
+
+
+class _ArgumentsUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, inputs: dict[str, bytes]) -> None:
+        super().__init__(file)
+        self.inputs = inputs
+        self.loaded: dict[str, Any] = {}  # a task named twice is one object
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, uid = pid
+        if kind != TASK_REF or uid not in self.inputs:
+            raise pickle.UnpicklingError(f"no result for the argument {pid!r}")
+        if uid not in self.loaded:
+            self.loaded[uid] = pickle.loads(self.inputs[uid])
+        return self.loaded[uid]
 
 
 def entered(env: dict[str, str] | None, cwd: str | None) -> Callable[[], None]:

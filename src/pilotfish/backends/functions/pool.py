@@ -183,7 +183,8 @@ class FunctionPool:
         for spec, ident in tasks:  # (no per-task check that it has a function: it does)
             by_worker.setdefault(ident, []).append(Call(
                 spec.uid, spec.function_key, spec.args_blob,  # type: ignore[arg-type]
-                spec.timeout, spec.environment or None, spec.sandbox))
+                spec.timeout, spec.environment or None, spec.sandbox,
+                spec.inputs or None))  # type: ignore[arg-type]
         for ident, items in by_worker.items():
             worker = self._workers.get(ident)
             if worker is None:

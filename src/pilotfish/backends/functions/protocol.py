@@ -45,6 +45,7 @@ class Call(msgspec.Struct, array_like=True, frozen=True, gc=False):
     timeout: float | None
     env: dict[str, str] | None = None
     cwd: str | None = None
+    inputs: dict[str, bytes] | None = None  # results standing for tasks among the args
 
 
 class Result(msgspec.Struct, array_like=True, frozen=True, gc=False):

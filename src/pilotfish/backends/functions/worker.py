@@ -36,7 +36,7 @@ from ...keys import Keys
 from ...messages import encode
 from ...reactor import readable
 from ...wire import Receiver
-from .calls import Captured, entered, failed, returned
+from .calls import Captured, entered, failed, load_arguments, returned
 from .protocol import Call, Cancel, Done, Outcome, Ready, Result, Run, Started, Stop, ToWorker
 
 FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
@@ -147,7 +147,7 @@ class FunctionWorker:
                           start)
         try:
             fn = self._function(call.key)
-            args, kwargs = pickle.loads(call.args_blob) if call.args_blob else ((), {})
+            args, kwargs = load_arguments(call.args_blob, call.inputs)
             leave = entered(call.env, call.cwd) if call.env or call.cwd else None
         except Exception as exc:
             return failed(uid, exc, start, time.time())

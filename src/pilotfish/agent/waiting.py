@@ -1,0 +1,122 @@
+"""Tasks that wait for other tasks of the same pilot (pure: no I/O).
+
+A task with `after` waits, outside every scheduler, until each task it names has ended;
+then it is placed (all DONE) or ends at once (one FAILED or CANCELED: so does it, the
+reason naming that input). The outcomes of ended tasks are kept until the client says it
+has applied their final updates (`seen`): a task it sends before then may name one, and
+from then on it resolves such names itself. Results are kept with them: a function's
+argument standing for a task's result is filled in from here.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import deque
+from collections.abc import Container, Iterable
+from typing import NamedTuple
+
+from ..states import TaskState
+
+DONE, FAILED, CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+
+
+class Ended(NamedTuple):
+    state: TaskState
+    error: str | None
+    result: bytes | None  # a function's pickled return value
+    exit_code: int | None  # an executable's (its result, as a task's argument)
+
+
+class Verdict(NamedTuple):
+    """A task that waits no more: `ready` to be placed, or ending as `state` with `why`."""
+
+    uid: str
+    ready: bool
+    state: TaskState = DONE
+    why: str | None = None
+
+
+class Waiting:
+    def __init__(self) -> None:
+        self.blocked: dict[str, set[str]] = {}  # task -> the inputs it still waits for
+        self.dependents: dict[str, list[str]] = {}  # input -> tasks waiting for it
+        self.ended: dict[str, Ended] = {}  # outcomes the client may not have seen yet
+        self._sent: deque[str] = deque()  # ended tasks, in the order their finals left
+        self._forgotten = 0  # finals the client has seen: their outcomes are dropped
+        self._last_beat = 0  # what the last heartbeat said the client had seen
+
+    def add(self, uid: str, after: Iterable[str], live: Container[str]) -> Verdict | None:
+        """A task arrived naming `after`: None while it waits, else its verdict now."""
+        pending: set[str] = set()
+        for name in after:
+            ended = self.ended.get(name)
+            if ended is not None:
+                if ended.state is not DONE:
+                    return _broken(uid, name, ended)
+            elif name in live:
+                pending.add(name)
+            else:  # (the client sends only names of this pilot's tasks it saw unfinished)
+                return Verdict(uid, False, FAILED, f"input {name} is not a task of this "
+                                                   "pilot, or ended too long ago")
+        if not pending:
+            return Verdict(uid, True)
+        self.blocked[uid] = pending
+        for name in pending:
+            self.dependents.setdefault(name, []).append(uid)
+        return None
+
+    def end(self, uid: str, state: TaskState, error: str | None, result: bytes | None,
+            exit_code: int | None) -> list[Verdict]:
+        """A task ended: keep its outcome; return the verdicts of the tasks that waited
+        for it and wait for nothing else now (or fail because of it)."""
+        ended = self.ended[uid] = Ended(state, error, result, exit_code)
+        self.blocked.pop(uid, None)  # (a waiting task that ended: canceled, stopped)
+        verdicts = []
+        for waiter in self.dependents.pop(uid, ()):
+            pending = self.blocked.get(waiter)
+            if pending is None:
+                continue  # it ended already (another input failed, or it was canceled)
+            if state is not DONE:
+                del self.blocked[waiter]
+                verdicts.append(_broken(waiter, uid, ended))
+                continue
+            pending.discard(uid)
+            if not pending:
+                del self.blocked[waiter]
+                verdicts.append(Verdict(waiter, True))
+        return verdicts
+
+    def result(self, uid: str) -> bytes:
+        """An ended task's result, pickled: a function's return value, an executable's
+        exit code."""
+        ended = self.ended[uid]
+        if ended.result is not None:
+            return ended.result
+        return pickle.dumps(ended.exit_code, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def sent(self, uids: Iterable[str]) -> None:
+        """These tasks' final updates left for the client, in this order."""
+        self._sent.extend(uids)
+
+    def heartbeat(self, finals: int) -> None:
+        """A heartbeat says the client applied `finals` final updates. Forgotten: those
+        the previous heartbeat said, a second ago. (A task the client sent before then,
+        naming one of these, has arrived since: same socket, in order. One sent after
+        it counted them resolves them itself. A submit says its own count, in order.)"""
+        self.seen(self._last_beat)
+        self._last_beat = max(self._last_beat, finals)
+
+    def seen(self, finals: int) -> None:
+        """The client has applied this many final updates: forget those outcomes."""
+        sent = self._sent
+        while self._forgotten < finals and sent:
+            self.ended.pop(sent.popleft(), None)
+            self._forgotten += 1
+
+
+def _broken(uid: str, name: str, ended: Ended) -> Verdict:
+    if ended.state is CANCELED:
+        return Verdict(uid, False, CANCELED, f"input {name} was canceled")
+    first = (ended.error or "").strip().splitlines()
+    why = f": {first[-1]}" if first else ""
+    return Verdict(uid, False, FAILED, f"input {name} failed{why}")
