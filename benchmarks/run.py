@@ -10,6 +10,9 @@ absolute time). Cases:
            `ProcessPoolExecutor(2).submit` (targets: >= 20,000 tasks/s, ratio >= 2)
   e3       1,024 `sleep 1` tasks, 1 node x 64 virtual cores: utilization over the
            execution window (target >= 99.5%); ratio: ideal 16 s / actual window
+  chain    1,000 no-op functions, each taking the one before as its argument, on a
+           1 x 2-core pilot: median ms from one's end to the next one's start, resolved
+           in the agent, vs the same chain driven by the client (target: <= 2 ms)
   d1       20,000 no-op functions through a Dragon partition (1 node x 2 cores) with
            `functions="pool"`, vs the same Dragon pool driven directly by a plain
            script (target: ratio >= 0.90)
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import itertools
 import os
 import statistics
 import subprocess
@@ -93,6 +97,37 @@ def run_e2(tmp: str, n: int = 100_000) -> tuple[float, float]:
             f.result()
         baseline = n / (time.perf_counter() - start)
     return ours, baseline
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def _link_ms(chain: list[pf.Task]) -> float:
+    """Median ms from one task's end (exec_stop) to the next one's start (RUNNING)."""
+    events = [dict(t.events) for t in chain]
+    return 1000 * statistics.median(b["RUNNING"] - a["exec_stop"]
+                                    for a, b in itertools.pairwise(events))
+
+
+def run_chain(tmp: str, n: int = 1_000) -> tuple[float, float]:
+    """Per-link latency (ms) of a chain of `n` no-op functions, each taking the one
+    before as its argument: resolved in the agent, and driven by the client (each
+    submitted once the one before returned)."""
+    with _session(tmp) as session:
+        session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
+        session.submit(TD(function=noop)).result(timeout=60)  # workers up
+        gate = session.submit(TD(executable="/bin/sleep", arguments=["2"]))
+        chain = [session.submit(TD(function=inc, args=(0,), after=[gate]))]
+        for _ in range(n - 1):  # all submitted while the gate holds the first
+            chain.append(session.submit(TD(function=inc, args=(chain[-1],))))
+        assert chain[-1].result(timeout=600) == n
+        ours = _link_ms(chain)
+        driven = [session.submit(TD(function=inc, args=(0,)))]
+        for _ in range(n - 1):
+            driven.append(session.submit(TD(function=inc, args=(driven[-1].result(60),))))
+        assert driven[-1].result(timeout=60) == n
+        return ours, _link_ms(driven)
 
 
 def run_e3(tmp: str, n: int = 1_024) -> tuple[float, float]:
@@ -225,6 +260,8 @@ CASES: dict[str, tuple[Callable[[str], tuple[float, float]], str, str,
     "e2": (run_e2, "tasks/s", "ProcessPoolExecutor(2) tasks/s", lambda a, b: a / b),
     "e3": (run_e3, "% utilization", "s execution window (ideal 16 s)",
            lambda a, b: 16.0 / b),
+    "chain": (run_chain, "ms per link", "ms per link driven by the client",
+              lambda a, b: b / a),
     "d1": (run_d1, "tasks/s", "plain Dragon pool script tasks/s", lambda a, b: a / b),
     "d1-map": (lambda tmp: run_d1(tmp, baseline="map"), "tasks/s",
                "plain Dragon pool.map tasks/s", lambda a, b: a / b),
