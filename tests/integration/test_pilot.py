@@ -298,8 +298,6 @@ def test_executor_map_chooses_its_chunks(session: pf.Session, pilot: pf.Pilot) -
         assert len(ex._tasks) == 65  # 10,000 // (4 x 16) = 156 calls a task
         assert list(ex.map(pow, [2] * 10, range(10))) == [2**i for i in range(10)]
         assert len(ex._tasks) == 65 + 10  # too few to chunk: a task each
-    with pytest.raises(TypeError, match=r"hold a task or future .*pass its result"):
-        TD(function=abs, args=(ex._tasks[0],))  # a task as an argument, said plainly
 
 
 def test_agent_killed_mid_run_fails_every_task(session: pf.Session, tmp_path: Path) -> None:
