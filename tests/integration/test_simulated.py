@@ -124,3 +124,24 @@ def test_the_hybrid_workload_needs_gpus(tmp_path) -> None:
     with pytest.raises(ValueError, match="needs GPUs"):
         main(["simulate", "--platform", "local", "--nodes", "1", "--workload", "hybrid",
               "--tasks", "10", "--sessions", str(tmp_path)])
+
+
+def test_an_srun_partition_launches_through_a_modelled_controller(
+        session: pf.Session) -> None:
+    """On a simulated pilot, a partition on the srun backend starts its tasks as srun
+    would (backends/simulated.py SRUN: 152 steps a second at most, each 40 ms late),
+    while the pilot's own partition starts them at once: the paper's comparison."""
+    sim_pilot(session, platform="frontier", nodes=8, partitions=[
+        pf.PartitionSpec(backend="srun", nodes=4, name="srun"),
+        pf.PartitionSpec(backend="builtin", nodes=4, name="pilot")])
+    for name in ("srun", "pilot"):
+        session.submit([TD(executable="sleep", arguments=["1"], partition=name)
+                        for _ in range(2000)])
+    assert session.wait(timeout=120)
+    groups = session.metrics(by="partition").groups
+    srun, ours = groups["srun"], groups["pilot"]
+    assert srun.n_done == ours.n_done == 2000
+    assert srun.started_per_s is not None and ours.started_per_s is not None
+    assert 140 <= srun.started_per_s <= 152.5, srun.started_per_s
+    assert ours.started_per_s > 1.3 * srun.started_per_s  # (224 cores: 224 a second)
+    assert srun.core_utilization is not None and srun.core_utilization < 0.7
