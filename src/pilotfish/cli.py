@@ -159,10 +159,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import run_simulation
 
     print(f"simulating {args.tasks:,} {args.workload} tasks on {args.nodes:,} {args.platform} "
-          "node(s)", flush=True)
+          "node(s)" + (", each an srun job step (modelled: at most 152 launches a second, "
+                       "40 ms each)" if args.via == "srun" else ""), flush=True)
     try:
         result = run_simulation(args.platform, args.nodes, args.workload, args.tasks,
-                                duration=args.duration, seed=args.seed, sessions=args.sessions)
+                                duration=args.duration, seed=args.seed, sessions=args.sessions,
+                                via=args.via)
     except InvalidDescription as exc:  # an unknown platform, ...: before anything ran
         print(f"pilotfish simulate: {exc}", file=sys.stderr)
         return 2
@@ -268,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tasks", type=positive, default=100_000, help="number of tasks")
     sim.add_argument("--duration", type=float, default=10.0, help="sleep workload: seconds")
     sim.add_argument("--seed", type=int, default=0, help="hybrid workload: random seed")
+    sim.add_argument("--via", choices=["pilot", "srun"], default="pilot",
+                     help="how tasks start: by the pilot's agent (default), or each as an "
+                          "srun job step (a model: the paper's peak of 152 a second)")
     add_sessions_option(sim)
     sim.set_defaults(func=cmd_simulate)
     platforms = sub.add_parser("platforms", help="list the platform profiles, or show one")

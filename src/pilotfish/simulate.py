@@ -21,9 +21,12 @@ from typing import TextIO
 
 from .description import PilotDescription
 from .metrics import Metrics, session_metrics
+from .partitions import PartitionSpec
 from .progress import wait_with_progress
 from .session import Session
 from .workloads.simulated import workload
+
+VIAS = ("pilot", "srun")
 
 
 @dataclass
@@ -64,9 +67,15 @@ def _pct(value: float | None) -> str:
 
 def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
                    duration: float = 10.0, seed: int = 0, sessions: str = "pilotfish-sessions",
-                   progress: TextIO | None = sys.stderr) -> SimulationResult:
+                   progress: TextIO | None = sys.stderr, via: str = "pilot"
+                   ) -> SimulationResult:
+    """`via`: "pilot" (the agent starts tasks at once) or "srun" (each task a job step,
+    through the modelled controller of backends/simulated.py)."""
+    if via not in VIAS:
+        raise ValueError(f"via is one of {', '.join(VIAS)}, not {via!r}")
+    partitions = [PartitionSpec(backend="srun", name="srun")] if via == "srun" else []
     desc = PilotDescription(platform=platform, nodes=nodes, backend="simulated",
-                            heartbeat_timeout=30.0)
+                            heartbeat_timeout=30.0, partitions=partitions)
     assert desc.cores_per_node is not None and desc.gpus_per_node is not None
     work = workload(workload_name, tasks, desc.cores_per_node, desc.gpus_per_node, duration,
                     seed)

@@ -118,6 +118,14 @@ def test_pilotfish_simulate_prints_throughput_makespan_and_utilization(
     assert session_metrics(session_dir).n_done == 300
     assert main(["report", str(session_dir)]) == 0
     assert "core utilization" in capsys.readouterr().out
+    # The same through srun job steps (modelled): slower to start, said so.
+    srun_dir = tmp_path / "srun"
+    assert main(["simulate", "--platform", "frontier", "--nodes", "4", "--workload", "sleep",
+                 "--tasks", "2000", "--duration", "1", "--via", "srun",
+                 "--sessions", str(srun_dir)]) == 0
+    assert "each an srun job step (modelled" in capsys.readouterr().out
+    started = session_metrics(next(srun_dir.iterdir())).started_per_s
+    assert started is not None and started <= 152.5
 
 
 def test_the_hybrid_workload_needs_gpus(tmp_path) -> None:
