@@ -77,6 +77,14 @@ class Released(msgspec.Struct, array_like=True, tag=True):
     ts: float
 
 
+class Idle(msgspec.Struct, array_like=True, tag=True):
+    """To a simulated pilot's agent: the client applied `seen` of its final updates and
+    ran their tasks' callbacks. The first makes the agent wait for the next ones before
+    its clock jumps ahead: what callbacks submit starts when it would have (clock.py)."""
+
+    seen: int
+
+
 class Heartbeat(msgspec.Struct, array_like=True, tag=True):
     ts: float
     acked: int = 0  # from a client: the last `Updates.seq` its journal holds
@@ -155,7 +163,7 @@ class Bye(msgspec.Struct, array_like=True, tag=True):
     stats: dict[str, float] = {}
 
 
-ToAgent = Submit | Cancel | Release | Heartbeat | Shutdown
+ToAgent = Submit | Cancel | Release | Idle | Heartbeat | Shutdown
 ToClient = Hello | Accepted | Released | Updates | Heartbeat | Bye
 
 encode = msgspec.msgpack.Encoder().encode

@@ -47,8 +47,10 @@ class Pilot:
         self.outstanding = 0  # tasks submitted to it and not final yet
         self.load = 0.0  # cores of those tasks (and of tasks on their way to it)
         self.finals_seen = 0  # final updates of its agent applied (see Updates.finals)
+        self.reactive = False  # a simulated pilot told to wait for callbacks (m.Idle)
+        self.simulated = description.backend == "simulated"  # (every partition, then)
         # Late binding across pilots: tasks may move to it, or from it to another.
-        self.movable = not any(p.backend == "simulated" for p in description.layout)
+        self.movable = not self.simulated
         self.stats: dict[str, float] = {}  # what its agent's work cost (when it ended)
         self.agent_pid: int | None = None  # as its agent said hello
         assert description.cores_per_node is not None and description.nodes is not None

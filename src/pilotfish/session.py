@@ -651,6 +651,9 @@ class Session:
                 self.journal.mark(pilot_uid, msg.seq)
             if finished:  # room for tasks waiting elsewhere
                 self._relocator.rebalance()
+            if pilot.reactive and msg.finals:  # answered once their callbacks ran
+                seen = pilot.finals_seen
+                self._callbacks.then(lambda: self._channel.send(pilot_uid, m.Idle(seen)))
         elif isinstance(msg, m.Accepted):
             self._accept(msg.uids, msg.ts)
         elif isinstance(msg, m.Released):
@@ -822,6 +825,14 @@ class Session:
                                                        clock_offset)
         return finished
 
+    def _watched(self, task: Task) -> None:
+        """A callback was added to a task: its simulated pilot becomes reactive (it waits
+        for the client's answer to its final updates before its clock jumps)."""
+        pilot = self.pilots.get(task.pilot)
+        if pilot is not None and pilot.simulated and not pilot.reactive:
+            pilot.reactive = True
+            self._channel.send(pilot.uid, m.Idle(pilot.finals_seen))
+
     def _release_held(self, ended: list[str]) -> int:
         """Tasks held for inputs elsewhere that ended: each goes to its pilot now (with
         their results), or ends (an input failed; its pilot ended). With `_updating`
@@ -911,19 +922,30 @@ class CallbackThread:
     """Runs tasks' done-callbacks in order, off the channel thread (started on first use)."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[list[Task] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Task] | Callable[[], None] | None] = (
+            queue.SimpleQueue())
         self._thread: threading.Thread | None = None
 
     def run(self, tasks: list[Task]) -> None:
+        self._put(tasks)
+
+    def then(self, action: Callable[[], None]) -> None:
+        """Run `action` once the callbacks queued so far have run."""
+        self._put(action)
+
+    def _put(self, item: list[Task] | Callable[[], None]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="pilotfish-callbacks",
                                             daemon=True)
             self._thread.start()
-        self._queue.put(tasks)
+        self._queue.put(item)
 
     def _loop(self) -> None:
-        while (tasks := self._queue.get()) is not None:
-            for task in tasks:
+        while (item := self._queue.get()) is not None:
+            if callable(item):
+                item()
+                continue
+            for task in item:
                 task._invoke_callbacks()  # type: ignore[attr-defined]  # logs exceptions
 
     def close(self, timeout: float) -> None:

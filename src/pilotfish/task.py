@@ -30,9 +30,11 @@ from .states import TaskState
 
 
 class Canceller(Protocol):
-    """Who a task asks to cancel it (its session)."""
+    """Who a task asks to cancel it (its session), and tells of its callbacks."""
 
     def cancel(self, tasks: Iterable[Task]) -> None: ...
+
+    def _watched(self, task: Task) -> None: ...
 
 _CONDITION_LOCK = threading.Lock()
 
@@ -87,6 +89,11 @@ class Task(Future):  # type: ignore[type-arg]
         self.pilot = pilot
         self._session = session
         self.events: list[tuple[str, float]] = []
+
+    def add_done_callback(self, fn: Any) -> None:
+        super().add_done_callback(fn)
+        if not self.state.final:
+            self._session._watched(self)  # (a simulated pilot waits for callbacks)
 
     def __reduce__(self) -> Any:
         raise TypeError(f"{self.uid} cannot be pickled: a task among a function's "

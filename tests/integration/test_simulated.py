@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -153,3 +154,27 @@ def test_an_srun_partition_launches_through_a_modelled_controller(
     assert 140 <= srun.started_per_s <= 152.5, srun.started_per_s
     assert ours.started_per_s > 1.3 * srun.started_per_s  # (224 cores: 224 a second)
     assert srun.core_utilization is not None and srun.core_utilization < 0.7
+
+
+def test_tasks_callbacks_submit_start_on_the_virtual_clock_when_they_would(
+        session: pf.Session) -> None:
+    """A workflow reacting in callbacks: what a callback submits when a task ends starts
+    then, on the simulated clock, not after the clock jumped to the next end."""
+    sim_pilot(session, nodes=1, cores_per_node=2)
+    short, long = session.submit([TD(executable="sleep", arguments=["100"]),
+                                  TD(executable="sleep", arguments=["1000"])])
+    follow: list[pf.Task] = []
+    submitted = threading.Event()
+
+    def next_step(done: pf.Task) -> None:
+        follow.append(session.submit(TD(executable="sleep", arguments=["10"])))
+        if len(follow) < 3:  # a chain of reactions, each on the core short's freed
+            follow[-1].add_done_callback(next_step)
+        else:
+            submitted.set()
+
+    short.add_done_callback(next_step)
+    assert submitted.wait(60) and session.wait([long, *follow], timeout=60)
+    origin = times(short)[0]
+    starts = [round(times(t)[0] - origin) for t in follow]
+    assert starts == [100, 110, 120], starts  # (not 1000: when long ended)

@@ -160,6 +160,8 @@ class Agent:
         self._stop_reason: str | None = None
         self._canceled = False  # stopped by the client (Shutdown)
         self._tell_client = True
+        self._reactive = False  # the client answers final updates (`Idle`)
+        self._finals_sent = 0
         self._client_pidfd: int | None = None
         self._give_up: int | None = None  # the timer ending a detached pilot
 
@@ -239,6 +241,9 @@ class Agent:
                 if action.finals:
                     self.stats.last_final = time.monotonic()
                     self.stats.waited_at_final = self.reactor.waited
+                    self._finals_sent += action.finals
+                    if self._reactive:
+                        self.clock.await_client(self._finals_sent)
                 self._send(m.Updates(action.updates, self.clock.offset,
                                      finals=action.finals))
             elif type(action) is SendAccepted:
@@ -371,6 +376,9 @@ class Agent:
             elif isinstance(msg, m.Heartbeat):
                 self.link.acked(msg.acked)
                 self.core.client_seen(msg.seen)
+            elif isinstance(msg, m.Idle):  # a reactive client (simulation: clock.py)
+                self._reactive = True
+                self.clock.client_idle(msg.seen)
             elif isinstance(msg, m.Shutdown):  # the client's: its tasks end CANCELED
                 self._canceled = self._stop_reason is None
                 self.stop(f"shutdown requested ({msg.reason})" if msg.reason
