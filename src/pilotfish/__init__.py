@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .description import InvalidDescription, PilotDescription, TaskDescription
     from .journal import JournalError
+    from .messages import Service
     from .partitions import PartitionSpec
     from .pilot import Pilot
     from .routing import RoutingPolicy, TaskTraits
@@ -32,7 +33,7 @@ _WHERE = {
     "PartitionSpec": "partitions", "RoutingPolicy": "routing", "TaskTraits": "routing",
     "Pilot": "pilot", "PilotExecutor": "session", "Session": "session",
     "__version__": "session", "InvalidTransition": "states", "TaskState": "states",
-    "RemoteError": "task", "Task": "task", "TaskFailed": "task",
+    "RemoteError": "task", "Task": "task", "TaskFailed": "task", "Service": "messages",
 }
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "PilotExecutor",
     "RemoteError",
     "RoutingPolicy",
+    "Service",
     "Session",
     "Task",
     "TaskDescription",

@@ -51,6 +51,10 @@ def plan(d: TaskDescription, pilot: str, moving: Container[str]) -> Plan:
                 inputs[t.uid] = blob
         elif t.state.final:
             return Plan([], {}, [], ended_input(t))
+        elif t.description is not None and t.description.service is not None and (
+                t.pilot != pilot):
+            return Plan([], {}, [], (FAILED, f"input {t.uid} is a service of {t.pilot}: a "
+                                             "task naming it runs on the same pilot"))
         elif t.pilot == pilot and t.uid not in moving:
             after.append(t.uid)
             if t.uid in arguments:

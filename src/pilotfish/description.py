@@ -28,7 +28,7 @@ import msgspec
 
 from .backends import registry
 from .launchers import check_launcher
-from .messages import TASK_REF, TaskSpec
+from .messages import TASK_REF, Service, TaskSpec
 from .partitions import Partition, PartitionError, PartitionSpec, resolve_partitions
 from .pilots.batch import check_directives
 from .pilots.slurm import current_allocation
@@ -194,6 +194,28 @@ def _a_future(value: Any, depth: int = 4) -> Future[Any] | None:
     return None
 
 
+def _check_service(owner: str, d: TaskDescription) -> None:
+    service = d.service
+    if not isinstance(service, Service):
+        raise TypeError(f"{owner}.service must be a pilotfish Service, got {service!r}")
+    if d.function is not None:
+        raise InvalidDescription(owner, "service", "a service is an executable (a server, a "
+                                 "database), not a function")
+    given = [name for name in ("port", "file", "command") if getattr(service, name)]
+    if len(given) != 1:
+        raise InvalidDescription(owner, "service", "give one readiness check: port, file or "
+                                 f"command (got {', '.join(given) or 'none'})")
+    if service.port is not None:
+        _check_int(owner, "service.port", service.port, 1, 65535)
+    if service.command is not None and (
+            not isinstance(service.command, list)
+            or not all(isinstance(a, str) for a in service.command)):
+        raise TypeError(f"{owner}.service.command must be a list of str, got "
+                        f"{service.command!r}")
+    _check_seconds(owner, "service.timeout", service.timeout, zero_ok=False)
+    _check_seconds(owner, "service.interval", service.interval, zero_ok=False)
+
+
 class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defaults=True):
     """One task: an executable (with arguments) or a Python function (with args).
 
@@ -253,6 +275,7 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
     retries: int = 0
     launcher: str | None = None
     after: Sequence[Any] = ()  # Tasks (submitted before) that must end DONE first
+    service: Service | None = None  # a long-running task, READY once its check passes
     # Derived at construction, not given: the pickled function and arguments, so that an
     # unserialisable function is refused here and submit does no pickling; the tasks
     # among the arguments (each stands for its result, and is waited for).
@@ -364,6 +387,8 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
             why = check_launcher(self.launcher)
             if why is not None:
                 raise InvalidDescription(owner, "launcher", why)
+        if self.service is not None:
+            _check_service(owner, self)
         if self.after:
             if isinstance(self.after, str | bytes) or not isinstance(self.after, Sequence):
                 raise TypeError(f"{owner}.after must be a list of tasks, got "
@@ -411,7 +436,7 @@ class TaskDescription(msgspec.Struct, frozen=True, kw_only=True, repr_omit_defau
                         self.args_blob, self.ranks, self.cores_per_rank, self.gpus_per_rank,
                         self.priority, self.timeout, self.name, dict(self.tags),
                         self.ranks_per_node, self.mem_per_rank, self.duration, self.partition,
-                        self.retries, self.launcher, after, inputs)
+                        self.retries, self.launcher, after, inputs, self.service)
 
     @property
     def depends_on(self) -> tuple[Any, ...]:

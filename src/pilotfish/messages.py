@@ -13,12 +13,27 @@ from typing import Literal
 
 import msgspec
 
-WIRE_VERSION = 3  # 2: Release and Released (tasks moved between pilots); 3: dependencies
+WIRE_VERSION = 4  # 2: Release/Released (moves between pilots); 3: dependencies; 4: services
 
 
 # How a task among a function's arguments is pickled: a persistent id (TASK_REF, uid),
 # which the worker's unpickler turns into that task's result (`TaskSpec.inputs`).
 TASK_REF = "pilotfish.task"
+
+
+class Service(msgspec.Struct, frozen=True, kw_only=True):
+    """What makes a long-running task a service, READY once its check passes: a `port`
+    that accepts connections on its node, a `file` that appears, or a `command` that
+    exits 0; tried every `interval` seconds, for up to `timeout` seconds (then it fails).
+    Tasks naming it in `after` start once it is READY and find it in their environment:
+    `PILOTFISH_SERVICE_<NAME>` (its name, else its uid, upper-cased) is `host:port` (a
+    port check), else its host."""
+
+    port: int | None = None
+    file: str | None = None
+    command: list[str] | None = None
+    timeout: float = 60.0
+    interval: float = 0.1
 
 
 class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
@@ -50,6 +65,7 @@ class TaskSpec(msgspec.Struct, array_like=True, frozen=True):
     # the task it waits for; bytes: the client's, of a task already done).
     after: list[str] = []
     inputs: dict[str, bytes | None] = {}
+    service: Service | None = None
 
 
 class Submit(msgspec.Struct, array_like=True, tag=True):
@@ -115,7 +131,8 @@ class Accepted(msgspec.Struct, array_like=True, tag=True):
 
 # A TaskState's value (states.py), checked as it is decoded: an update the client could
 # not apply is dropped with its message, never raised on the client's channel thread.
-StateName = Literal["NEW", "SUBMITTED", "SCHEDULED", "RUNNING", "DONE", "FAILED", "CANCELED"]
+StateName = Literal["NEW", "SUBMITTED", "SCHEDULED", "RUNNING", "READY", "DONE", "FAILED",
+                    "CANCELED"]
 
 
 # Where a task ran: per node of the pilot (its index), the node's cores (0 .. cores per
@@ -137,6 +154,7 @@ class TaskUpdate(msgspec.Struct, array_like=True, omit_defaults=True):
     pid: int | None = None  # process group of a running executable (for clean-up)
     partition: str | None = None  # where it ran (in final updates)
     placement: Placement | None = None  # (in final updates of tasks that were placed)
+    address: str | None = None  # a READY service's (PILOTFISH_SERVICE_<NAME>)
 
 
 class Updates(msgspec.Struct, array_like=True, tag=True):

@@ -502,13 +502,16 @@ class Session:
                 self._end_tasks(uids, TaskState.CANCELED, "canceled")
 
     def wait(self, tasks: Iterable[Task] | None = None, timeout: float | None = None) -> bool:
-        """Block until the tasks (default: all submitted so far) are final.
+        """Block until the tasks (default: all submitted so far but services, which run
+        until canceled or their pilot ends) are final.
 
         Returns True when they all are, False if `timeout` seconds passed first. Raises
         `JournalError` if journal writes failed meanwhile (the tasks still ran).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        pending = list(self._live.values()) if tasks is None else _tasks("wait", tasks)
+        pending = ([t for t in list(self._live.values())
+                    if t.description is None or t.description.service is None]
+                   if tasks is None else _tasks("wait", tasks))
         i = 0
         with self._done:
             while True:
@@ -800,6 +803,8 @@ class Session:
                     callbacks.append(task)
             else:
                 task.state = state
+                if u.address is not None:
+                    task.address = u.address
                 moved = True
                 progress_rows.append((state.value, task.id))
         self.journal.add_events(event_rows)

@@ -67,10 +67,15 @@ def _pct(value: float | None) -> str:
 
 def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
                    duration: float = 10.0, seed: int = 0, sessions: str = "pilotfish-sessions",
-                   progress: TextIO | None = sys.stderr, via: str = "pilot"
+                   progress: TextIO | None | bool = True, via: str = "pilot"
                    ) -> SimulationResult:
-    """`via`: "pilot" (the agent starts tasks at once) or "srun" (each task a job step,
-    through the modelled controller of backends/simulated.py)."""
+    """`progress`: where the progress bar goes (True: the stderr of the moment; False
+    or None: nowhere). `via`: "pilot" (the agent starts tasks at once) or "srun" (each
+    task a job step, through the modelled controller of backends/simulated.py)."""
+    if progress is True:
+        progress = sys.stderr
+    elif progress is False:
+        progress = None
     if via not in VIAS:
         raise ValueError(f"via is one of {', '.join(VIAS)}, not {via!r}")
     partitions = [PartitionSpec(backend="srun", name="srun")] if via == "srun" else []

@@ -14,6 +14,7 @@ class TaskState(enum.StrEnum):
     SUBMITTED = "SUBMITTED"
     SCHEDULED = "SCHEDULED"
     RUNNING = "RUNNING"
+    READY = "READY"  # a service whose readiness check passed
     DONE = "DONE"
     FAILED = "FAILED"
     CANCELED = "CANCELED"
@@ -33,13 +34,18 @@ _ORDER = {s: i for i, s in enumerate(TaskState)}
 # intermediate states (a fast task can be reported SUBMITTED -> DONE in one update).
 _TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.NEW: frozenset(
-        {TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING, *FINAL_STATES}
+        {TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING, TaskState.READY,
+         *FINAL_STATES}
     ),
-    TaskState.SUBMITTED: frozenset({TaskState.SCHEDULED, TaskState.RUNNING, *FINAL_STATES}),
+    TaskState.SUBMITTED: frozenset({TaskState.SCHEDULED, TaskState.RUNNING, TaskState.READY,
+                                    *FINAL_STATES}),
     # A placed task may go back to the queue when its worker is lost before it started.
-    TaskState.SCHEDULED: frozenset({TaskState.SUBMITTED, TaskState.RUNNING, *FINAL_STATES}),
+    TaskState.SCHEDULED: frozenset({TaskState.SUBMITTED, TaskState.RUNNING, TaskState.READY,
+                                    *FINAL_STATES}),
     # ... and a running one when its partition's runtime died and it may retry elsewhere.
-    TaskState.RUNNING: frozenset({TaskState.SUBMITTED, *FINAL_STATES}),
+    TaskState.RUNNING: frozenset({TaskState.SUBMITTED, TaskState.READY, *FINAL_STATES}),
+    # A service stays READY until it ends, or goes back to the queue to be restarted.
+    TaskState.READY: frozenset({TaskState.SUBMITTED, *FINAL_STATES}),
     TaskState.DONE: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.CANCELED: frozenset(),

@@ -68,7 +68,8 @@ def read_status(session_dir: str | Path) -> SessionStatus:
               for p in data.pilots]
     states = Counter(t.state for t in data.tasks)
     counts = {"queued": states["NEW"] + states["SUBMITTED"] + states[None],
-              "scheduled": states["SCHEDULED"], "running": states["RUNNING"],
+              "scheduled": states["SCHEDULED"],
+              "running": states["RUNNING"] + states["READY"],  # (READY: a service, up)
               **{s: states[s] for s in ("DONE", "FAILED", "CANCELED")}}
     client = info.get("client")
     created = info.get("created")

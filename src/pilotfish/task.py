@@ -73,6 +73,7 @@ class Task(Future):  # type: ignore[type-arg]
     partition: str | None = None  # where it ran, once it ended
     placement: Placement | None = None  # ... and on what (pilot nodes, cores, GPUs)
     pinned = False  # submitted to a pilot the user chose: it never moves to another
+    address: str | None = None  # a READY service's: host:port (a port check), else host
     _pilotfish_task = True  # (how descriptions know a Task among a function's arguments)
     _state = PENDING
     _result: Any = None

@@ -19,14 +19,16 @@ NEW, SUBMITTED, SCHEDULED, RUNNING = (
     TaskState.NEW, TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
 )
 DONE, FAILED, CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+READY = TaskState.READY
 FINALS = {DONE, FAILED, CANCELED}
 
 # The whole table, written out: anything not listed is illegal.
 LEGAL = {
-    NEW: {SUBMITTED, SCHEDULED, RUNNING, *FINALS},
-    SUBMITTED: {SCHEDULED, RUNNING, *FINALS},
-    SCHEDULED: {SUBMITTED, RUNNING, *FINALS},  # back to the queue: its worker was lost
-    RUNNING: {SUBMITTED, *FINALS},  # to retry elsewhere: its partition was lost
+    NEW: {SUBMITTED, SCHEDULED, RUNNING, READY, *FINALS},
+    SUBMITTED: {SCHEDULED, RUNNING, READY, *FINALS},
+    SCHEDULED: {SUBMITTED, RUNNING, READY, *FINALS},  # back to the queue: its worker lost
+    RUNNING: {SUBMITTED, READY, *FINALS},  # to retry elsewhere: its partition was lost
+    READY: {SUBMITTED, *FINALS},  # a service: restarted, or ended
     DONE: set(),
     FAILED: set(),
     CANCELED: set(),

@@ -19,6 +19,7 @@ single update.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -57,9 +58,12 @@ from .events import (
     SendAccepted,
     SendReleased,
     SendUpdates,
+    ServiceNotReady,
+    ServiceReady,
     StopRequested,
     TasksSubmitted,
     Tick,
+    WatchService,
 )
 from .waiting import Verdict, Waiting
 
@@ -70,6 +74,7 @@ BALANCE_INTERVAL = 0.01  # seconds between looks (a look may scan 2 x STEAL_MAX 
 LOOK_BACKOFF_MAX = 0.5  # seconds: a partition that found nothing it could take looks less
 
 SUBMITTED, SCHEDULED, RUNNING = TaskState.SUBMITTED, TaskState.SCHEDULED, TaskState.RUNNING
+READY = TaskState.READY
 CANCELED, FAILED = TaskState.CANCELED, TaskState.FAILED
 
 
@@ -98,8 +103,8 @@ class _Partition:
 
 
 class _Task:
-    __slots__ = ("events", "outcome", "part", "pid", "placement", "request", "retried",
-                 "routed", "spec", "state")
+    __slots__ = ("address", "events", "outcome", "part", "pid", "placement", "request",
+                 "retried", "routed", "spec", "state")
 
     def __init__(self, spec: TaskSpec, request: Request, part: _Partition) -> None:
         self.spec = spec
@@ -112,6 +117,7 @@ class _Task:
         self.placement: Placement | None = None  # where it was placed last
         self.retried = 0  # times placed again after it was lost (its partition, worker, ...)
         self.routed = True  # False: no partition could take it (it ran nowhere)
+        self.address: str | None = None  # a READY service's
 
 
 class _Lingering:
@@ -172,6 +178,11 @@ def _request(spec: TaskSpec, seq: int, shape: Shape, part: _Partition) -> Reques
     return Request(spec.uid, seq, shape, spec.priority, pooled)
 
 
+def service_variable(spec: TaskSpec) -> str:
+    """Where tasks that name a service find it: PILOTFISH_SERVICE_<its name, else uid>."""
+    return "PILOTFISH_SERVICE_" + re.sub(r"[^A-Z0-9]", "_", (spec.name or spec.uid).upper())
+
+
 def _pinned(spec: TaskSpec) -> str | None:
     return spec.partition or (spec.tags.get("partition") if spec.tags else None)
 
@@ -190,9 +201,10 @@ def _progress_after_retry(uid: str, task: _Task) -> list[TaskUpdate]:
     events = task.events
     last = max((i for i, (name, _) in enumerate(events) if name == "requeued"), default=-1)
     if last < 0:
-        return [TaskUpdate(uid, task.state.value, events, pid=task.pid)]
+        return [TaskUpdate(uid, task.state.value, events, pid=task.pid, address=task.address)]
     return [TaskUpdate(uid, SUBMITTED.value, events[:last + 1]),
-            TaskUpdate(uid, task.state.value, events[last + 1:], pid=task.pid)]
+            TaskUpdate(uid, task.state.value, events[last + 1:], pid=task.pid,
+                       address=task.address)]
 
 
 @dataclass(slots=True)
@@ -254,12 +266,29 @@ class AgentCore:
         for event in events:
             if type(event) is TaskFinished:
                 task = tasks.get(event.uid)
-                if task is not None and not task.state.final:  # else: canceled meanwhile
+                if task is None or task.state.final:
+                    continue  # canceled meanwhile
+                if (task.spec.service is not None and event.state is not CANCELED
+                        and task.retried < task.spec.retries and self.stopped is None):
+                    self._waiting.down(event.uid)  # a service that died: restarted
+                    why = event.error or f"exit code {event.exit_code}"
+                    self._lost(task, TaskLost(event.uid, f"service ended ({why})"), rnd)
+                else:
                     self._completed(task, event, rnd)
             elif type(event) is TaskStarted:
                 task = tasks.get(event.uid)
                 if task is not None and not task.state.final:
-                    self._started(task, event)
+                    self._started(task, event, rnd)
+            elif type(event) is ServiceReady:
+                task = tasks.get(event.uid)
+                if task is not None and task.state is RUNNING:
+                    self._up(task, event)
+            elif type(event) is ServiceNotReady:
+                task = tasks.get(event.uid)
+                if task is not None and task.state is RUNNING:
+                    rnd.actions.append(CancelTasks(task.part.name, [event.uid], event))
+                    self._completed(task, TaskFinished(event.uid, FAILED, None, self.clock(),
+                                                       error=event.reason), rnd)
             elif type(event) is TasksSubmitted:
                 self._submit(event, rnd)
             elif type(event) is TaskRequeued:
@@ -449,7 +478,7 @@ class AgentCore:
 
     # ---- from the backends ------------------------------------------------------------
 
-    def _started(self, task: _Task, event: TaskStarted) -> None:
+    def _started(self, task: _Task, event: TaskStarted, rnd: _Round) -> None:
         _move(task, RUNNING)
         task.pid = event.pid
         if event.placement is not None:  # the runtime placed it itself
@@ -458,6 +487,19 @@ class AgentCore:
             task.events.append(("launch", event.launch_ts))
         task.events.append(("RUNNING", event.ts))
         self._progress.add(event.uid, self.monotonic())
+        service = task.spec.service
+        if service is not None:
+            node = task.placement[0][0] if task.placement else task.part.layout.first
+            rnd.actions.append(WatchService(event.uid, service, node, event))
+
+    def _up(self, task: _Task, event: ServiceReady) -> None:
+        """A service passed its check: READY (the client hears at once), and the tasks
+        waiting for it go, told where it is."""
+        _move(task, READY)
+        task.address = event.address
+        task.events.append(("READY", event.ts))
+        self._progress.add(event.uid, self.monotonic() - PROGRESS_INTERVAL)  # due now
+        self._unblocked += self._waiting.up(event.uid, event.address)
 
     def _completed(self, task: _Task, event: TaskFinished, rnd: _Round) -> None:
         name = task.part.name
@@ -648,6 +690,12 @@ class AgentCore:
                     self._finish(task, TaskFinished(v.uid, v.state, None, now, error=v.why))
                     continue
                 spec = task.spec
+                up = self._waiting.ready
+                services = {service_variable(self.tasks[name].spec): up[name]
+                            for name in spec.after if name in up and name in self.tasks}
+                if services:
+                    task.spec = spec = msgspec.structs.replace(
+                        spec, environment={**spec.environment, **services})
                 if any(blob is None for blob in spec.inputs.values()):
                     result = self._waiting.result
                     task.spec = msgspec.structs.replace(spec, inputs={
@@ -660,7 +708,7 @@ class AgentCore:
 
     def _finish(self, task: _Task, outcome: TaskFinished) -> None:
         if outcome.exec_start is not None:
-            if task.state is not RUNNING:
+            if task.state is not RUNNING and task.state is not READY:
                 task.events.append(("RUNNING", outcome.exec_start))
             task.events.append(("exec_stop", outcome.exec_stop))
         _move(task, outcome.state)
@@ -711,7 +759,8 @@ class AgentCore:
             if task.retried:
                 updates.extend(_progress_after_retry(uid, task))
             else:
-                updates.append(TaskUpdate(uid, task.state.value, task.events, pid=task.pid))
+                updates.append(TaskUpdate(uid, task.state.value, task.events, pid=task.pid,
+                                          address=task.address))
             task.events = []
         for i in range(0, len(updates), MAX_UPDATES_PER_MESSAGE):
             chunk = updates[i:i + MAX_UPDATES_PER_MESSAGE]

@@ -23,7 +23,7 @@ from ..backends.base import (
     TaskRequeued,
     TaskStarted,
 )
-from ..messages import TaskSpec, TaskUpdate
+from ..messages import Service, TaskSpec, TaskUpdate
 
 __all__ = [
     "Action",
@@ -39,6 +39,8 @@ __all__ = [
     "SendAccepted",
     "SendReleased",
     "SendUpdates",
+    "ServiceNotReady",
+    "ServiceReady",
     "StopRequested",
     "TaskFinished",
     "TaskLost",
@@ -46,6 +48,7 @@ __all__ = [
     "TaskStarted",
     "TasksSubmitted",
     "Tick",
+    "WatchService",
 ]
 
 
@@ -69,6 +72,21 @@ class ReleaseRequested(msgspec.Struct, frozen=True, gc=False):
     uids: list[str]
 
 
+class ServiceReady(msgspec.Struct, frozen=True, gc=False):
+    """A service's readiness check passed (agent/services.py)."""
+
+    uid: str
+    ts: float
+    address: str  # host:port (a port check), else its host
+
+
+class ServiceNotReady(msgspec.Struct, frozen=True, gc=False):
+    """A service's check did not pass in its time: it fails, and is stopped."""
+
+    uid: str
+    reason: str
+
+
 class StopRequested(msgspec.Struct, frozen=True, gc=False):
     """The pilot stops: nothing more is placed, and every unfinished task ends with
     "pilot stopped: <reason>", CANCELED if `canceled` (the user asked) else FAILED."""
@@ -86,7 +104,7 @@ class CaughtUp(msgspec.Struct, frozen=True, gc=False):
 
 
 Event = (TasksSubmitted | CancelRequested | ReleaseRequested | StopRequested | Tick | CaughtUp
-         | BackendEvent)
+         | ServiceReady | ServiceNotReady | BackendEvent)
 
 
 # ---- actions ----------------------------------------------------------------------------
@@ -123,6 +141,15 @@ class SendAccepted(msgspec.Struct, frozen=True, gc=False):
     cause: Event
 
 
+class WatchService(msgspec.Struct, frozen=True, gc=False):
+    """A service started on pilot node `node`: check it until it is READY."""
+
+    uid: str
+    service: Service
+    node: int
+    cause: Event
+
+
 class SendReleased(msgspec.Struct, frozen=True, gc=False):
     """Tell the client these tasks left the agent at `ts` (a `ReleaseRequested`'s answer)."""
 
@@ -140,4 +167,4 @@ class SendUpdates(msgspec.Struct, frozen=True, gc=False):
 
 
 Action = (LaunchTasks | DispatchTasks | CancelTasks | SendAccepted | SendReleased
-          | SendUpdates)
+          | SendUpdates | WatchService)

@@ -25,7 +25,7 @@ import zmq
 
 from .. import messages as m
 from ..backends import registry
-from ..backends.base import Backend, BackendEvent, BuildContext
+from ..backends.base import Backend, BuildContext
 from ..clock import Clock
 from ..files import private
 from ..gcpause import without_gc
@@ -34,6 +34,7 @@ from ..partitions import Partition
 from ..reactor import Reactor, readable
 from ..routing import RoutingPolicy
 from ..scheduler import Scheduler
+from ..states import TaskState
 from ..wire import Receiver
 from ..wire import totals as wire_totals
 from .config import AgentConfig
@@ -52,8 +53,10 @@ from .events import (
     StopRequested,
     TasksSubmitted,
     Tick,
+    WatchService,
 )
 from .link import AttachPoint, ClientLink
+from .services import ServiceChecks
 
 HEARTBEAT_INTERVAL = 1.0
 POLL_INTERVAL = 0.001  # seconds: while events keep coming, look at sockets this often
@@ -155,7 +158,8 @@ class Agent:
         self.backends, setups = build_backends(cfg, context, layouts)
         self.core = AgentCore(setups, _load_router(cfg), clock=self.clock.now)
         self.stats = AgentStats()
-        self._inbox: list[BackendEvent] = []
+        self._inbox: list[Any] = []  # backends' events, and service checks'
+        self.services = ServiceChecks(self.reactor, self._inbox.append, self._running)
         self._last_heard = time.monotonic()
         self._stop_reason: str | None = None
         self._canceled = False  # stopped by the client (Shutdown)
@@ -164,6 +168,10 @@ class Agent:
         self._finals_sent = 0
         self._client_pidfd: int | None = None
         self._give_up: int | None = None  # the timer ending a detached pilot
+
+    def _running(self, uid: str) -> bool:
+        task = self.core.tasks.get(uid)
+        return task is not None and task.state is TaskState.RUNNING
 
     @property
     def unique_backends(self) -> list[Backend]:
@@ -252,6 +260,10 @@ class Agent:
                 backends[action.partition].cancel(action.uids)
             elif type(action) is SendReleased:
                 self._send(m.Released(action.uids, action.ts))
+            elif type(action) is WatchService:
+                hosts = self.cfg.hosts
+                host = hosts[action.node] if action.node < len(hosts) else "127.0.0.1"
+                self.services.watch(action.uid, action.service, host)
 
     def _shutdown(self) -> None:
         reason = self._stop_reason or "stopped"
@@ -261,6 +273,7 @@ class Agent:
         self._inbox.clear()
         if self._tell_client:
             self._execute(actions)
+        self.services.stop()
         for backend in self.unique_backends:
             backend.stop(STOP_TIMEOUT)
         stats = self.stats.to_dict(self.core.decisions, self.reactor.waited)

@@ -41,6 +41,7 @@ class Waiting:
         self.blocked: dict[str, set[str]] = {}  # task -> the inputs it still waits for
         self.dependents: dict[str, list[str]] = {}  # input -> tasks waiting for it
         self.ended: dict[str, Ended] = {}  # outcomes the client may not have seen yet
+        self.ready: dict[str, str] = {}  # READY services -> their address
         self._sent: deque[str] = deque()  # ended tasks, in the order their finals left
         self._forgotten = 0  # finals the client has seen: their outcomes are dropped
         self._last_beat = 0  # what the last heartbeat said the client had seen
@@ -53,6 +54,8 @@ class Waiting:
             if ended is not None:
                 if ended.state is not DONE:
                     return _broken(uid, name, ended)
+            elif name in self.ready:
+                continue  # a service, up
             elif name in live:
                 pending.add(name)
             else:  # (the client sends only names of this pilot's tasks it saw unfinished)
@@ -71,6 +74,7 @@ class Waiting:
         for it and wait for nothing else now (or fail because of it)."""
         ended = self.ended[uid] = Ended(state, error, result, exit_code)
         self.blocked.pop(uid, None)  # (a waiting task that ended: canceled, stopped)
+        self.ready.pop(uid, None)
         verdicts = []
         for waiter in self.dependents.pop(uid, ()):
             pending = self.blocked.get(waiter)
@@ -85,6 +89,24 @@ class Waiting:
                 del self.blocked[waiter]
                 verdicts.append(Verdict(waiter, True))
         return verdicts
+
+    def up(self, uid: str, address: str) -> list[Verdict]:
+        """A service is READY: the tasks waiting for nothing else now go."""
+        self.ready[uid] = address
+        verdicts = []
+        for waiter in self.dependents.pop(uid, ()):
+            pending = self.blocked.get(waiter)
+            if pending is None:
+                continue
+            pending.discard(uid)
+            if not pending:
+                del self.blocked[waiter]
+                verdicts.append(Verdict(waiter, True))
+        return verdicts
+
+    def down(self, uid: str) -> None:
+        """A service restarts: tasks naming it from now on wait for it to be READY again."""
+        self.ready.pop(uid, None)
 
     def result(self, uid: str) -> bytes:
         """An ended task's result, pickled: a function's return value, an executable's
