@@ -67,7 +67,7 @@ def _pct(value: float | None) -> str:
 
 def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
                    duration: float = 10.0, seed: int = 0, sessions: str = "pilotfish-sessions",
-                   progress: TextIO | None | bool = True, via: str = "pilot"
+                   progress: TextIO | bool | None = True, via: str = "pilot"
                    ) -> SimulationResult:
     """`progress`: where the progress bar goes (True: the stderr of the moment; False
     or None: nowhere). `via`: "pilot" (the agent starts tasks at once) or "srun" (each
