@@ -15,6 +15,14 @@ the same-run ratios, as benchmarks/run.py does. Cases:
   f2        2,000 `/bin/true` through a pilot whose one Flux partition spans the 4 nodes
             as 1, 2 and 4 instances (brokers one per node, started and warmed before the
             clock starts), against the s1 srun driver in the same allocation: tasks/s.
+  c1        the IMPECCABLE-like campaign (pilotfish.workloads.campaign, 2 iterations of
+            128 docking `sleep 0.5`, a 4-GPU training, 256 inference functions through a
+            model server, 8 two-node GPU simulations, a selection): pilotfish (one pilot,
+            dependencies resolved in the agent) against a plain driver that runs every
+            task as an srun job step, stage after stage (inference as `python -c` steps,
+            the model server a step of its own): makespan, and tasks started per second
+            from the first start to the last. Targets (issue 18): makespan >= 30%
+            shorter, throughput >= 4x.
   startup   a pilot inside the allocation until a task has run on each of its 4 nodes
             (all node executors up). Target: < 2 s.
   batch     (outside any allocation) a batch pilot of 4 nodes from `start_pilot` to
@@ -37,6 +45,7 @@ from apart import case_parser, report, result, run_apart
 
 import pilotfish as pf
 from pilotfish.metrics import compute_metrics, load
+from pilotfish.workloads.campaign import STAGES, Campaign, submit_campaign
 
 TD = pf.TaskDescription
 SLOTS = 64  # 4 nodes x 16 CPUs
@@ -135,6 +144,77 @@ def inside_f2(tmp: str, n: int = 2_000) -> dict[str, float]:
     return {**out, "srun driver": n / seconds}
 
 
+CAMPAIGN = Campaign(iterations=2, docking=128, docking_s=0.5, training_ranks=4,
+                    training_s=2.0, inference=256, inference_s=0.05, simulations=8,
+                    simulation_nodes=2, simulation_ranks_per_node=2, simulation_s=2.0,
+                    selection_s=0.1)
+
+
+def inside_c1(tmp: str) -> dict[str, float]:
+    c = CAMPAIGN
+    with pf.Session(path=f"{tmp}/pilot") as session:
+        _pilot(session)
+        _on_every_node(session)
+        start = time.perf_counter()
+        stages = submit_campaign(session, c)
+        work = [t for s in STAGES for t in stages[s]]
+        assert session.wait(work, timeout=900)
+        makespan = time.perf_counter() - start
+        bad = [t.error for t in work if t.state is not pf.TaskState.DONE]
+        assert not bad, bad[:3]
+        starts = [dict(t.events)["RUNNING"] for t in work]
+    ours = {"pilotfish makespan": makespan,
+            "pilotfish tasks/s": len(work) / (max(starts) - min(starts))}
+    return {**ours, **_campaign_by_srun(c)}
+
+
+def _campaign_by_srun(c: Campaign) -> dict[str, float]:
+    """The same campaign as job steps only, each stage once the one before ended (the
+    paper's baseline), up to SLOTS steps in flight."""
+    port = 19000 + time.time_ns() % 1000
+    host = subprocess.run(["scontrol", "show", "hostnames"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]  # (of this allocation)
+    server = subprocess.Popen(["srun", "-N1", "-n1", f"-w{host}", "--exact",
+                               "--gpus-per-node=0", sys.executable, "-m", "http.server",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    infer = (f"import urllib.request as u, time; u.urlopen('http://{host}:{port}/', "
+             f"timeout=30).read(); time.sleep({c.inference_s})")
+    one = ["-N1", "-n1", "--gpus-per-node=0"]
+    sim_ranks = c.simulation_nodes * c.simulation_ranks_per_node
+    stages = [
+        ([*one, "sleep", str(c.docking_s)], c.docking),
+        (["-N1", f"-n{c.training_ranks}", f"--gpus={c.training_ranks}", "sleep",
+          str(c.training_s)], 1),
+        ([*one, sys.executable, "-c", infer], c.inference),
+        ([f"-N{c.simulation_nodes}", f"-n{sim_ranks}",
+          f"--ntasks-per-node={c.simulation_ranks_per_node}", f"--gpus={sim_ranks}",
+          "sleep", str(c.simulation_s)], c.simulations),
+        ([*one, sys.executable, "-c", f"import time; time.sleep({c.selection_s})"], 1)]
+
+    def step(argv: list[str]) -> float:
+        began = time.time()
+        for _ in range(100):  # (the server's port may not accept yet: a step retries)
+            if subprocess.run(["srun", "--exact", *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode == 0:
+                return began
+            time.sleep(0.1)
+        raise RuntimeError(f"srun {' '.join(argv)} kept failing")
+
+    try:
+        starts: list[float] = []
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(SLOTS) as pool:
+            for _ in range(c.iterations):
+                for argv, n in stages:
+                    starts += pool.map(step, [argv] * n)
+        makespan = time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {"srun makespan": makespan,
+            "srun tasks/s": len(starts) / (max(starts) - min(starts))}
+
+
 def inside_startup(tmp: str) -> dict[str, float]:
     with pf.Session(path=tmp) as session:
         start = time.perf_counter()
@@ -162,6 +242,8 @@ CASES = {
            "x the srun driver's utilization"),
     "f2": (inside_f2, "tasks/s", lambda r: max(v for k, v in r.items() if "flux" in k)
            / r["srun driver"], "x the srun driver (best instance count)"),
+    "c1": (inside_c1, "s | tasks/s", lambda r: r["srun tasks/s"] and (
+        r["pilotfish tasks/s"] / r["srun tasks/s"]), "x the srun driver's tasks/s"),
     "startup": (inside_startup, "s", lambda r: r["all nodes"], "s until a task ran on each node"),
     "batch": (outside_batch, "s", lambda r: r["active"], "s from submission to ACTIVE"),
 }

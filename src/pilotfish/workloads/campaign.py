@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -92,11 +93,12 @@ def submit_campaign(session: Any, c: Campaign, pilot: Any = None,
     returns its tasks by stage (and the model server as "service")."""
     out: dict[str, list[Task]] = {stage: [] for stage in STAGES}
     server: list[Task] = []
-    if c.model_server:
+    if c.model_server:  # (it serves an empty directory: nothing of the session)
         port = port or 18000 + os.getpid() % 2000
+        empty = tempfile.mkdtemp(prefix="model-", dir=session.path)
         server = [session.submit(TaskDescription(
             executable=sys.executable, name="model", service=Service(port=port),
-            arguments=["-m", "http.server", str(port), "--bind", "127.0.0.1"]), pilot=pilot)]
+            arguments=["-m", "http.server", str(port), "--directory", empty]), pilot=pilot)]
         out["service"] = server
     selected: list[Task] = []
     for i in range(c.iterations):
