@@ -174,10 +174,13 @@ def _campaign_by_srun(c: Campaign) -> dict[str, float]:
     port = 19000 + time.time_ns() % 1000
     host = subprocess.run(["scontrol", "show", "hostnames"], capture_output=True, text=True,
                           check=True).stdout.split()[0]  # (of this allocation)
+    node = subprocess.run(["scontrol", "-o", "show", "node", host], capture_output=True,
+                          text=True, check=True).stdout
+    address = node.split("NodeAddr=", 1)[1].split()[0]  # (node names need not resolve)
     server = subprocess.Popen(["srun", "-N1", "-n1", f"-w{host}", "--exact",
                                "--gpus-per-node=0", sys.executable, "-m", "http.server",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    infer = (f"import urllib.request as u, time; u.urlopen('http://{host}:{port}/', "
+    infer = (f"import urllib.request as u, time; u.urlopen('http://{address}:{port}/', "
              f"timeout=30).read(); time.sleep({c.inference_s})")
     one = ["-N1", "-n1", "--gpus-per-node=0"]
     sim_ranks = c.simulation_nodes * c.simulation_ranks_per_node
@@ -193,7 +196,7 @@ def _campaign_by_srun(c: Campaign) -> dict[str, float]:
 
     def step(argv: list[str]) -> float:
         began = time.time()
-        for _ in range(100):  # (the server's port may not accept yet: a step retries)
+        for _ in range(20):  # (the server's port may not accept yet: a step retries)
             if subprocess.run(["srun", "--exact", *argv], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL).returncode == 0:
                 return began

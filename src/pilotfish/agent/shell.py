@@ -169,6 +169,15 @@ class Agent:
         self._client_pidfd: int | None = None
         self._give_up: int | None = None  # the timer ending a detached pilot
 
+    def _host_of(self, node: int) -> str:
+        """Where a service on pilot node `node` is reached: its host name, or this host
+        where nodes are virtual or every node is this host (the platform's interface is
+        the loopback: the local cluster, whose node names do not resolve)."""
+        hosts = self.cfg.hosts
+        if node >= len(hosts) or self.cfg.interface == "lo":
+            return "127.0.0.1"
+        return hosts[node]
+
     def _running(self, uid: str) -> bool:
         task = self.core.tasks.get(uid)
         return task is not None and task.state is TaskState.RUNNING
@@ -261,9 +270,7 @@ class Agent:
             elif type(action) is SendReleased:
                 self._send(m.Released(action.uids, action.ts))
             elif type(action) is WatchService:
-                hosts = self.cfg.hosts
-                host = hosts[action.node] if action.node < len(hosts) else "127.0.0.1"
-                self.services.watch(action.uid, action.service, host)
+                self.services.watch(action.uid, action.service, self._host_of(action.node))
 
     def _shutdown(self) -> None:
         reason = self._stop_reason or "stopped"
