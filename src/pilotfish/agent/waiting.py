@@ -75,28 +75,24 @@ class Waiting:
         ended = self.ended[uid] = Ended(state, error, result, exit_code)
         self.blocked.pop(uid, None)  # (a waiting task that ended: canceled, stopped)
         self.ready.pop(uid, None)
+        return self._satisfied(uid, ended if state is not DONE else None)
+
+    def up(self, uid: str, address: str) -> list[Verdict]:
+        """A service is READY: the tasks waiting for nothing else now go."""
+        self.ready[uid] = address
+        return self._satisfied(uid, None)
+
+    def _satisfied(self, uid: str, broken: Ended | None) -> list[Verdict]:
+        """The verdicts of the tasks waiting for `uid`, which now counts as there (or,
+        `broken`, ends them)."""
         verdicts = []
         for waiter in self.dependents.pop(uid, ()):
             pending = self.blocked.get(waiter)
             if pending is None:
                 continue  # it ended already (another input failed, or it was canceled)
-            if state is not DONE:
+            if broken is not None:
                 del self.blocked[waiter]
-                verdicts.append(_broken(waiter, uid, ended))
-                continue
-            pending.discard(uid)
-            if not pending:
-                del self.blocked[waiter]
-                verdicts.append(Verdict(waiter, True))
-        return verdicts
-
-    def up(self, uid: str, address: str) -> list[Verdict]:
-        """A service is READY: the tasks waiting for nothing else now go."""
-        self.ready[uid] = address
-        verdicts = []
-        for waiter in self.dependents.pop(uid, ()):
-            pending = self.blocked.get(waiter)
-            if pending is None:
+                verdicts.append(_broken(waiter, uid, broken))
                 continue
             pending.discard(uid)
             if not pending:
