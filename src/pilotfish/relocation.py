@@ -51,7 +51,8 @@ class Relocator:
     @property
     def moving(self) -> set[str]:
         """Tasks asked back from their pilot, not yet given back."""
-        return set(self._moving)
+        with self._lock:
+            return set(self._moving)
 
     def changed(self) -> None:
         """Tasks were submitted or a pilot started: the next look may find moves."""
