@@ -96,6 +96,37 @@ out["pids"] = [t.result() for t in pids]
     assert len(set(out["pids"])) >= 1
 
 
+def test_a_service_on_a_node_is_found_by_tasks_on_others(tmp_path: Path) -> None:
+    """A server on one node of the allocation, READY once its port accepts, reached from
+    tasks that name it, wherever they run (the local cluster's nodes are all this host:
+    its platform says so, and the service's address is the loopback's)."""
+    out = in_allocation(tmp_path, """
+import socket
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+session.start_pilot(pf.PilotDescription(platform="slurm-local"))
+import tempfile
+empty = tempfile.mkdtemp(dir=session.path)  # (it serves nothing of the session)
+server = session.submit(TD(executable=sys.executable, name="web", arguments=[
+    "-m", "http.server", str(port), "--directory", empty],
+    cores_per_rank=16, service=pf.Service(port=port, timeout=60)))
+fetch = ("import os, urllib.request as u; "
+         "print(u.urlopen('http://' + os.environ['PILOTFISH_SERVICE_WEB'] + '/').status)")
+clients = session.submit([TD(executable=sys.executable, arguments=["-c", fetch],
+                             cores_per_rank=16, after=[server]) for _ in range(3)])
+assert session.wait(clients, timeout=90)
+out["server"] = (server.state.value, server.address)
+out["clients"] = [(t.state.value, t.stdout, t.error, t.placement) for t in clients]
+server.cancel()
+""")
+    state, address = out["server"]
+    assert state == "READY" and address.startswith("127.0.0.1:")
+    nodes = {p[0][0] for *_, p in out["clients"]}
+    assert len(nodes) == 3  # whole nodes, all but the server's
+    assert [c[:3] for c in out["clients"]] == [["DONE", "200\n", None]] * 3  # (JSON)
+
+
 FIND_EXECUTOR = """
 def executors(host=None):
     found = []
