@@ -169,9 +169,11 @@ def test_mpi_hello_through_every_launcher_across_two_nodes(tmp_path: Path,
 
 # Open MPI's mpirun starts its daemons with srun; on this cluster about one launch in a
 # few hundred fails before any rank runs ("An ORTE daemon has unexpectedly failed after
-# launch", exit 1; seen with and without pilotfish). Such a task runs once more, and at
-# most ORTE_RETRIES_MAX of the 64 may need it.
-ORTE_FAILED = "ORTE daemon has unexpectedly failed"
+# launch", exit 1; seen with and without pilotfish). MPICH's Hydra, rarer still (once in
+# the eighth session's CI), loses a proxy as it starts ("HYD_pmcd_pmiserv_proxy_init_cb",
+# exit 255, no rank ran). Such a task runs once more, and at most ORTE_RETRIES_MAX of the
+# 64 may need it.
+ORTE_FAILED = ("ORTE daemon has unexpectedly failed", "HYD_pmcd_pmiserv_proxy_init_cb")
 ORTE_RETRIES_MAX = 4
 SIXTY_FOUR = """
 hello = {hello!r}
@@ -182,7 +184,7 @@ for name, flavor in {launched!r}:
                                launcher=name, environment={root_ok!r}, timeout=120)
                             for _ in range(64)])
     assert session.wait(tasks, timeout=300)
-    again = [i for i, t in enumerate(tasks) if {orte!r} in (t.stderr or "")]
+    again = [i for i, t in enumerate(tasks) if any(f in (t.stderr or "") for f in {orte!r})]
     if again:
         for i, task in zip(again, session.submit([tasks[i].description for i in again])):
             tasks[i] = task
@@ -205,7 +207,7 @@ def test_64_mpi_tasks_through_each_launcher_all_succeed(tmp_path: Path,
                         timeout=420)
     for name, _ in launched:
         assert out[name]["bad"] == [], (name, out[name]["bad"][:3])
-        assert out[name]["again"] <= (ORTE_RETRIES_MAX if name == "mpiexec.openmpi" else 0)
+        assert out[name]["again"] <= (0 if name == "srun.pmi2" else ORTE_RETRIES_MAX)
         for stdout in out[name]["stdout"]:
             check_hello(stdout.splitlines(), out["hosts"])
         print(f"{name}: 64 tasks at {out[name]['rate']:.1f} tasks/s")
