@@ -444,8 +444,8 @@ def test_large_function_arguments_are_not_journaled(session: pf.Session,
 
 def test_callbacks_run_off_the_channel_thread(session: pf.Session) -> None:
     """A slow callback, or one that waits on another task, stalls nothing else."""
-    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2, heartbeat_timeout=2))
-    slow = session.submit(TD(executable="/bin/sleep", arguments=["3"]))
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2, heartbeat_timeout=3))
+    slow = session.submit(TD(executable="/bin/sleep", arguments=["4"]))  # (past the timeout)
     results: list[object] = []
     called = threading.Event()
 
