@@ -128,7 +128,7 @@ server.cancel()
 
 
 FIND_EXECUTOR = """
-def executors(host=None):
+def executors(host=None, module=b"pilotfish.backends.nodes.executor"):
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -136,7 +136,7 @@ def executors(host=None):
             env = open(f"/proc/{name}/environ", "rb").read().split(b"\\0")
         except OSError:
             continue
-        if cmd.split(b"\\0")[1:3] == [b"-m", b"pilotfish.backends.nodes.executor"] \\
+        if cmd.split(b"\\0")[1:3] == [b"-m", module] \\
                 and str(session.path).encode() in cmd \\
                 and (host is None or f"SLURMD_NODENAME={host}".encode() in env):
             found.append(int(name))
@@ -152,6 +152,7 @@ long = session.submit([TD(executable="/bin/sleep", arguments=["60"], **whole_nod
                        for _ in range(4)])
 session.wait_for(long, pf.TaskState.RUNNING, timeout=30)
 (victim,) = executors("node3")
+out["workers"] = executors("node3", b"pilotfish.backends.functions.worker")
 os.kill(victim, 9)
 deadline, ended = time.time() + 20, []
 while time.time() < deadline and not ended:  # (each wait times out: they run 60 s)
@@ -171,6 +172,9 @@ out["after"] = [(t.state.value, (t.stdout or "").strip(), t.error) for t in afte
     assert state == "FAILED" and "node node3 lost: its executor was silent" in error
     assert {s for s, _, _ in out["after"]} == {"DONE"}, out["after"]
     assert {host for _, host, _ in out["after"]} <= {"node1", "node2", "node4"}
+    assert out["workers"], "the node's function workers start with it"
+    for pid in out["workers"]:  # they end with their executor, even one still starting
+        assert process_gone(pid, 5)
 
 
 def test_the_agent_gone_takes_its_executors_with_it(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from ..base import BackendEvent, TaskFinished, TaskLost, TaskRequeued, TaskStart
 from ..processes import signal_group
 from .calls import TASKS_DIR_ENV
 from .protocol import STATES, Call, Cancel, Done, FromWorker, Ready, Result, Run, Started, Stop
-from .worker import ANNOUNCER_SUFFIX
+from .worker import ANNOUNCER_SUFFIX, PARENT_PID_ENV
 
 WORKER_MODULE = "pilotfish.backends.functions.worker"  # run as `python -m`
 MAX_FAILED_STARTS = 3  # workers in a row that die before ready: their tasks fail
@@ -84,6 +84,7 @@ class LocalProcesses:
     def start(self, reactor: Reactor, ident: str, argv: list[str], env: dict[str, str],
               cwd: str, log: str, on_exit: Callable[[int | None], None]) -> None:
         self._reactor = reactor
+        env = {**env, PARENT_PID_ENV: str(os.getpid())}
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, env=env, process_group=0)

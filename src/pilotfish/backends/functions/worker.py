@@ -43,6 +43,7 @@ FLUSH_INTERVAL = 0.002  # seconds a finished result may wait to share a message
 CANCEL_MESSAGE_WAIT_MS = 1000
 ANNOUNCE_AFTER = 0.01  # a task still running after this is announced as RUNNING
 ANNOUNCER_SUFFIX = "+announcer"  # the announcer's identity: the worker's, then this
+PARENT_PID_ENV = "PILOTFISH_WORKER_PARENT"  # the pid of the process that started a worker
 
 
 class _Interrupt(BaseException):
@@ -183,13 +184,15 @@ class FunctionWorker:
             self.canceled.discard(uid)
         return capture.into(returned(uid, value, start, stop), call.cwd)
 
-    def run(self) -> None:
+    def run(self, parent: int | None = None) -> None:
+        """Run calls until told to stop, or until `parent` (the pid that started this
+        worker; default: its parent now) is no longer its parent."""
         signal.signal(signal.SIGALRM, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.announcer.start()
         self.sock.send(encode(Ready(os.getpid())))
-        parent = os.getppid()
+        parent = parent or os.getppid()
         first_result = 0.0
         while not self.stopping:
             if not self.queue:
@@ -307,14 +310,16 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    parent = os.getppid()
+    # The pid that started us, as it said: os.getppid() read now, after the imports,
+    # may already be init's if the agent died meanwhile (then we would wait forever).
+    parent = int(os.environ.pop(PARENT_PID_ENV, 0)) or os.getppid()
     _die_with_parent()
     if os.getppid() != parent:
         return  # the agent died before we asked to follow it
     address, ident, counter, keys_file = args
     worker = FunctionWorker(address, ident, counter, Keys.load(keys_file))
     try:
-        worker.run()
+        worker.run(parent)
     finally:
         if worker.close():
             worker.ctx.term()
