@@ -156,6 +156,26 @@ def test_an_srun_partition_launches_through_a_modelled_controller(
     assert srun.core_utilization is not None and srun.core_utilization < 0.7
 
 
+def test_flux_instances_launch_apart_and_srun_partitions_share_one_controller(
+        session: pf.Session) -> None:
+    """Each Flux instance admits its own jobs (FLUX: 700 a second each), while every
+    srun partition goes through the one slurmctld (SRUN: 152 a second in all)."""
+    sim_pilot(session, platform="frontier", nodes=16, partitions=[
+        pf.PartitionSpec(backend="flux", nodes=8, instances=2, name="flux"),
+        pf.PartitionSpec(backend="srun", nodes=8, instances=2, name="srun")])
+    n = 1500
+    for name in ("flux.0", "flux.1", "srun.0", "srun.1"):  # (0 s tasks: launch-bound)
+        session.submit([TD(executable="/bin/true", partition=name) for _ in range(n)])
+    assert session.wait(timeout=120)
+    groups = session.metrics(by="partition").groups
+    rates = {name: groups[name].started_per_s or 0.0 for name in groups}
+    assert all(groups[name].n_done == n for name in groups), groups
+    for name in ("srun.0", "srun.1"):  # about half of the one controller's 152 each
+        assert 65 <= rates[name] <= 90, rates
+    for name in ("flux.0", "flux.1"):  # 700 each, not half of it
+        assert 600 <= rates[name] <= 710, rates
+
+
 def test_tasks_callbacks_submit_start_on_the_virtual_clock_when_they_would(
         session: pf.Session) -> None:
     """A workflow reacting in callbacks: what a callback submits when a task ends starts

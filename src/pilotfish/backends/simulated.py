@@ -51,13 +51,16 @@ def simulated_duration(spec: TaskSpec) -> float:
 
 
 class LaunchModel(NamedTuple):
-    """How a runtime that launches each task through a central controller starts them:
-    the controller admits at most `rate` launches a second, one after the other, and a
+    """How a runtime that launches each task through a controller starts them: the
+    controller admits at most `rate` launches a second, one after the other, and a
     launch takes `latency` seconds from its admission to the task's start. The task
-    holds its cores from its placement (as a job step holds them while it launches)."""
+    holds its cores from its placement (as a job step holds them while it launches).
+    `shared`: one controller for the whole machine (Slurm's slurmctld), else one per
+    partition (each Flux instance schedules its own jobs)."""
 
     latency: float
     rate: float
+    shared: bool = True
 
 
 # `srun`, one job step per task. Latency: one step of `true` on the local cluster, alone
@@ -65,7 +68,12 @@ class LaunchModel(NamedTuple):
 # comes from measured on Frontier, 152 steps a second (slurmctld admits steps one at a
 # time; a local driver reaches ~42 a second, bound by this machine's 2 CPUs instead).
 SRUN = LaunchModel(latency=0.04, rate=152.0)
-MODELS = {"srun": SRUN}  # partitions on other backends start their tasks at once
+# A Flux instance, one job per task. Latency: submit to run of one job of `true` in a
+# local instance (26 ms, /opt/flux 0.88). Rate: the paper's one-instance figure on
+# Frontier, about 700 jobs a second; instances schedule apart (their brokers have nodes
+# of their own), so k of them admit k times as many.
+FLUX = LaunchModel(latency=0.026, rate=700.0, shared=False)
+MODELS = {"srun": SRUN, "flux": FLUX}  # the others (built-in, Dragon) start tasks at once
 
 
 def build(context: BuildContext, partition: Partition) -> SimulatedPartition:
@@ -75,7 +83,9 @@ def build(context: BuildContext, partition: Partition) -> SimulatedPartition:
     if backend is None:
         backend = context.shared["simulated"] = SimulatedBackend(context.clock)
     assert isinstance(backend, SimulatedBackend)
-    return SimulatedPartition(backend, MODELS.get(partition.backend))
+    model = MODELS.get(partition.backend)
+    controller = partition.backend if model is None or model.shared else partition.name
+    return SimulatedPartition(backend, model, controller)
 
 
 class SimulatedPartition:
@@ -83,14 +93,15 @@ class SimulatedPartition:
 
     workers_per_node = 0  # every task gets a slot: there are no workers to feed
 
-    def __init__(self, machine: SimulatedBackend, model: LaunchModel | None) -> None:
-        self.machine, self.model = machine, model
+    def __init__(self, machine: SimulatedBackend, model: LaunchModel | None,
+                 controller: str = "") -> None:
+        self.machine, self.model, self.controller = machine, model, controller
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self.machine.start(reactor, emit)
 
     def launch(self, tasks: Sequence[PlacedTask]) -> None:
-        self.machine.launch(tasks, self.model)
+        self.machine.launch(tasks, self.model, self.controller)
 
     def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
         self.machine.dispatch(tasks)
@@ -114,7 +125,7 @@ class SimulatedBackend:
         self._ends: list[tuple[float, int, str]] = []
         # uid -> (start, end, timed out); start in the future while it launches
         self._running: dict[str, tuple[float, float, bool]] = {}
-        self._admit_next = 0.0  # when the launch controller is free again
+        self._admit_next: dict[str, float] = {}  # controller -> when it is free again
         self._seq = 0
         self._started = False
         self._emit: Callable[[BackendEvent], None] = lambda e: None
@@ -126,7 +137,8 @@ class SimulatedBackend:
         self._emit = emit
         reactor.add_idle(self._on_idle)
 
-    def launch(self, tasks: Sequence[PlacedTask], model: LaunchModel | None = None) -> None:
+    def launch(self, tasks: Sequence[PlacedTask], model: LaunchModel | None = None,
+               controller: str = "") -> None:
         now = self.now()
         for placed in tasks:
             spec = placed.spec
@@ -136,8 +148,8 @@ class SimulatedBackend:
                 duration = spec.timeout  # type: ignore[assignment]
             start = now
             if model is not None:  # through the controller, one admission at a time
-                admitted = max(now, self._admit_next)
-                self._admit_next = admitted + 1.0 / model.rate
+                admitted = max(now, self._admit_next.get(controller, 0.0))
+                self._admit_next[controller] = admitted + 1.0 / model.rate
                 start = admitted + model.latency
             self._seq += 1
             self._running[spec.uid] = (start, start + duration, timed_out)
