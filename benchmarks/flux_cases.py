@@ -32,11 +32,10 @@ import sys
 import tempfile
 import time
 
-from apart import case_parser, report, result, run_apart
-
 import pilotfish as pf
 from pilotfish.backends.flux import flux_command, unavailable
 from pilotfish.backends.flux.backend import Resources, resource_config
+from pilotfish.bench.apart import case_parser, report, result, run_apart
 from pilotfish.metrics import compute_metrics, load
 
 CORES = 64

@@ -156,20 +156,37 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import run_simulation
+    from .simulate import run_simulation, via_text
 
-    print(f"simulating {args.tasks:,} {args.workload} tasks on {args.nodes:,} {args.platform} "
-          "node(s)" + (", each an srun job step (modelled: at most 152 launches a second, "
-                       "40 ms each)" if args.via == "srun" else ""), flush=True)
+    what = "the campaign's" if args.workload == "campaign" else f"{args.tasks:,} {args.workload}"
+    print(f"simulating {what} tasks on {args.nodes:,} {args.platform} node(s), "
+          f"{via_text(args.via, args.instances)}", flush=True)
     try:
         result = run_simulation(args.platform, args.nodes, args.workload, args.tasks,
                                 duration=args.duration, seed=args.seed, sessions=args.sessions,
-                                via=args.via)
+                                via=args.via, instances=args.instances)
     except InvalidDescription as exc:  # an unknown platform, ...: before anything ran
         print(f"pilotfish simulate: {exc}", file=sys.stderr)
         return 2
     print("\n".join(result.lines()))
-    return 0 if result.metrics.n_done == args.tasks else 1
+    return 0 if result.metrics.n_done == result.tasks else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .bench.paper import run_paper, table
+
+    console = Console()
+    figures, meta = run_paper(args.quick, args.where, args.nodes, args.html, args.json,
+                              log=lambda line: console.print(line, highlight=False))
+    console.print(table(figures))
+    for line in meta["assumptions"]:
+        console.print(f"simulated: {line}", highlight=False)
+    for line in meta["skipped"]:
+        console.print(f"not run: {line}", highlight=False)
+    console.print(f"wrote {args.html} and {args.json}", highlight=False)
+    return 0 if figures else 1
 
 
 def cmd_platforms(args: argparse.Namespace) -> int:
@@ -264,17 +281,37 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run a workload on a simulated pilot (no tasks run)")
     sim.add_argument("--platform", default="frontier", help="platform profile (default frontier)")
     sim.add_argument("--nodes", type=positive, default=9408, help="nodes (default 9408)")
-    sim.add_argument("--workload", default="hybrid", choices=["null", "sleep", "hybrid"],
+    sim.add_argument("--workload", default="hybrid",
+                     choices=["null", "sleep", "hybrid", "campaign"],
                      help="null: 1-core 0 s tasks; sleep: 1-core tasks of --duration s; "
-                          "hybrid: an IMPECCABLE-like mix (default)")
+                          "hybrid: an IMPECCABLE-like mix (default); campaign: the "
+                          "IMPECCABLE-like campaign's stages, in order, sized to the nodes "
+                          "(--tasks unused)")
     sim.add_argument("--tasks", type=positive, default=100_000, help="number of tasks")
     sim.add_argument("--duration", type=float, default=10.0, help="sleep workload: seconds")
     sim.add_argument("--seed", type=int, default=0, help="hybrid workload: random seed")
-    sim.add_argument("--via", choices=["pilot", "srun"], default="pilot",
-                     help="how tasks start: by the pilot's agent (default), or each as an "
-                          "srun job step (a model: the paper's peak of 152 a second)")
+    sim.add_argument("--via", choices=["pilot", "srun", "flux", "flux+dragon"],
+                     default="pilot",
+                     help="how tasks start: by the pilot's agent (default), each as an srun "
+                          "job step or a Flux job (models: backends/simulated.py), or Flux "
+                          "jobs and Dragon functions (half of the tasks each)")
+    sim.add_argument("--instances", type=positive, default=1,
+                     help="Flux instances (--via flux, flux+dragon; default 1)")
     add_sessions_option(sim)
     sim.set_defaults(func=cmd_simulate)
+    bench = sub.add_parser("bench", help="run the paper's experiments beside its figures")
+    bench.add_argument("experiments", choices=["paper"], help="paper: the work pilotfish "
+                       "comes from (on the local cluster if Slurm is here, and simulated)")
+    bench.add_argument("--quick", action="store_true", help="short runs (a few minutes)")
+    bench.add_argument("--where", choices=["both", "cluster", "simulated"], default="both",
+                       help="the local Slurm cluster (real), simulated Frontier, or both")
+    bench.add_argument("--nodes", type=positive, default=None,
+                       help="simulated Frontier nodes (default 1024; 256 with --quick)")
+    bench.add_argument("--html", default="pilotfish-paper.html", metavar="FILE",
+                       help="the report (default pilotfish-paper.html)")
+    bench.add_argument("--json", default="pilotfish-paper.json", metavar="FILE",
+                       help="every figure (default pilotfish-paper.json)")
+    bench.set_defaults(func=cmd_bench)
     platforms = sub.add_parser("platforms", help="list the platform profiles, or show one")
     platforms.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     platforms.add_argument("name", nargs="?", help="the profile to show")

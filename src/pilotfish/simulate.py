@@ -13,20 +13,40 @@ backend is simulated (backends/simulated.py). What it reports:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from .backends.simulated import FLUX, SRUN
 from .description import PilotDescription
 from .metrics import Metrics, session_metrics
 from .partitions import PartitionSpec
 from .progress import wait_with_progress
 from .session import Session
+from .workloads.campaign import Campaign, submit_campaign
 from .workloads.simulated import workload
 
-VIAS = ("pilot", "srun")
+# How tasks start (backends/simulated.py MODELS): by the pilot's agent, each an srun job
+# step, each a Flux job (in `instances` instances), or Flux jobs and Dragon functions
+VIAS = ("pilot", "srun", "flux", "flux+dragon")
+# What each way runs of a workload's calls: functions where a partition runs them
+RUNS_FUNCTIONS = {"pilot": True, "srun": False, "flux": False, "flux+dragon": True}
+
+
+def via_partitions(via: str, instances: int = 1) -> list[PartitionSpec]:
+    if via not in VIAS:
+        raise ValueError(f"via is one of {', '.join(VIAS)}, not {via!r}")
+    if via == "srun":
+        return [PartitionSpec(backend="srun", name="srun")]
+    if via == "flux":
+        return [PartitionSpec(backend="flux", name="flux", instances=instances)]
+    if via == "flux+dragon":  # (half the nodes each: executables, functions)
+        return [PartitionSpec(backend="flux", name="flux", nodes=0.5, instances=instances),
+                PartitionSpec(backend="dragon", name="dragon")]
+    return []
 
 
 @dataclass
@@ -65,31 +85,50 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def via_text(via: str, instances: int = 1) -> str:
+    """How `via` starts tasks, saying what is a model."""
+    flux = (f"{instances} Flux instance{'s' * (instances > 1)} (modelled: "
+            f"{FLUX.rate:.0f} jobs a second each, {FLUX.latency * 1000:.0f} ms each)")
+    return {"pilot": "started by the pilot's agent",
+            "srun": f"each an srun job step (modelled: at most {SRUN.rate:.0f} launches a "
+                    f"second, {SRUN.latency * 1000:.0f} ms each)",
+            "flux": f"executables as jobs of {flux}",
+            "flux+dragon": f"executables as jobs of {flux}, functions on a Dragon partition's "
+                           "workers (fed by the agent)"}[via]
+
+
 def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
                    duration: float = 10.0, seed: int = 0, sessions: str = "pilotfish-sessions",
-                   progress: TextIO | bool | None = True, via: str = "pilot"
+                   progress: TextIO | bool | None = True, via: str = "pilot",
+                   instances: int = 1, campaign: Campaign | None = None
                    ) -> SimulationResult:
     """`progress`: where the progress bar goes (True: the stderr of the moment; False
-    or None: nowhere). `via`: "pilot" (the agent starts tasks at once) or "srun" (each
-    task a job step, through the modelled controller of backends/simulated.py)."""
+    or None: nowhere). `via`: how tasks start (VIAS; through the modelled controllers
+    of backends/simulated.py). The "campaign" workload is `campaign`, by default
+    `Campaign.paper()` sized to the pilot (`tasks` is then its task count)."""
     if progress is True:
         progress = sys.stderr
     elif progress is False:
         progress = None
-    if via not in VIAS:
-        raise ValueError(f"via is one of {', '.join(VIAS)}, not {via!r}")
-    partitions = [PartitionSpec(backend="srun", name="srun")] if via == "srun" else []
     desc = PilotDescription(platform=platform, nodes=nodes, backend="simulated",
-                            heartbeat_timeout=30.0, partitions=partitions)
+                            heartbeat_timeout=30.0, partitions=via_partitions(via, instances))
     assert desc.cores_per_node is not None and desc.gpus_per_node is not None
-    work = workload(workload_name, tasks, desc.cores_per_node, desc.gpus_per_node, duration,
-                    seed)
+    functions = RUNS_FUNCTIONS[via]
+    if workload_name == "campaign":
+        campaign = campaign or Campaign.paper(nodes, desc.cores_per_node, desc.gpus_per_node)
+        campaign = dataclasses.replace(campaign, functions=functions)
+        tasks = campaign.tasks
     with Session(path=sessions) as session:
         pilot = session.start_pilot(desc)
         t0 = time.monotonic()
-        # One submit: the channel sends it in back-to-back messages, so the simulated
-        # clock cannot start (see backends/simulated.py) before the whole bag is in.
-        session.submit(list(work), pilot=pilot)
+        if campaign is not None:  # (its stages wait for their inputs in the agent)
+            submit_campaign(session, campaign, pilot)
+        else:  # One submit: the channel sends it in back-to-back messages, so the
+            # simulated clock cannot start (backends/simulated.py) before the bag is in.
+            session.submit(list(workload(workload_name, tasks, desc.cores_per_node,
+                                         desc.gpus_per_node, duration, seed,
+                                         functions=functions and via != "pilot")),
+                           pilot=pilot)
         if progress is not None:
             wait_with_progress(session, tasks, t0, progress)
         else:

@@ -9,10 +9,13 @@ in the agent); iteration i + 1 docks after iteration i's selection.
 
 `Campaign` holds the sizes and durations: the defaults are small and short, for a local
 pilot or cluster (payloads sleep, and the model server is a real HTTP server);
-`Campaign.paper()` takes the durations of the paper's stages, for a simulated pilot (no
-process runs there: the inference stage calls no server). `submit_campaign` submits the
-whole campaign at once (every stage's tasks wait for their inputs) and returns its
-tasks by stage.
+`Campaign.paper()` takes the durations of the paper's stages and sizes them to a machine,
+for a simulated pilot (no process runs there: the inference stage calls no server).
+`pipelines` independent pipelines of `iterations` each run at once, sharing the pilot
+(as IMPECCABLE runs them). With `functions=False` inference and selection are
+executables (`python -c`), for backends that run no functions (srun). `submit_campaign`
+submits the whole campaign at once (every stage's tasks wait for their inputs) and
+returns its tasks by stage.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from ..description import TaskDescription
 from ..messages import Service
 from ..task import Task
+from .payloads import infer, select
 
 STAGES = ("docking", "training", "inference", "simulation", "selection")
 
@@ -49,35 +51,29 @@ class Campaign:
     simulation_s: float = 2.0
     selection_s: float = 0.1
     model_server: bool = True  # inference calls a model server (a service task)
+    pipelines: int = 1  # independent pipelines of `iterations` each, run at once
+    functions: bool = True  # inference and selection as functions, else executables
 
     @classmethod
-    def paper(cls, **sizes: Any) -> Campaign:
-        """Stage durations of the paper's campaign (seconds), for a simulated pilot."""
+    def paper(cls, nodes: int = 1024, cores_per_node: int = 56, gpus_per_node: int = 8,
+              **sizes: Any) -> Campaign:
+        """Stage durations of the paper's campaign (seconds), sized to `nodes` nodes of a
+        simulated machine: each iteration docks two waves of the machine's cores, infers
+        eight calls a GPU, trains on one node's GPUs and simulates on every node (4-node
+        runs, a rank a GPU)."""
+        cores, gpus = nodes * cores_per_node, nodes * gpus_per_node
         return dataclasses.replace(cls(
-            docking_s=30.0, training_s=1800.0, inference_s=5.0, simulation_s=2700.0,
-            selection_s=60.0, training_ranks=8, simulation_ranks_per_node=8,
+            docking=2 * cores, docking_s=30.0, training_ranks=gpus_per_node,
+            training_s=1800.0, inference=8 * gpus, inference_s=5.0,
+            simulations=max(1, nodes // 4), simulation_nodes=min(4, nodes),
+            simulation_ranks_per_node=gpus_per_node, simulation_s=2700.0, selection_s=60.0,
             model_server=False), **sizes)
 
     @property
     def tasks(self) -> int:
         """Tasks in all (the model server not counted)."""
         per = self.docking + 1 + self.inference + self.simulations + 1
-        return self.iterations * per
-
-
-def infer(candidate: int, seconds: float) -> float:
-    """One inference call: asks the model server (when there is one), then works."""
-    address = os.environ.get("PILOTFISH_SERVICE_MODEL")
-    if address:
-        with urllib.request.urlopen(f"http://{address}/", timeout=10) as reply:
-            reply.read()
-    time.sleep(seconds)
-    return (candidate * 7919 % 1000) / 1000.0  # a score
-
-
-def select(iteration: int, seconds: float) -> int:
-    time.sleep(seconds)
-    return iteration
+        return self.pipelines * self.iterations * per
 
 
 def _sleep(seconds: float, name: str, after: Sequence[Task], **resources: Any
@@ -85,6 +81,21 @@ def _sleep(seconds: float, name: str, after: Sequence[Task], **resources: Any
     text = f"{seconds:g}"
     return TaskDescription(executable="/bin/sleep", arguments=[text], duration=seconds,
                            name=name, after=list(after), **resources)
+
+
+# `infer` as a command: asks the model server (when there is one), then works
+INFER = ("import os, time, urllib.request as u; a = os.environ.get('PILOTFISH_SERVICE_MODEL');"
+         " a and u.urlopen(f'http://{a}/', timeout=10).read(); time.sleep(%g)")
+
+
+def _call(c: Campaign, function: Any, args: tuple[Any, ...], code: str, name: str,
+          seconds: float, after: Sequence[Task]) -> TaskDescription:
+    """A function task, or the same work as a `python -c` executable."""
+    if c.functions:
+        return TaskDescription(function=function, args=args, name=name, duration=seconds,
+                               after=list(after))
+    return TaskDescription(executable=sys.executable, arguments=["-c", code], name=name,
+                           duration=seconds, after=list(after))
 
 
 def submit_campaign(session: Any, c: Campaign, pilot: Any = None,
@@ -100,27 +111,33 @@ def submit_campaign(session: Any, c: Campaign, pilot: Any = None,
             executable=sys.executable, name="model", service=Service(port=port),
             arguments=["-m", "http.server", str(port), "--directory", empty]), pilot=pilot)]
         out["service"] = server
+    for p in range(c.pipelines):
+        _submit_pipeline(session, c, pilot, server, p, out)
+    return out
+
+
+def _submit_pipeline(session: Any, c: Campaign, pilot: Any, server: list[Task], p: int,
+                     out: dict[str, list[Task]]) -> None:
     selected: list[Task] = []
     for i in range(c.iterations):
-        docking = session.submit([_sleep(c.docking_s, f"docking-{i}", selected)
+        at = f"{p}.{i}"  # (a stage's tasks are named STAGE-PIPELINE.ITERATION)
+        docking = session.submit([_sleep(c.docking_s, f"docking-{at}", selected)
                                   for _ in range(c.docking)], pilot=pilot)
         training = session.submit(_sleep(
-            c.training_s, f"training-{i}", docking, ranks=c.training_ranks,
+            c.training_s, f"training-{at}", docking, ranks=c.training_ranks,
             ranks_per_node=c.training_ranks, gpus_per_rank=1), pilot=pilot)
-        inference = session.submit([TaskDescription(
-            function=infer, args=(k, c.inference_s), name=f"inference-{i}",
-            duration=c.inference_s, after=[training, *server]) for k in range(c.inference)],
-            pilot=pilot)
+        inference = session.submit([_call(
+            c, infer, (k, c.inference_s), INFER % c.inference_s, f"inference-{at}",
+            c.inference_s, [training, *server]) for k in range(c.inference)], pilot=pilot)
         ranks = c.simulation_nodes * c.simulation_ranks_per_node
         simulation = session.submit([_sleep(
-            c.simulation_s, f"simulation-{i}", inference, ranks=ranks,
+            c.simulation_s, f"simulation-{at}", inference, ranks=ranks,
             ranks_per_node=c.simulation_ranks_per_node, gpus_per_rank=1)
             for _ in range(c.simulations)], pilot=pilot)
-        selection = session.submit(TaskDescription(
-            function=select, args=(i, c.selection_s), name=f"selection-{i}",
-            duration=c.selection_s, after=simulation), pilot=pilot)
+        selection = session.submit(_call(
+            c, select, (i, c.selection_s), f"import time; time.sleep({c.selection_s:g})",
+            f"selection-{at}", c.selection_s, simulation), pilot=pilot)
         selected = [selection]
         for stage, tasks in zip(STAGES, (docking, [training], inference, simulation,
                                          [selection]), strict=True):
             out[stage] += tasks
-    return out

@@ -25,11 +25,12 @@ divided by its GPUs: 7 on Frontier), the usual binding on GPU machines.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 
 from ..description import TaskDescription
 
-WORKLOADS = ("null", "sleep", "hybrid")
+WORKLOADS = ("null", "sleep", "hybrid")  # (and "campaign": workloads/campaign.py)
 
 
 def _sleep(seconds: float, name: str, **resources: object) -> TaskDescription:
@@ -87,12 +88,27 @@ def hybrid_tasks(n: int, cores_per_node: int, gpus_per_node: int,
         yield make()
 
 
+def with_calls(tasks: Iterator[TaskDescription]) -> Iterator[TaskDescription]:
+    """Every other single-core task as a Python function of the same duration (`time.sleep`):
+    for pilots whose functions go to a partition of their own (Flux + Dragon)."""
+    for k, task in enumerate(tasks):
+        if k % 2 and task.ranks == 1 and not task.gpus_per_rank and task.duration is not None:
+            yield TaskDescription(function=time.sleep, args=(task.duration,), name=task.name,
+                                  duration=task.duration, priority=task.priority)
+        else:
+            yield task
+
+
 def workload(name: str, n: int, cores_per_node: int, gpus_per_node: int,
-             duration: float = 10.0, seed: int = 0) -> Iterator[TaskDescription]:
+             duration: float = 10.0, seed: int = 0, functions: bool = False
+             ) -> Iterator[TaskDescription]:
+    """The workload `name`; `functions`: half its single-core tasks as functions."""
     if name == "null":
-        return null_tasks(n)
-    if name == "sleep":
-        return sleep_tasks(n, duration)
-    if name == "hybrid":
-        return hybrid_tasks(n, cores_per_node, gpus_per_node, seed)
-    raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+        tasks = null_tasks(n)
+    elif name == "sleep":
+        tasks = sleep_tasks(n, duration)
+    elif name == "hybrid":
+        tasks = hybrid_tasks(n, cores_per_node, gpus_per_node, seed)
+    else:
+        raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    return with_calls(tasks) if functions else tasks

@@ -1,0 +1,256 @@
+"""The paper's experiments on a real Slurm allocation of 4 nodes (the local cluster: 16
+CPUs a node, 64 slots): `python -m pilotfish.bench.cluster CASE [--quick]`, run inside
+`salloc -N4 --exclusive --gpus-per-node=4`; prints its figures (`apart.result`).
+
+Each case measures pilotfish and the paper's baseline, a plain driver that launches
+every task as an `srun --exact` job step with up to 64 in flight, in the same
+allocation and the same run (so their ratio means something on a shared machine):
+
+  throughput    `/bin/true` tasks: pilotfish (node executors), its srun backend (every
+                task a job step), the srun driver: tasks/s
+  utilization   `sleep 1` tasks: core utilization over the execution window
+  flux          `/bin/true` through a Flux partition of 1 and of 4 instances (one broker
+                a node), and half `/bin/true` on Flux (3 nodes), half no-op functions on
+                Dragon (1 node): tasks/s
+  campaign      the IMPECCABLE-like campaign (workloads/campaign.py): pilotfish (one
+                pilot, dependencies resolved in the agent) against the driver running
+                every task as a job step, stage after stage: makespan, and tasks started
+                per second from the first start to the last
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pilotfish as pf
+from pilotfish.bench.apart import result
+from pilotfish.metrics import compute_metrics, load
+from pilotfish.workloads.campaign import INFER, STAGES, Campaign, submit_campaign
+
+TD = pf.TaskDescription
+SLOTS = 64  # 4 nodes x 16 CPUs
+SALLOC = ["salloc", "-N4", "--exclusive", "--gpus-per-node=4"]
+
+
+def pilot(session: pf.Session, backend: str = "builtin", **kw: Any) -> pf.Pilot:
+    return session.start_pilot(pf.PilotDescription(platform="slurm-local", backend=backend,
+                                                   **kw))
+
+
+def on_every_node(session: pf.Session) -> None:
+    """A task filling each node has run (so every node executor is up)."""
+    tasks = session.submit([TD(executable="/bin/true", cores_per_rank=16) for _ in range(4)])
+    assert session.wait(tasks, timeout=120)
+    assert all(t.state is pf.TaskState.DONE for t in tasks), [t.error for t in tasks]
+
+
+def utilization(session: pf.Session) -> float:
+    """The product's core utilization over the one-core tasks only: not the warm-up
+    tasks (16 cores each) that ran just before, whose start would open the window."""
+    session.journal.flush()
+    data = load(session.path)
+    tasks = [t for t in data.tasks if t.cores == 1]
+    return compute_metrics(tasks, data.pilots, data.last_event).core_utilization or 0.0
+
+
+def run(session: pf.Session, descriptions: list[pf.TaskDescription]) -> float:
+    """Submit them all, wait until all are done: seconds."""
+    start = time.perf_counter()
+    tasks = session.submit(descriptions)
+    assert session.wait(tasks, timeout=900)
+    bad = [t.error for t in tasks if t.state is not pf.TaskState.DONE]
+    assert not bad, bad[:3]
+    return time.perf_counter() - start
+
+
+def srun_driver(argv: list[str], n: int) -> tuple[float, list[tuple[float, float]]]:
+    """Run `n` job steps of `argv`, up to SLOTS at a time: seconds, and each step's
+    (start, end) as the driver saw it. (`--gpus-per-node=0`: else each step would take
+    the allocation's `--gpus-per-node=4` from the environment, all of its node's GPUs,
+    and only 4 steps would run at once: "Requested nodes are busy".)"""
+    def step(_: int) -> tuple[float, float]:
+        start = time.time()
+        subprocess.run(["srun", "-N1", "-n1", "--exact", "--gpus-per-node=0", *argv], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start, time.time()
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(SLOTS) as pool:
+        spans = list(pool.map(step, range(n)))
+    return time.perf_counter() - t0, spans
+
+
+def both_backends(tmp: str, command: list[str], n: int,
+                  figure: Callable[[pf.Session, float], float]) -> dict[str, float]:
+    """`n` tasks of `command` through a pilot on the built-in backend (node executors),
+    then the srun backend: `figure(session, seconds)` of each."""
+    out = {}
+    for backend, name in (("builtin", "pilotfish"), ("srun", "srun backend")):
+        with pf.Session(path=f"{tmp}/{backend}") as session:
+            pilot(session, backend)
+            on_every_node(session)
+            seconds = run(session, [TD(executable=command[0], arguments=command[1:])
+                                    for _ in range(n)])
+            out[name] = figure(session, seconds)
+    return out
+
+
+def throughput(tmp: str, quick: bool = False) -> dict[str, float]:
+    n = 500 if quick else 2_000
+    out = both_backends(tmp, ["/bin/true"], n, lambda _, seconds: n / seconds)
+    seconds, _ = srun_driver(["/bin/true"], n)
+    return {**out, "srun driver": n / seconds}
+
+
+def utilization_case(tmp: str, quick: bool = False) -> dict[str, float]:
+    n = 256 if quick else 1_024
+    out = both_backends(tmp, ["/bin/sleep", "1"], n,
+                        lambda session, _: 100 * utilization(session))
+    _, spans = srun_driver(["/bin/sleep", "1"], n)
+    window = max(e for _, e in spans) - min(s for s, _ in spans)
+    return {**out, "srun driver": 100.0 * n * 1.0 / (SLOTS * window)}
+
+
+def noop() -> None:
+    """A no-op function task (the Flux + Dragon case's functions)."""
+
+
+def _warm(session: pf.Session, p: pf.Pilot) -> None:
+    """A task in every partition (brokers and runtimes up, workers warm)."""
+    warm = session.submit([TD(executable="/bin/true", partition=part.name)
+                           if part.backend != "dragon" else TD(function=noop,
+                                                               partition=part.name)
+                           for part in p.description.layout])
+    assert session.wait(warm, timeout=120)
+    assert all(t.state is pf.TaskState.DONE for t in warm), [t.error for t in warm]
+
+
+def flux(tmp: str, quick: bool = False, instances: int = 4) -> dict[str, float]:
+    n = 500 if quick else 2_000
+    out = {}
+    for k in (1, instances):
+        with pf.Session(path=f"{tmp}/flux{k}") as session:
+            _warm(session, pilot(session, partitions=[
+                pf.PartitionSpec(backend="flux", instances=k)]))
+            out[f"flux x{k}"] = n / run(session, [TD(executable="/bin/true")
+                                                  for _ in range(n)])
+    from pilotfish.backends.dragon import unavailable
+
+    if unavailable() is None:
+        with pf.Session(path=f"{tmp}/fluxdragon") as session:
+            _warm(session, pilot(session, partitions=[
+                pf.PartitionSpec(backend="flux", nodes=3, instances=3),
+                pf.PartitionSpec(backend="dragon", nodes=1)]))
+            mixed = [TD(executable="/bin/true") if k % 2 else TD(function=noop)
+                     for k in range(n)]
+            out["flux + dragon"] = n / run(session, mixed)
+    seconds, _ = srun_driver(["/bin/true"], n)
+    return {**out, "srun driver": n / seconds}
+
+
+def campaign_shape(quick: bool = False) -> Campaign:
+    """The campaign at the paper's shape, scaled to 64 slots: many short docking tasks
+    and inference calls around a short training and 2-node simulations."""
+    if quick:
+        return Campaign(iterations=1, docking=128, docking_s=0.2, training_ranks=4,
+                        training_s=1.0, inference=128, inference_s=0.02, simulations=4,
+                        simulation_nodes=2, simulation_ranks_per_node=2, simulation_s=1.0,
+                        selection_s=0.1)
+    return Campaign(iterations=2, docking=256, docking_s=0.2, training_ranks=4,
+                    training_s=2.0, inference=512, inference_s=0.02, simulations=8,
+                    simulation_nodes=2, simulation_ranks_per_node=2, simulation_s=2.0,
+                    selection_s=0.1)
+
+
+def campaign(tmp: str, quick: bool = False, c: Campaign | None = None) -> dict[str, float]:
+    c = c or campaign_shape(quick)
+    with pf.Session(path=f"{tmp}/pilot") as session:
+        pilot(session)
+        on_every_node(session)
+        start = time.perf_counter()
+        stages = submit_campaign(session, c)
+        work = [t for s in STAGES for t in stages[s]]
+        assert session.wait(work, timeout=900)
+        makespan = time.perf_counter() - start
+        bad = [t.error for t in work if t.state is not pf.TaskState.DONE]
+        assert not bad, bad[:3]
+        starts = [dict(t.events)["RUNNING"] for t in work]
+    ours = {"pilotfish makespan": makespan,
+            "pilotfish tasks/s": len(work) / (max(starts) - min(starts))}
+    return {**ours, **campaign_by_srun(c)}
+
+
+def campaign_by_srun(c: Campaign) -> dict[str, float]:
+    """The same campaign as job steps only, each stage once the one before ended (the
+    paper's baseline), up to SLOTS steps in flight."""
+    port = 19000 + time.time_ns() % 1000
+    host = subprocess.run(["scontrol", "show", "hostnames"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]  # (of this allocation)
+    node = subprocess.run(["scontrol", "-o", "show", "node", host], capture_output=True,
+                          text=True, check=True).stdout
+    address = node.split("NodeAddr=", 1)[1].split()[0]  # (node names need not resolve)
+    server = subprocess.Popen(["srun", "-N1", "-n1", f"-w{host}", "--exact",
+                               "--gpus-per-node=0", sys.executable, "-m", "http.server",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PILOTFISH_SERVICE_MODEL": f"{address}:{port}"}  # (as pilotfish's)
+    one = ["-N1", "-n1", "--gpus-per-node=0"]
+    sim_ranks = c.simulation_nodes * c.simulation_ranks_per_node
+    stages = [
+        ([*one, "sleep", str(c.docking_s)], c.docking),
+        (["-N1", f"-n{c.training_ranks}", f"--gpus={c.training_ranks}", "sleep",
+          str(c.training_s)], 1),
+        ([*one, sys.executable, "-c", INFER % c.inference_s], c.inference),
+        ([f"-N{c.simulation_nodes}", f"-n{sim_ranks}",
+          f"--ntasks-per-node={c.simulation_ranks_per_node}", f"--gpus={sim_ranks}",
+          "sleep", str(c.simulation_s)], c.simulations),
+        ([*one, sys.executable, "-c", f"import time; time.sleep({c.selection_s})"], 1)]
+
+    def step(argv: list[str]) -> float:
+        began = time.time()
+        for _ in range(20):  # (the server's port may not accept yet: a step retries)
+            if subprocess.run(["srun", "--exact", *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env).returncode == 0:
+                return began
+            time.sleep(0.1)
+        raise RuntimeError(f"srun {' '.join(argv)} kept failing")
+
+    try:
+        starts: list[float] = []
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(SLOTS) as pool:
+            for _ in range(c.iterations):
+                for argv, n in stages:
+                    starts += pool.map(step, [argv] * n)
+        makespan = time.perf_counter() - t0
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {"srun makespan": makespan,
+            "srun tasks/s": len(starts) / (max(starts) - min(starts))}
+
+
+CASES: dict[str, Callable[..., dict[str, float]]] = {
+    "throughput": throughput, "utilization": utilization_case, "flux": flux,
+    "campaign": campaign}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=list(CASES))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="pilotfish-bench-") as tmp:
+        result(CASES[args.case](tmp, args.quick))
+
+
+if __name__ == "__main__":
+    main()
