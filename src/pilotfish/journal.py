@@ -18,6 +18,9 @@ path only appends to a queue. Schema:
 - Views `all_events(task, event, ts)` (both together, the final one named by the
   task's state) and `task_events(uid, event, ts)`.
 - `functions(key, blob)`: each pickled function once.
+- `input_groups(name, tasks)`: the `after` list many tasks of one submit share (a JSON
+  list of uids), once; those tasks' descriptions name the group instead
+  (`Submit.groups`).
 
 One row per task and one UPDATE when it ends, rather than a row per event, keeps the
 journal's cost per task low (it was a third of the client's work).
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS partitions (
     pilot TEXT, name TEXT, backend TEXT, first INTEGER, nodes INTEGER);
 CREATE TABLE IF NOT EXISTS events (task INTEGER NOT NULL, event TEXT NOT NULL, ts REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS functions (key TEXT PRIMARY KEY, blob BLOB);
+CREATE TABLE IF NOT EXISTS input_groups (name TEXT PRIMARY KEY, tasks TEXT);
 CREATE VIEW IF NOT EXISTS all_events AS
     SELECT id AS task, 'NEW' AS event, NEW AS ts FROM tasks WHERE NEW IS NOT NULL
     UNION ALL SELECT id, 'SUBMITTED', SUBMITTED FROM tasks WHERE SUBMITTED IS NOT NULL
@@ -163,6 +167,10 @@ class Journal:
 
     def add_functions(self, items: Iterable[tuple[str, bytes]]) -> None:
         self.write("INSERT OR IGNORE INTO functions VALUES (?, ?)", list(items))
+
+    def add_input_groups(self, items: Iterable[tuple[str, str]]) -> None:
+        """(name, JSON list of task uids) of each input group."""
+        self.write("INSERT OR IGNORE INTO input_groups VALUES (?, ?)", list(items))
 
     def mark(self, key: str, value: int) -> None:
         """Set `committed[key] = value` once everything written before is in the file (or

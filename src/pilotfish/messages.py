@@ -13,7 +13,8 @@ from typing import Literal
 
 import msgspec
 
-WIRE_VERSION = 4  # 2: Release/Released (moves between pilots); 3: dependencies; 4: services
+WIRE_VERSION = 5  # 2: Release/Released (moves between pilots); 3: dependencies; 4: services;
+# 5: input groups (Submit.groups)
 
 
 # How a task among a function's arguments is pickled: a persistent id (TASK_REF, uid),
@@ -72,6 +73,9 @@ class Submit(msgspec.Struct, array_like=True, tag=True):
     tasks: list[TaskSpec]
     functions: dict[str, bytes] = {}  # pickled functions not sent to this agent before
     seen: int = 0  # final updates of this agent the client had applied (see Updates.finals)
+    # Inputs many tasks share, sent once: a task whose `after` names a group waits for all
+    # of its names (a stage of 256 tasks after one of 65,536: 65,536 names, not 16.7M).
+    groups: dict[str, list[str]] = {}
 
 
 class Cancel(msgspec.Struct, array_like=True, tag=True):

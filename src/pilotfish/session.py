@@ -31,7 +31,7 @@ from . import messages as m
 from .agent.config import AgentConfig
 from .backends import registry
 from .channel import JOB_END_GRACE, Channel
-from .dependencies import Held, plan
+from .dependencies import Held, Plan, plan
 from .description import PilotDescription, TaskDescription
 from .files import DIR_MODE, private, private_dir, read_tail
 from .gcpause import without_gc
@@ -57,6 +57,7 @@ _json_encode = msgspec.json.Encoder().encode
 # A function's arguments are journaled with its description up to this size (pickled):
 # larger ones (arrays, chunks of a map) would make the journal their size again, and more.
 JOURNAL_ARGS_MAX = 4096
+GROUP_MIN = 16  # a longer `after` that tasks of one submit share goes once (Submit.groups)
 
 
 def _tasks(call: str, tasks: Iterable[Task]) -> list[Task]:
@@ -408,12 +409,18 @@ class Session:
         with self._lock:
             first = self._seq + 1
             self._seq += len(descs)
-        deferred: list[tuple[int, Task]] = []  # tasks with inputs: planned below
+        deferred: list[tuple[int, Task, str | None]] = []  # tasks with inputs, their group
+        groups: dict[tuple[Any, ...], str] = {}  # a long `after` many tasks share -> its name
         for seq, d, pilot in zip(range(first, first + len(descs)), descs, pilots,
                                  strict=True):
             uid = f"task.{seq:06d}"
             pid = pilot.uid
-            spec = d.to_spec(uid)
+            group = None
+            if len(d.after) >= GROUP_MIN and not d.inputs:  # (its hash: the tasks' ids)
+                group = groups.setdefault(tuple(d.after), f"{uid}+after")
+                spec = d.to_spec(uid, [group], {})  # (journaled so: the group once, below)
+            else:
+                spec = d.to_spec(uid)
             if d.function_key is not None:
                 assert d.function_blob is not None  # the channel sends each once per pilot
                 functions.setdefault(pid, {})[d.function_key] = d.function_blob
@@ -427,7 +434,7 @@ class Session:
             try:
                 description = _json_encode(journaled).decode()
                 if d.depends_on:
-                    deferred.append((len(ordered), task))
+                    deferred.append((len(ordered), task, group))
                 ordered.append((pid, spec))
             except Exception as exc:  # descriptions are checked to encode: should one
                 description = "{}"  # still not, it fails alone (below)
@@ -438,6 +445,9 @@ class Session:
             self.journal.add_functions(list({k: f for per_pilot in functions.values()
                                              for k, f in per_pilot.items()}.items()))
         self.journal.add_tasks(rows)
+        if groups:
+            self.journal.add_input_groups([(name, json.dumps([t.uid for t in after]))
+                                           for after, name in groups.items()])
         with self._done:
             for task in tasks:
                 self._live[task.uid] = task
@@ -446,10 +456,12 @@ class Session:
                 pilot.load += d.ranks * d.cores_per_rank
         self._relocator.changed()
         ended: list[tuple[str, TaskState, str]] = []
+        planned: dict[tuple[str, str], Plan] = {}  # (group, pilot) -> its tasks' plan
+        sent_groups: dict[str, dict[str, list[str]]] = {}  # pilot -> group -> names
         with self._updating:  # inputs cannot end while planned, nor `seen` grow
-            for i, task in deferred:
+            for i, task, group in deferred:
                 pid, spec = ordered[i]
-                how = self._plan(task, pid)
+                how = self._plan(task, pid, group, planned, sent_groups)
                 if isinstance(how, tuple):
                     ended.append((task.uid, *how))
                 ordered[i] = (pid, None if isinstance(how, tuple) else how)
@@ -458,24 +470,37 @@ class Session:
                     specs.setdefault(pid, []).append(spec_or_none)
             for pid, sent in specs.items():  # (queued in the order `seen` was read)
                 self._channel.send(pid, m.Submit(sent, functions.get(pid, {}),
-                                                 seen=self.pilots[pid].finals_seen))
+                                                 seen=self.pilots[pid].finals_seen,
+                                                 groups=sent_groups.get(pid, {})))
         for uid, why in unsendable.items():
             self._end_tasks([uid], TaskState.FAILED, why)
         for uid, state, why in ended:
             self._end_tasks([uid], state, why)
         return tasks
 
-    def _plan(self, task: Task, pid: str) -> m.TaskSpec | tuple[TaskState, str] | None:
+    def _plan(self, task: Task, pid: str, group: str | None = None,
+              planned: dict[tuple[str, str], Plan] | None = None,
+              sent_groups: dict[str, dict[str, list[str]]] | None = None
+              ) -> m.TaskSpec | tuple[TaskState, str] | None:
         """A task with inputs, for pilot `pid`: its spec (the agent resolves the rest),
-        how it ends (an input failed), or None: held until inputs elsewhere end."""
+        how it ends (an input failed), or None: held until inputs elsewhere end. The
+        tasks of a `group` (the same long `after`) share one plan, and the names the
+        agent waits for go once, in `sent_groups`."""
         d = task.description
         assert d is not None
-        p = plan(d, pid, self._relocator.moving)
+        p = None if group is None or planned is None else planned.get((group, pid))
+        if p is None:
+            p = plan(d, pid, self._relocator.moving)
+            if group is not None and planned is not None:
+                planned[group, pid] = p
         if p.ends is not None:
             return p.ends
         if p.waits_for:
             self._held.hold(task, p.waits_for)
             return None
+        if group is not None and sent_groups is not None and p.after:
+            sent_groups.setdefault(pid, {})[group] = p.after
+            return d.to_spec(task.uid, [group], p.inputs)
         return d.to_spec(task.uid, p.after, p.inputs)
 
     def cancel(self, tasks: Iterable[Task]) -> None:

@@ -10,6 +10,8 @@ from concurrent.futures import Future
 import pytest
 
 import pilotfish as pf
+from pilotfish.channel import MAX_TASKS_PER_MESSAGE
+from pilotfish.journal import connect_readonly
 
 TD = pf.TaskDescription
 DONE, FAILED, CANCELED = pf.TaskState.DONE, pf.TaskState.FAILED, pf.TaskState.CANCELED
@@ -76,6 +78,45 @@ def test_a_failed_or_canceled_input_ends_what_waits_for_it(session: pf.Session) 
     assert done.result(timeout=30) == 42
     again = session.submit(TD(function=inc, args=(done,)))  # its result from the client
     assert again.result(timeout=30) == 43
+
+
+def test_a_stage_after_a_stage_sends_their_inputs_once(session: pf.Session) -> None:
+    """Every task of a stage after every task of the one before (a campaign's fan-in):
+    the shared `after` goes to the agent and into the journal once, as a group; the
+    stage starts once all of it ended, and a failed input ends the stage naming it."""
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=8))
+    first = session.submit([TD(function=inc, args=(k,)) for k in range(200)])
+    second = session.submit([TD(executable="/bin/true", after=first) for _ in range(40)])
+    bad = session.submit([TD(function=inc, args=(0,)) for _ in range(30)]
+                         + [TD(function=boom, args=(0,))])
+    third = session.submit([TD(executable="/bin/true", after=bad) for _ in range(20)])
+    assert session.wait(timeout=60)
+    assert {t.state for t in second} == {DONE}
+    assert max(times(t)["exec_stop"] for t in first) <= min(times(t)["RUNNING"]
+                                                            for t in second)
+    assert {t.state for t in third} == {FAILED}
+    assert {t.error for t in third} == {f"input {bad[-1].uid} failed: ValueError: bad input"}
+    session.journal.flush()
+    db = connect_readonly(session.path)
+    rows = db.execute("SELECT name, tasks FROM input_groups").fetchall()
+    assert [name for name, _ in rows] == [f"{second[0].uid}+after", f"{third[0].uid}+after"]
+    assert rows[0][1].count("task.") == 200
+    described = db.execute("SELECT description FROM tasks WHERE uid = ?",
+                           (second[-1].uid,)).fetchone()[0]
+    assert f"{second[0].uid}+after" in described and first[0].uid not in described
+
+
+def test_a_group_reaches_tasks_sent_in_a_later_message(session: pf.Session) -> None:
+    """A big submit goes in several messages, its groups in the first: tasks of a later
+    one still find theirs."""
+    session.start_pilot(pf.PilotDescription(nodes=4, cores_per_node=64, backend="simulated"))
+    first = session.submit([TD(executable="sleep", arguments=["10"]) for _ in range(20)])
+    filler = [TD(executable="sleep", arguments=["1"])] * MAX_TASKS_PER_MESSAGE
+    later = session.submit([*filler, *[TD(executable="sleep", arguments=["1"], after=first)
+                                       for _ in range(10)]])[-10:]
+    assert session.wait(timeout=60)
+    assert {t.state for t in later} == {DONE}, {t.error for t in later}
+    assert min(times(t)["RUNNING"] for t in later) >= max(times(t)["exec_stop"] for t in first)
 
 
 def test_inputs_on_another_pilot_are_waited_for_by_the_client(session: pf.Session) -> None:

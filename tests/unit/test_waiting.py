@@ -55,3 +55,40 @@ def test_outcomes_are_kept_until_the_client_has_seen_them() -> None:
     assert set(w.ended) == {"c"}
     with pytest.raises(KeyError):
         w.result("a")
+
+
+def test_tasks_naming_a_group_wait_for_its_inputs_held_once() -> None:
+    """A shared `after` comes as a group: its inputs are held once, not once a task."""
+    w = Waiting()
+    inputs = [f"i{k}" for k in range(100)]
+    w.add_group("g", inputs, set(inputs))
+    for k in range(50):
+        assert w.add(f"t{k}", ["g"], set(inputs)) is None
+    assert sum(len(d) for d in w.dependents.values()) == 100 + 50  # not 50 x 100
+    verdicts = [v for name in inputs for v in w.end(name, DONE, None, None, 0)]
+    assert sorted(verdicts) == sorted(Verdict(f"t{k}", True) for k in range(50))
+    assert w.blocked == {} and w.dependents == {}
+    assert w.add("late", ["g"], set()) == Verdict("late", True)  # (a later chunk's task)
+
+
+def test_a_groups_broken_input_ends_its_tasks_naming_that_input() -> None:
+    w = Waiting()
+    w.add_group("g", ["a", "b"], {"a", "b"})
+    w.add("t1", ["g"], {"a", "b"})
+    w.add("t2", ["g"], {"a", "b"})
+    w.end("t2", CANCELED, "canceled", None, None)  # (canceled while it waited)
+    assert w.end("a", FAILED, "Traceback\nOSError: disk", None, None) == [
+        Verdict("t1", False, FAILED, "input a failed: OSError: disk")]
+    assert w.add("late", ["g"], {"b"}) == Verdict("late", False, FAILED,
+                                                  "input a failed: OSError: disk")
+    assert w.end("b", DONE, None, None, 0) == []
+
+
+def test_a_group_whose_inputs_ended_already_gives_its_tasks_a_verdict_at_once() -> None:
+    w = Waiting()
+    w.end("a", DONE, None, None, 0)
+    w.add_group("g", ["a"], set())
+    assert w.add("t", ["g"], set()) == Verdict("t", True)
+    w.end("f", CANCELED, "canceled", None, None)
+    w.add_group("h", ["a", "f"], set())
+    assert w.add("u", ["h"], set()) == Verdict("u", False, CANCELED, "input f was canceled")

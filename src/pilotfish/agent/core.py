@@ -250,6 +250,7 @@ class AgentCore:
         self._seq = 0
         self._shapes: dict[tuple[int, int, float, int, int], Shape] = {}
         self._waiting = Waiting()  # tasks waiting for others (`after`), ended outcomes
+        self._groups: dict[str, list[str]] = {}  # input groups sent, no task named yet
         self._unblocked: list[Verdict] = []  # waited, and now go (or end): this round
 
     # ---- the one entry point ----------------------------------------------------------
@@ -364,6 +365,8 @@ class AgentCore:
 
     def _submit(self, event: TasksSubmitted, rnd: _Round) -> None:
         self._waiting.seen(event.seen)  # (before its tasks name any)
+        groups = self._groups  # each added as a task first names it (then its inputs
+        groups.update(event.groups)  # are in: they come before it, maybe in this message)
         accepted: list[str] = []
         per_partition: dict[str, list[Request]] = {}
         rejected: list[tuple[_Task, str]] = []
@@ -393,6 +396,10 @@ class AgentCore:
                 task.routed = False
                 rejected.append((task, reason))
             elif spec.after:
+                if groups:
+                    for name in spec.after:
+                        if name in groups:
+                            self._waiting.add_group(name, groups.pop(name), tasks)
                 verdict = self._waiting.add(spec.uid, spec.after, tasks)
                 if verdict is not None:  # (else it waits, in no scheduler)
                     self._unblocked.append(verdict)

@@ -60,6 +60,7 @@ class TasksSubmitted(msgspec.Struct, frozen=True, gc=False):
 
     tasks: list[TaskSpec]
     seen: int = 0
+    groups: dict[str, list[str]] = {}  # (Submit.groups)
 
 
 class CancelRequested(msgspec.Struct, frozen=True, gc=False):

@@ -388,7 +388,7 @@ class Agent:
                     self.stats.waited_at_submit = self.reactor.waited
                 self.clock.hold()  # a simulation waits for the rest of the bag
                 self.functions.update(msg.functions)
-                self._execute(self.core.handle(TasksSubmitted(msg.tasks, msg.seen)))
+                self._execute(self.core.handle(TasksSubmitted(msg.tasks, msg.seen, msg.groups)))
             elif isinstance(msg, m.Cancel):
                 self._execute(self.core.handle(CancelRequested(msg.uids)))
             elif isinstance(msg, m.Release):

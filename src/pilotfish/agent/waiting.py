@@ -6,6 +6,10 @@ reason naming that input). The outcomes of ended tasks are kept until the client
 has applied their final updates (`seen`): a task it sends before then may name one, and
 from then on it resolves such names itself. Results are kept with them: a function's
 argument standing for a task's result is filled in from here.
+
+Inputs many tasks share come once, as a group (`Submit.groups`): the group waits for its
+names as a task would, and the tasks naming it wait for the group alone, so a stage of
+256 tasks after one of 65,536 costs 65,536 entries here, not 16.7 million.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import NamedTuple
 from ..states import TaskState
 
 DONE, FAILED, CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+KEEP_RESOLVED = 4096  # groups' verdicts kept for tasks of a later chunk of their submit
 
 
 class Ended(NamedTuple):
@@ -45,6 +50,16 @@ class Waiting:
         self._sent: deque[str] = deque()  # ended tasks, in the order their finals left
         self._forgotten = 0  # finals the client has seen: their outcomes are dropped
         self._last_beat = 0  # what the last heartbeat said the client had seen
+        self._groups: set[str] = set()  # groups still waiting (each in `blocked` too)
+        self._resolved: dict[str, Verdict] = {}  # the last groups' verdicts, oldest first
+
+    def add_group(self, group: str, names: Iterable[str], live: Container[str]) -> None:
+        """Inputs shared by the tasks that will name `group` in their `after`."""
+        verdict = self.add(group, names, live)
+        if verdict is None:
+            self._groups.add(group)
+        else:
+            self._resolve(verdict)
 
     def add(self, uid: str, after: Iterable[str], live: Container[str]) -> Verdict | None:
         """A task arrived naming `after`: None while it waits, else its verdict now."""
@@ -56,8 +71,12 @@ class Waiting:
                     return _broken(uid, name, ended)
             elif name in self.ready:
                 continue  # a service, up
-            elif name in live:
+            elif name in live or name in self._groups:
                 pending.add(name)
+            elif name in self._resolved:  # a group whose inputs ended
+                verdict = self._resolved[name]
+                if not verdict.ready:
+                    return Verdict(uid, False, verdict.state, verdict.why)
             else:  # (the client sends only names of this pilot's tasks it saw unfinished)
                 return Verdict(uid, False, FAILED, f"input {name} is not a task of this "
                                                    "pilot, or ended too long ago")
@@ -92,13 +111,33 @@ class Waiting:
                 continue  # it ended already (another input failed, or it was canceled)
             if broken is not None:
                 del self.blocked[waiter]
-                verdicts.append(_broken(waiter, uid, broken))
-                continue
-            pending.discard(uid)
-            if not pending:
+                verdict = _broken(waiter, uid, broken)
+            else:
+                pending.discard(uid)
+                if pending:
+                    continue
                 del self.blocked[waiter]
-                verdicts.append(Verdict(waiter, True))
+                verdict = Verdict(waiter, True)
+            if waiter in self._groups:  # its tasks go (or end) with it
+                verdicts += self._resolve(verdict)
+            else:
+                verdicts.append(verdict)
         return verdicts
+
+    def _resolve(self, verdict: Verdict) -> list[Verdict]:
+        """A group's inputs are all there (or one broke): the verdicts of its tasks."""
+        group = verdict.uid
+        self._groups.discard(group)
+        self._resolved[group] = verdict
+        if len(self._resolved) > KEEP_RESOLVED:
+            del self._resolved[next(iter(self._resolved))]
+        if verdict.ready:
+            return self._satisfied(group, None)
+        out = []
+        for waiter in self.dependents.pop(group, ()):
+            if self.blocked.pop(waiter, None) is not None:
+                out.append(Verdict(waiter, False, verdict.state, verdict.why))
+        return out
 
     def down(self, uid: str) -> None:
         """A service restarts: tasks naming it from now on wait for it to be READY again."""
