@@ -144,6 +144,22 @@ def executors(host=None, module=b"pilotfish.backends.nodes.executor"):
 """
 
 
+def test_each_node_starts_the_function_workers_its_calls_go_to(tmp_path: Path) -> None:
+    """A node's workers started with it are its own (the scheduler's w16, w17 on the
+    second node, ...), so 64 calls on 4 x 16 cores use 64 workers, none idle."""
+    out = in_allocation(tmp_path, FIND_EXECUTOR + """
+import time as t
+session.start_pilot(pf.PilotDescription(platform="slurm-local"))
+calls = session.submit([TD(function=t.sleep, args=(0.5,)) for _ in range(64)])
+assert session.wait(calls, timeout=60)
+out["states"] = sorted({c.state.value for c in calls})
+out["workers"] = {host: len(executors(host, b"pilotfish.backends.functions.worker"))
+                  for host in ("node1", "node2", "node3", "node4")}
+""")
+    assert out["states"] == ["DONE"]
+    assert out["workers"] == {f"node{k}": 16 for k in range(1, 5)}, out["workers"]
+
+
 def test_a_node_whose_executor_dies_is_lost_and_the_others_go_on(tmp_path: Path) -> None:
     out = in_allocation(tmp_path, FIND_EXECUTOR + """
 pilot = session.start_pilot(pf.PilotDescription(platform="slurm-local", heartbeat_timeout=2))

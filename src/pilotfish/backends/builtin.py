@@ -46,18 +46,20 @@ class BuiltinBackend:
     def __init__(self, sandbox: str, layout: NodeLayout, functions: dict[str, bytes],
                  log_dir: str, python_path: list[str] | None = None, cores: int = 0,
                  prestart: int = 0, name: str = "builtin", workers_per_node: int = 1,
-                 *, keys_file: str) -> None:
+                 first_worker: int = 0, *, keys_file: str) -> None:
         self.processes = ProcessRunner(sandbox, layout, slots=cores)
         self.pool = FunctionPool(log_dir, functions, python_path or [], keys_file, name=name,
                                  tasks_dir=sandbox)
         self.layout = layout
         self.prestart = prestart  # function workers to start now, not at their first task
+        self.first_worker = first_worker  # the scheduler's index of this host's first one
         self.workers_per_node = workers_per_node
 
     def start(self, reactor: Reactor, emit: Callable[[BackendEvent], None]) -> None:
         self.processes.start(reactor, emit)
         self.pool.start(reactor, emit)
-        self.pool.prestart([f"w{i}" for i in range(self.prestart)])
+        first = self.first_worker
+        self.pool.prestart([f"w{i}" for i in range(first, first + self.prestart)])
 
     def launch(self, tasks: Sequence[PlacedTask]) -> None:
         executables = [t for t in tasks if t.spec.kind == "executable"]

@@ -132,7 +132,8 @@ class NodeExecutor:
                                            setup.first_node),
             self.functions, log_dir=setup.sandbox, python_path=setup.python_path,
             cores=len(setup.core_ids), prestart=prestarted(workers, setup.prestart),
-            name=self.host, workers_per_node=workers, keys_file=self._keys_file)
+            name=self.host, workers_per_node=workers, first_worker=setup.node * workers,
+            keys_file=self._keys_file)
         self.backend.start(self.reactor, self.outbox.append)
 
 
