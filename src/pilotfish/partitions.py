@@ -31,6 +31,9 @@ class PartitionSpec:
     instances: int = 1
     name: str | None = None
     functions: str | None = None  # Dragon: "workers" (default) or "pool"
+    # Simulated pilots: this partition's launches (latency s, launches a second), in place
+    # of its backend's model (backends/simulated.py MODELS): e.g. a cluster's measured srun
+    launch: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, str) or self.backend not in registry.names():
@@ -51,6 +54,13 @@ class PartitionSpec:
                                       or "." in self.name):
             raise PartitionError(f"PartitionSpec.name: a non-empty str without '.', got "
                                  f"{self.name!r}")
+        if self.launch is not None and not (
+                isinstance(self.launch, tuple) and len(self.launch) == 2
+                and all(isinstance(x, int | float) and not isinstance(x, bool)
+                        for x in self.launch)
+                and self.launch[0] >= 0 and self.launch[1] > 0):
+            raise PartitionError(f"PartitionSpec.launch: (latency s >= 0, launches a second "
+                                 f"> 0), got {self.launch!r}")
         runners = registry.get(self.backend).function_runners
         if self.functions is not None and self.functions not in runners:
             choices = (f"one of {', '.join(map(repr, runners))}" if runners
@@ -67,6 +77,7 @@ class Partition:
     first: int
     nodes: int
     functions: str | None = None  # how plain functions run, where the backend has a choice
+    launch: tuple[float, float] | None = None  # simulated pilots: (latency, rate) to model
 
     @property
     def node_ids(self) -> range:
@@ -127,6 +138,6 @@ def resolve_partitions(specs: tuple[PartitionSpec, ...], nodes: int) -> list[Par
             name = base if spec.instances == 1 else f"{base}.{k}"
             runner = spec.functions or next(iter(registry.get(spec.backend).function_runners),
                                             None)
-            out.append(Partition(name, spec.backend, first, share, runner))
+            out.append(Partition(name, spec.backend, first, share, runner, spec.launch))
             first += share
     return out

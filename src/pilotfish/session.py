@@ -233,8 +233,8 @@ class Session:
             mem_per_node=desc.mem_per_node or 0, core_ids=list(desc.core_ids),
             gpu_env=desc.profile.gpu_env or "CUDA_VISIBLE_DEVICES", backend=desc.backend,
             reserve_after=desc.reserve_after,
-            partitions=[(p.name, p.backend, p.first, p.nodes, p.functions)
-                        for p in desc.layout],
+            partitions=[(p.name, p.backend, p.first, p.nodes, p.functions,
+                         list(p.launch) if p.launch else None) for p in desc.layout],
             heartbeat_timeout=desc.heartbeat_timeout, runtime=desc.runtime,
             parent_pid=None if batch else os.getpid(),  # (a batch agent's client is elsewhere)
             python_path=[os.path.abspath(p) for p in sys.path if p == "" or os.path.isdir(p)],

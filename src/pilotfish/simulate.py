@@ -36,15 +36,18 @@ VIAS = ("pilot", "srun", "flux", "flux+dragon")
 RUNS_FUNCTIONS = {"pilot": True, "srun": False, "flux": False, "flux+dragon": True}
 
 
-def via_partitions(via: str, instances: int = 1) -> list[PartitionSpec]:
+def via_partitions(via: str, instances: int = 1, launch: tuple[float, float] | None = None
+                   ) -> list[PartitionSpec]:
+    """`launch`: (latency, rate) in place of the srun or Flux model's."""
     if via not in VIAS:
         raise ValueError(f"via is one of {', '.join(VIAS)}, not {via!r}")
     if via == "srun":
-        return [PartitionSpec(backend="srun", name="srun")]
+        return [PartitionSpec(backend="srun", name="srun", launch=launch)]
     if via == "flux":
-        return [PartitionSpec(backend="flux", name="flux", instances=instances)]
+        return [PartitionSpec(backend="flux", name="flux", instances=instances, launch=launch)]
     if via == "flux+dragon":  # (half the nodes each: executables, functions)
-        return [PartitionSpec(backend="flux", name="flux", nodes=0.5, instances=instances),
+        return [PartitionSpec(backend="flux", name="flux", nodes=0.5, instances=instances,
+                              launch=launch),
                 PartitionSpec(backend="dragon", name="dragon")]
     return []
 
@@ -100,8 +103,8 @@ def via_text(via: str, instances: int = 1) -> str:
 def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
                    duration: float = 10.0, seed: int = 0, sessions: str = "pilotfish-sessions",
                    progress: TextIO | bool | None = True, via: str = "pilot",
-                   instances: int = 1, campaign: Campaign | None = None
-                   ) -> SimulationResult:
+                   instances: int = 1, campaign: Campaign | None = None,
+                   launch: tuple[float, float] | None = None) -> SimulationResult:
     """`progress`: where the progress bar goes (True: the stderr of the moment; False
     or None: nowhere). `via`: how tasks start (VIAS; through the modelled controllers
     of backends/simulated.py). The "campaign" workload is `campaign`, by default
@@ -111,7 +114,8 @@ def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
     elif progress is False:
         progress = None
     desc = PilotDescription(platform=platform, nodes=nodes, backend="simulated",
-                            heartbeat_timeout=30.0, partitions=via_partitions(via, instances))
+                            heartbeat_timeout=30.0,
+                            partitions=via_partitions(via, instances, launch))
     assert desc.cores_per_node is not None and desc.gpus_per_node is not None
     functions = RUNS_FUNCTIONS[via]
     if workload_name == "campaign":

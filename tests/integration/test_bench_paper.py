@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pilotfish.bench.apart import run_apart
-from pilotfish.bench.cluster import SALLOC
-from pilotfish.bench.paper import CLUSTER, cluster_figures
+from pilotfish.bench.cluster import SALLOC, STEP_LATENCY
+from pilotfish.bench.paper import CLUSTER, cluster_figures, srun_model_check
 from pilotfish.cli import main
 
 from .test_slurm import slurm_problem
@@ -51,7 +51,7 @@ def test_the_simulated_experiments_beside_the_papers_figures(tmp_path: Path) -> 
 
 def test_a_cluster_runs_figures_name_systems_and_compare_with_srun() -> None:
     figs = cluster_figures("throughput", {"pilotfish": 2000.0, "srun backend": 42.0,
-                                          "srun driver": 40.0})
+                                          "srun driver": 40.0, STEP_LATENCY: 0.04})
     assert {(f.system, f.value) for f in figs} == {
         ("pilotfish built-in", 2000.0), ("pilotfish srun backend", 42.0), ("srun", 40.0)}
     assert all(f.place == CLUSTER and f.unit == "tasks/s" for f in figs)
@@ -66,6 +66,18 @@ def test_a_cluster_runs_figures_name_systems_and_compare_with_srun() -> None:
     assert versus == {("campaign makespan", "% shorter", "vs srun"): 75.0,
                       ("campaign throughput", "x", "vs srun"): 4.0,
                       ("campaign throughput", "x", "vs srun (peak)"): 10.0}
+
+
+def test_the_srun_model_with_a_clusters_own_costs_predicts_its_utilization(
+        tmp_path: Path) -> None:
+    """Given the local cluster's measured step latency and rate, the model predicts the
+    driver's utilization of 64 cores by `sleep 1` steps (measured: 61.9%, 2026-12-04)."""
+    figs = srun_model_check({"srun driver": 42.5, STEP_LATENCY: 0.04}, {"srun driver": 61.9},
+                            True, str(tmp_path), log=lambda _: None)
+    measured, modelled = figs
+    assert measured.system == "srun driver (measured)" and measured.value == 61.9
+    assert modelled.system == "srun model (simulated)" and "42.5 steps/s" in modelled.note
+    assert 55 < modelled.value < 72, modelled
 
 
 @pytest.mark.timeout(240)

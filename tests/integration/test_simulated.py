@@ -13,6 +13,7 @@ from pilotfish.backends.simulated import SimulatedBackend, simulated_duration
 from pilotfish.cli import main
 from pilotfish.messages import TaskSpec
 from pilotfish.metrics import session_metrics
+from pilotfish.partitions import PartitionError
 from pilotfish.reactor import Reactor
 from pilotfish.resources import Slot
 
@@ -174,6 +175,25 @@ def test_flux_instances_launch_apart_and_srun_partitions_share_one_controller(
         assert 65 <= rates[name] <= 90, rates
     for name in ("flux.0", "flux.1"):  # 700 each, not half of it
         assert 600 <= rates[name] <= 710, rates
+
+
+def test_a_partitions_own_launch_costs_replace_its_backends_model(
+        session: pf.Session) -> None:
+    """`PartitionSpec(launch=(latency, rate))`: a cluster's measured srun, say."""
+    sim_pilot(session, platform="frontier", nodes=4, partitions=[
+        pf.PartitionSpec(backend="srun", launch=(0.5, 40.0))])
+    tasks = session.submit([TD(executable="/bin/true") for _ in range(400)])
+    assert session.wait(timeout=60)
+    m = session.metrics()
+    assert m.started_per_s is not None and 38 <= m.started_per_s <= 40.5
+    submitted = min(dict(t.events)["SUBMITTED"] for t in tasks)
+    assert min(dict(t.events)["RUNNING"] for t in tasks) - submitted >= 0.5  # its latency
+
+
+@pytest.mark.parametrize("launch", [(0.1,), (-1.0, 5.0), (0.0, 0.0), ("0", 5.0), [0.1, 5.0]])
+def test_a_bad_launch_model_is_refused(launch: object) -> None:
+    with pytest.raises(PartitionError, match="launch"):
+        pf.PartitionSpec(backend="srun", launch=launch)  # type: ignore[arg-type]
 
 
 def test_tasks_callbacks_submit_start_on_the_virtual_clock_when_they_would(

@@ -35,8 +35,8 @@ class AgentConfig:
     core_ids: list[int] | None = None  # physical id of each usable core (None: 0, 1, ...)
     gpu_env: str | None = "CUDA_VISIBLE_DEVICES"  # how a rank is told its GPUs
     backend: str = "builtin"  # or "simulated"
-    partitions: list[tuple[str, str, int, int, str | None]] = dataclasses.field(
-        default_factory=list)
+    partitions: list[tuple[str, str, int, int, str | None, list[float] | None]] = (
+        dataclasses.field(default_factory=list))
     reserve_after: float = 30.0  # seconds a passed-over task waits for a reservation
     heartbeat_timeout: float = 5.0
     runtime: float | None = None

@@ -144,7 +144,8 @@ class Agent:
         self.functions: dict[str, bytes] = {}
         self.task_sandbox = os.path.join(cfg.sandbox, "tasks")
         self.clock = Clock()
-        layouts = [Partition(*p) for p in cfg.partitions] or [
+        layouts = [Partition(*p[:5], (p[5][0], p[5][1]) if p[5] else None)
+                   for p in cfg.partitions] or [
             Partition(cfg.backend, cfg.backend, 0, cfg.nodes)]
         context = BuildContext(
             sandbox=cfg.sandbox, task_sandbox=self.task_sandbox,

@@ -84,6 +84,8 @@ def build(context: BuildContext, partition: Partition) -> SimulatedPartition:
         backend = context.shared["simulated"] = SimulatedBackend(context.clock)
     assert isinstance(backend, SimulatedBackend)
     model = MODELS.get(partition.backend)
+    if partition.launch is not None:  # (the user's: a cluster's own, measured)
+        model = LaunchModel(*partition.launch, shared=model.shared if model else True)
     controller = partition.backend if model is None or model.shared else partition.name
     return SimulatedPartition(backend, model, controller)
 

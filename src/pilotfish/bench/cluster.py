@@ -7,7 +7,7 @@ every task as an `srun --exact` job step with up to 64 in flight, in the same
 allocation and the same run (so their ratio means something on a shared machine):
 
   throughput    `/bin/true` tasks: pilotfish (node executors), its srun backend (every
-                task a job step), the srun driver: tasks/s
+                task a job step), the srun driver: tasks/s; and one step alone (s)
   utilization   `sleep 1` tasks: core utilization over the execution window
   flux          `/bin/true` through a Flux partition of 1 and of 4 instances (one broker
                 a node), and half `/bin/true` on Flux (3 nodes), half no-op functions on
@@ -105,14 +105,24 @@ def both_backends(tmp: str, command: list[str], n: int,
 
 
 def throughput(tmp: str, quick: bool = False) -> dict[str, float]:
+    """Tasks/s of each; and one step's latency alone (`STEP_LATENCY`, for the srun
+    model's check: bench/paper.py)."""
     n = 500 if quick else 2_000
     out = both_backends(tmp, ["/bin/true"], n, lambda _, seconds: n / seconds)
     seconds, _ = srun_driver(["/bin/true"], n)
-    return {**out, "srun driver": n / seconds}
+    alone = sorted(srun_driver(["/bin/true"], 1)[0] for _ in range(9))[4]  # (the median)
+    return {**out, "srun driver": n / seconds, STEP_LATENCY: alone}
+
+
+STEP_LATENCY = "srun step alone s"
+
+
+def utilization_tasks(quick: bool) -> int:
+    return 256 if quick else 1_024
 
 
 def utilization_case(tmp: str, quick: bool = False) -> dict[str, float]:
-    n = 256 if quick else 1_024
+    n = utilization_tasks(quick)
     out = both_backends(tmp, ["/bin/sleep", "1"], n,
                         lambda session, _: 100 * utilization(session))
     _, spans = srun_driver(["/bin/sleep", "1"], n)

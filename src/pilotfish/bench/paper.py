@@ -38,7 +38,7 @@ from ..backends.simulated import FLUX, SRUN
 from ..simulate import run_simulation, via_text
 from ..workloads.campaign import Campaign
 from .apart import run_apart
-from .cluster import SALLOC
+from .cluster import SALLOC, STEP_LATENCY, utilization_tasks
 
 CLUSTER = "local cluster (real, 4 nodes)"
 # The paper's figures (Frontier), by experiment and system
@@ -53,7 +53,8 @@ PAPER = {
     ("campaign throughput", "vs srun"): "over 4x (RP + Flux)",
     ("campaign throughput", "vs srun (peak)"): "over 4x (RP + Flux)",
 }
-EXPERIMENTS = ("throughput", "utilization", "campaign makespan", "campaign throughput")
+EXPERIMENTS = ("throughput", "utilization", "campaign makespan", "campaign throughput",
+               "srun model check")
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def cluster_figures(case: str, r: dict[str, float]) -> list[Figure]:
              "srun backend": "pilotfish srun backend"}
     if case in ("throughput", "flux"):  # (flux's srun driver repeats throughput's)
         return [_fig("throughput", CLUSTER, names.get(s, s), v, "tasks/s")
-                for s, v in r.items() if case == "throughput" or s != "srun driver"]
+                for s, v in r.items() if s != STEP_LATENCY
+                and (case == "throughput" or s != "srun driver")]
     if case == "utilization":
         return [_fig("utilization", CLUSTER, names.get(s, s), v, "%") for s, v in r.items()]
     who = {"srun": "srun", "pilotfish built-in": "pilotfish"}
@@ -201,14 +203,38 @@ def cluster_figures(case: str, r: dict[str, float]) -> list[Figure]:
                      for figure in ("makespan", "tasks/s", "peak tasks/s")))
 
 
-def on_cluster(quick: bool, log: Callable[[str], None] = print) -> list[Figure]:
+def on_cluster(quick: bool, sessions: str, log: Callable[[str], None] = print
+               ) -> list[Figure]:
     out: list[Figure] = []
+    runs = {}
     for case in ("throughput", "utilization", "flux", "campaign"):
         log(f"  {CLUSTER}: {case} (salloc -N4)")
-        r = run_apart([*SALLOC, sys.executable, "-m", "pilotfish.bench.cluster", case,
-                       *(["--quick"] * quick)], case, timeout=1800)
-        out += cluster_figures(case, r)
-    return out
+        runs[case] = run_apart([*SALLOC, sys.executable, "-m", "pilotfish.bench.cluster",
+                                case, *(["--quick"] * quick)], case, timeout=1800)
+        out += cluster_figures(case, runs[case])
+    return out + srun_model_check(runs["throughput"], runs["utilization"], quick, sessions, log)
+
+
+def srun_model_check(throughput: dict[str, float], utilization: dict[str, float],
+                     quick: bool, sessions: str, log: Callable[[str], None] = print
+                     ) -> list[Figure]:
+    """The srun model, given this cluster's own step latency (one step alone) and rate
+    (the driver's `true` steps a second), predicts the driver's utilization in the
+    utilization case (its `sleep 1` tasks on the same 64 cores): the model's shape
+    checked against a real run, before it is used at Frontier's scale with the
+    paper's rate."""
+    latency, rate = throughput[STEP_LATENCY], throughput["srun driver"]
+    n = utilization_tasks(quick)
+    log(f"  the srun model with this cluster's latency {latency * 1000:.0f} ms and rate "
+        f"{rate:.1f}/s: {n} `sleep 1` on a simulated 4 x 16-core pilot")
+    r = run_simulation("slurm-local", 4, "sleep", n, duration=1.0, sessions=sessions,
+                       progress=False, via="srun", launch=(latency, rate))
+    place = "local cluster: measured and modelled"
+    note = f"srun model: {latency * 1000:.0f} ms a step, {rate:.1f} steps/s (measured here)"
+    return [_fig("srun model check", place, "srun driver (measured)",
+                 utilization["srun driver"], "%"),
+            _fig("srun model check", place, "srun model (simulated)",
+                 100 * (r.metrics.core_utilization or 0.0), "%", note=note)]
 
 
 # -- output ---------------------------------------------------------------------------
@@ -298,7 +324,8 @@ def run_paper(quick: bool = False, where: str = "both", nodes: int | None = None
     if where in ("both", "cluster"):
         why = cluster_unavailable()
         if why is None:
-            figures += on_cluster(quick, log)
+            with tempfile.TemporaryDirectory(prefix="pilotfish-paper-") as sessions:
+                figures += on_cluster(quick, sessions, log)
         else:
             skipped.append(f"{CLUSTER}: {why}")
     if where in ("both", "simulated"):
