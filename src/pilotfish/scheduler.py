@@ -358,6 +358,17 @@ class Scheduler:
         assert best.core is not None
         return Dispatch(req.uid, best.index, best.node, best.core)
 
+    def workers_to_warm(self, n: int) -> list[tuple[int, int]]:
+        """The (index, node) of the first `n` idle workers in the order they would be
+        leased: those that function tasks waiting for their inputs will be fed to."""
+        out: list[tuple[int, int]] = []
+        for node, idle in self._idle.items():
+            for w in reversed(idle):
+                if len(out) == n:
+                    return out
+                out.append((w.index, node))
+        return out
+
     def _lease_worker(self) -> Worker | None:
         for node, idle in self._idle.items():
             core = self.alloc.lease_core(node)

@@ -212,6 +212,25 @@ def test_function_workers_asked_for_start_with_the_pilot(session: pf.Session) ->
     assert _workers_of(default.process.pid) == cores  # one per core
 
 
+def test_calls_waiting_for_inputs_find_their_workers_started(session: pf.Session) -> None:
+    """While function tasks wait for their inputs, the workers they will be fed to start
+    (by default only as many as the host has CPUs start with the pilot)."""
+    cores = (os.cpu_count() or 1) + 4
+    pilot = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=cores))
+    gate = session.submit(TD(executable="/bin/sleep", arguments=["4"]))
+    calls = session.submit([TD(function=time.sleep, args=(0,), after=[gate])
+                            for _ in range(cores - 1)])
+    assert pilot.process is not None
+    deadline = time.monotonic() + 30
+    while _workers_of(pilot.process.pid) < cores - 1:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
+    assert not gate.done()  # (they started while it ran)
+    assert session.wait(calls, timeout=30)
+    assert {t.state for t in calls} == {pf.TaskState.DONE}
+    assert _workers_of(pilot.process.pid) == cores - 1
+
+
 def test_task_that_can_never_fit_fails_at_once(session: pf.Session, pilot: pf.Pilot) -> None:
     big = session.submit(TD(executable="/bin/true", ranks=3, cores_per_rank=4,
                             ranks_per_node=3))

@@ -33,6 +33,7 @@ from pilotfish.agent.events import (
     TasksSubmitted,
     TaskStarted,
     Tick,
+    WarmWorkers,
 )
 from pilotfish.backends import registry
 from pilotfish.messages import TaskSpec, TaskUpdate
@@ -180,6 +181,24 @@ def test_a_task_waits_outside_the_scheduler_for_its_inputs() -> None:
     assert dispatched[0].spec.inputs == {"a": b"\x80\x04K*."}  # a's result, filled in
     acts = core.handle(CaughtUp())
     assert updates(acts)["d"].state == "CANCELED"
+
+
+def test_workers_start_early_for_function_tasks_that_wait_for_inputs() -> None:
+    """While calls wait for their inputs, the workers they will be fed to start (in the
+    order the scheduler leases them), once each; an executable that waits warms none."""
+    core, clock = make_core(("builtin", "builtin", 3), cores=4, workers=4)
+    acts = core.handle(TasksSubmitted([exe("gate"), exe("x", after=["gate"]),
+                                       *[fn(f"f{k}", after=["gate"]) for k in range(5)]]))
+    (warm,) = of(WarmWorkers, acts)
+    assert warm.partition == "builtin"  # type: ignore[attr-defined]
+    assert warm.workers == [(8, 2), (9, 2), (10, 2), (11, 2), (4, 1)]  # type: ignore[attr-defined]
+    acts = core.handle(TasksSubmitted([fn(f"g{k}", after=["gate"]) for k in range(2)]))
+    (more,) = of(WarmWorkers, acts)
+    assert more.workers == [(5, 1), (6, 1)]  # type: ignore[attr-defined]
+    assert of(WarmWorkers, core.handle(TasksSubmitted([exe("y", after=["gate"])]))) == []
+    acts = core.handle(done("gate", clock))
+    fed = {t.worker for a in of(DispatchTasks, acts) for t in a.tasks}  # type: ignore[attr-defined]
+    assert fed and fed <= {8, 9, 10, 11, 4, 5, 6}  # the warm ones
 
 
 def test_late_results_of_ended_tasks_are_ignored() -> None:

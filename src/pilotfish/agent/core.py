@@ -63,6 +63,7 @@ from .events import (
     StopRequested,
     TasksSubmitted,
     Tick,
+    WarmWorkers,
     WatchService,
 )
 from .waiting import Verdict, Waiting
@@ -96,6 +97,7 @@ class _Partition:
     lost: str | None = None  # why its runtime died; then it takes no more tasks
     look_interval: float = BALANCE_INTERVAL  # late binding: between its looks for work
     next_look: float = 0.0  # on the pilot's clock
+    warmed: set[int] = field(default_factory=set)  # function workers asked to start early
 
     @property
     def name(self) -> str:
@@ -370,6 +372,7 @@ class AgentCore:
         accepted: list[str] = []
         per_partition: dict[str, list[Request]] = {}
         rejected: list[tuple[_Task, str]] = []
+        waiting_calls: dict[str, int] = {}  # partition -> its function tasks that wait
         shapes, tasks, seq = self._shapes, self.tasks, self._seq
         load: dict[str, float] = {}  # unfinished tasks per core, kept up to date as we route
         for spec in event.tasks:
@@ -403,6 +406,8 @@ class AgentCore:
                 verdict = self._waiting.add(spec.uid, spec.after, tasks)
                 if verdict is not None:  # (else it waits, in no scheduler)
                     self._unblocked.append(verdict)
+                elif request.pooled:
+                    waiting_calls[part.name] = waiting_calls.get(part.name, 0) + 1
             else:
                 per_partition.setdefault(part.name, []).append(request)
         self._seq = seq
@@ -414,6 +419,14 @@ class AgentCore:
         for name, requests in per_partition.items():
             part = self.partitions[name]
             self._apply(part, part.scheduler.submit(requests, now), event, rnd)
+        for name, calls in waiting_calls.items():  # (after the launches: spawning them
+            # takes the executors' time, which what can start now should have first)
+            part = self.partitions[name]
+            cold = [w for w in part.scheduler.workers_to_warm(calls + len(part.warmed))
+                    if w[0] not in part.warmed]
+            if cold:
+                part.warmed.update(index for index, _ in cold)
+                rnd.actions.append(WarmWorkers(name, cold, event))
 
     @property
     def _first(self) -> _Partition:

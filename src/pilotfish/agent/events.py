@@ -134,6 +134,15 @@ class CancelTasks(msgspec.Struct, frozen=True, gc=False):
     cause: Event
 
 
+class WarmWorkers(msgspec.Struct, frozen=True, gc=False):
+    """Start these function workers (index, node) now: tasks waiting for their inputs
+    will be fed to them, and a worker started while they wait is one they need not."""
+
+    partition: str
+    workers: list[tuple[int, int]]
+    cause: Event
+
+
 class SendAccepted(msgspec.Struct, frozen=True, gc=False):
     """Tell the client the agent took these tasks in at `ts`: they are SUBMITTED."""
 
@@ -168,4 +177,4 @@ class SendUpdates(msgspec.Struct, frozen=True, gc=False):
 
 
 Action = (LaunchTasks | DispatchTasks | CancelTasks | SendAccepted | SendReleased
-          | SendUpdates | WatchService)
+          | SendUpdates | WatchService | WarmWorkers)

@@ -53,6 +53,7 @@ from .events import (
     StopRequested,
     TasksSubmitted,
     Tick,
+    WarmWorkers,
     WatchService,
 )
 from .link import AttachPoint, ClientLink
@@ -272,6 +273,10 @@ class Agent:
                 self._send(m.Released(action.uids, action.ts))
             elif type(action) is WatchService:
                 self.services.watch(action.uid, action.service, self._host_of(action.node))
+            elif type(action) is WarmWorkers:
+                warm = getattr(backends[action.partition], "warm", None)
+                if warm is not None:  # (backends with function workers to start early)
+                    warm(action.workers)
 
     def _shutdown(self) -> None:
         reason = self._stop_reason or "stopped"

@@ -61,6 +61,10 @@ class BuiltinBackend:
         first = self.first_worker
         self.pool.prestart([f"w{i}" for i in range(first, first + self.prestart)])
 
+    def warm(self, workers: Sequence[tuple[int, int]]) -> None:
+        """Start these workers (index, node) now: tasks waiting for inputs will need them."""
+        self.pool.prestart([f"w{index}" for index, _ in workers])
+
     def launch(self, tasks: Sequence[PlacedTask]) -> None:
         executables = [t for t in tasks if t.spec.kind == "executable"]
         if executables:

@@ -61,6 +61,7 @@ from .protocol import (
     Setup,
     Stop,
     Up,
+    Warm,
     WireSlot,
 )
 
@@ -202,6 +203,16 @@ class NodesBackend:
                 self._send(node, Launch(node_tasks, self._new_functions(node, node_tasks)))
         if spanning:
             self.runner.launch(spanning)
+
+    def warm(self, workers: Sequence[tuple[int, int]]) -> None:
+        """Start these workers (index, node) now, each on its node."""
+        per_node: dict[int, list[int]] = {}
+        for worker, where in workers:
+            per_node.setdefault(where, []).append(worker)
+        for where, indexes in per_node.items():
+            node = self.nodes[where]
+            if node.lost is None:
+                self._send(node, Warm(indexes))
 
     def dispatch(self, tasks: Sequence[DispatchedTask]) -> None:
         per_node: dict[int, list[NodeCall]] = {}

@@ -35,6 +35,7 @@ from .protocol import (
     Stop,
     ToExecutor,
     Up,
+    Warm,
 )
 
 BEAT_INTERVAL = 1.0
@@ -117,6 +118,8 @@ class NodeExecutor:
                                        for c in msg.calls])
             elif type(msg) is Cancel:
                 self.backend.cancel(msg.uids)
+            elif type(msg) is Warm:
+                self.backend.warm([(index, self.setup.node) for index in msg.workers])
             elif type(msg) is Stop:
                 self.stop_reason = "told to stop"
 

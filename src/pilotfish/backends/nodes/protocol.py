@@ -86,6 +86,13 @@ class Cancel(msgspec.Struct, array_like=True, tag=True):
     uids: list[str]
 
 
+class Warm(msgspec.Struct, array_like=True, tag=True):
+    """Start these function workers now (the scheduler's indexes): calls waiting for
+    their inputs will come to them."""
+
+    workers: list[int]
+
+
 class Stop(msgspec.Struct, array_like=True, tag=True):
     """End every task (killed), stop the workers, send what is left, exit."""
 
@@ -105,5 +112,5 @@ class Events(msgspec.Struct, array_like=True, tag=True):
     events: list[TaskStarted | TaskFinished | TaskRequeued | TaskLost]
 
 
-ToExecutor = Setup | Launch | Feed | Cancel | Stop | Beat
+ToExecutor = Setup | Launch | Feed | Cancel | Warm | Stop | Beat
 FromExecutor = Up | Events | Beat
