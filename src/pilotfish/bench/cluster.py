@@ -34,7 +34,13 @@ from typing import Any
 import pilotfish as pf
 from pilotfish.bench.apart import result
 from pilotfish.metrics import compute_metrics, load, peak_rate
-from pilotfish.workloads.campaign import INFER, STAGES, Campaign, submit_campaign
+from pilotfish.workloads.campaign import (
+    INFER,
+    MODEL_SERVER,
+    STAGES,
+    Campaign,
+    submit_campaign,
+)
 
 TD = pf.TaskDescription
 SLOTS = 64  # 4 nodes x 16 CPUs
@@ -215,7 +221,7 @@ def campaign_by_srun(c: Campaign) -> dict[str, float]:
                           text=True, check=True).stdout
     address = node.split("NodeAddr=", 1)[1].split()[0]  # (node names need not resolve)
     server = subprocess.Popen(["srun", "-N1", "-n1", f"-w{host}", "--exact",
-                               "--gpus-per-node=0", sys.executable, "-m", "http.server",
+                               "--gpus-per-node=0", sys.executable, "-m", MODEL_SERVER,
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "PILOTFISH_SERVICE_MODEL": f"{address}:{port}"}  # (as pilotfish's)
     one = ["-N1", "-n1", "--gpus-per-node=0"]

@@ -126,11 +126,11 @@ def simulated(nodes: int, quick: bool, sessions: str, k: int = 4,
             ("flux x1", "flux", {}), (f"flux x{k}", "flux", {"instances": k}),
             ("flux + dragon", "flux+dragon", {"instances": k})]
     n = 10_000 if quick else 50_000
-    for system, via, kw in vias:  # 0 s tasks: the launch rate alone
-        r = sim("null", via, n, **kw)
-        if via == "pilot":  # (the clock is held while the client submits: the agent's
+    for system, via, kw in vias:  # 0 s tasks: the launch rate alone. The pilot's own
+        r = sim("null", via, n, **kw)  # rate is its agent's (its clock is held while the
+        if via == "pilot":  # client submits); the launch models bind the others.
             value, note = r.decisions_per_s, "the agent's decisions per busy second"
-        else:  # own rate is the measure; the launch models bind the others)
+        else:
             value, note = n / (r.metrics.exec_window_s or 1e-9), "tasks / execution window"
         out.append(_fig("throughput", place, system, value, "tasks/s", k, note))
     for system, via, kw in vias:  # two waves of 60 s tasks over every core
@@ -159,13 +159,13 @@ def model_assumptions(nodes: int) -> list[str]:
         "job in a local instance); instances admit apart.",
         "pilotfish built-in and Dragon functions: started by the agent at once; its real "
         "cost on this machine (2 CPUs) flows into the simulated clock.",
-        f"Campaign (Campaign.paper, {nodes:,} nodes): 2 iterations of {c.docking:,} docking "
-        f"tasks of {c.docking_s:g} s (1 core), a training of {c.training_s:g} s "
-        f"({c.training_ranks} GPUs), {c.inference:,} inference calls of {c.inference_s:g} s, "
+        f"Campaign (Campaign.paper, sized to the machine; on {nodes:,} nodes): 2 iterations "
+        f"of {c.docking:,} docking tasks of {c.docking_s:g} s (1 core: two waves of the "
+        f"cores), a training of {c.training_s:g} s ({c.training_ranks} GPUs), "
+        f"{c.inference:,} inference calls of {c.inference_s:g} s (8 a GPU), "
         f"{c.simulations} simulations of {c.simulation_s:g} s ({c.simulation_nodes} nodes, "
         f"a rank a GPU), a selection of {c.selection_s:g} s; through srun and Flux the "
-        "calls are `python -c` executables. Throughput: tasks started per second from the "
-        "first start to the last.",
+        f"calls are `python -c` executables. Throughput: {AVERAGE}, and {PEAK}.",
     ]
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,8 @@ from ..description import TaskDescription
 from ..messages import Service
 from ..task import Task
 from .payloads import infer, select
+
+MODEL_SERVER = "pilotfish.workloads.payloads"  # run as `python -m`: the model server
 
 STAGES = ("docking", "training", "inference", "simulation", "selection")
 
@@ -104,12 +105,11 @@ def submit_campaign(session: Any, c: Campaign, pilot: Any = None,
     returns its tasks by stage (and the model server as "service")."""
     out: dict[str, list[Task]] = {stage: [] for stage in STAGES}
     server: list[Task] = []
-    if c.model_server:  # (it serves an empty directory: nothing of the session)
+    if c.model_server:
         port = port or 18000 + os.getpid() % 2000
-        empty = tempfile.mkdtemp(prefix="model-", dir=session.path)
         server = [session.submit(TaskDescription(
             executable=sys.executable, name="model", service=Service(port=port),
-            arguments=["-m", "http.server", str(port), "--directory", empty]), pilot=pilot)]
+            arguments=["-m", MODEL_SERVER, str(port)]), pilot=pilot)]
         out["service"] = server
     for p in range(c.pipelines):
         _submit_pipeline(session, c, pilot, server, p, out)
