@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pilotfish.bench.apart import run_apart
-from pilotfish.bench.cluster import SALLOC, STEP_LATENCY
+from pilotfish.bench.cluster import SALLOC, STEP_LATENCY, runtimes_unavailable
 from pilotfish.bench.paper import CLUSTER, cluster_figures, srun_model_check
 from pilotfish.cli import main
 
@@ -60,7 +60,11 @@ def test_a_cluster_runs_figures_name_systems_and_compare_with_srun() -> None:
     assert "930" in flux[1].paper and "700" in flux[0].paper
     campaign = cluster_figures("campaign", {
         "pilotfish makespan": 20.0, "srun makespan": 80.0, "pilotfish tasks/s": 60.0,
-        "srun tasks/s": 15.0, "pilotfish peak tasks/s": 500.0, "srun peak tasks/s": 50.0})
+        "srun tasks/s": 15.0, "pilotfish peak tasks/s": 500.0, "srun peak tasks/s": 50.0,
+        "partitions makespan": 30.0, "partitions tasks/s": 40.0,
+        "partitions peak tasks/s": 300.0})
+    assert {f.system for f in campaign if f.unit == "s"} == {
+        "srun", "pilotfish built-in", "pilotfish flux + dragon + built-in"}
     versus = {(f.experiment, f.unit, f.system): f.value for f in campaign
               if f.system.startswith("vs srun")}
     assert versus == {("campaign makespan", "% shorter", "vs srun"): 75.0,
@@ -83,9 +87,11 @@ def test_the_srun_model_with_a_clusters_own_costs_predicts_its_utilization(
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(slurm_problem() is not None, reason=slurm_problem() or "")
 def test_the_campaign_against_the_srun_driver_on_the_cluster() -> None:
-    """The campaign case, for real and short: both drivers ran every task."""
+    """The campaign case, for real and short: every driver ran every task (pilotfish
+    also on Flux, Dragon and built-in partitions, where Flux and Dragon are here)."""
     r = run_apart([*SALLOC, sys.executable, "-m", "pilotfish.bench.cluster", "campaign",
                    "--quick"], "campaign", timeout=200)
-    assert set(r) == {f"{who} {figure}" for who in ("pilotfish", "srun")
+    who = ["pilotfish", "srun", *(["partitions"] * (runtimes_unavailable() is None))]
+    assert set(r) == {f"{w} {figure}" for w in who
                       for figure in ("makespan", "tasks/s", "peak tasks/s")}
     assert all(v > 0 for v in r.values()), r

@@ -13,10 +13,11 @@ allocation and the same run (so their ratio means something on a shared machine)
                 a node), and half `/bin/true` on Flux (3 nodes), half no-op functions on
                 Dragon (1 node): tasks/s
   campaign      the IMPECCABLE-like campaign (workloads/campaign.py): pilotfish (one
-                pilot, dependencies resolved in the agent) against the driver running
-                every task as a job step, stage after stage: makespan, tasks started
-                per second from the first start to the last, and the most started in
-                any second
+                pilot, dependencies resolved in the agent; on one built-in partition,
+                then on Flux, Dragon and built-in partitions routed by kind) against the
+                driver running every task as a job step, stage after stage: makespan,
+                tasks started per second from the first start to the last, and the
+                most started in any second
 """
 
 from __future__ import annotations
@@ -159,9 +160,7 @@ def flux(tmp: str, quick: bool = False, instances: int = 4) -> dict[str, float]:
                 pf.PartitionSpec(backend="flux", instances=k)]))
             out[f"flux x{k}"] = n / run(session, [TD(executable="/bin/true")
                                                   for _ in range(n)])
-    from pilotfish.backends.dragon import unavailable
-
-    if unavailable() is None:
+    if runtimes_unavailable() is None:
         with pf.Session(path=f"{tmp}/fluxdragon") as session:
             _warm(session, pilot(session, partitions=[
                 pf.PartitionSpec(backend="flux", nodes=3, instances=3),
@@ -187,11 +186,37 @@ def campaign_shape(quick: bool = False) -> Campaign:
                     selection_s=0.1)
 
 
+# The campaign on runtime partitions, routed by kind: docking on Flux and the built-in
+# backend, training and simulations (multi-rank) on Flux, inference on Dragon
+PARTITIONS = [pf.PartitionSpec(backend="flux", nodes=2), pf.PartitionSpec(backend="dragon",
+              nodes=1), pf.PartitionSpec(backend="builtin", nodes=1)]
+
+
+def runtimes_unavailable() -> str | None:
+    """Why the campaign cannot run on PARTITIONS here, or None."""
+    from pilotfish.backends.dragon import unavailable as no_dragon
+    from pilotfish.backends.flux import unavailable as no_flux
+
+    return no_flux() or no_dragon()
+
+
 def campaign(tmp: str, quick: bool = False, c: Campaign | None = None) -> dict[str, float]:
+    """The campaign through pilotfish (one built-in partition; then Flux, Dragon and
+    built-in partitions, where Flux and Dragon are here) and through the srun driver."""
     c = c or campaign_shape(quick)
-    with pf.Session(path=f"{tmp}/pilot") as session:
-        pilot(session)
-        on_every_node(session)
+    out = campaign_on(f"{tmp}/pilot", c, "pilotfish")
+    if runtimes_unavailable() is None:
+        out |= campaign_on(f"{tmp}/partitions", c, "partitions", partitions=PARTITIONS)
+    return {**out, **campaign_by_srun(c)}
+
+
+def campaign_on(path: str, c: Campaign, who: str, **pilot_kw: Any) -> dict[str, float]:
+    with pf.Session(path=path) as session:
+        p = pilot(session, **pilot_kw)
+        if "partitions" in pilot_kw:
+            _warm(session, p)  # (a task in each: runtimes up)
+        else:
+            on_every_node(session)
         start = time.perf_counter()
         stages = submit_campaign(session, c)
         work = [t for s in STAGES for t in stages[s]]
@@ -200,7 +225,9 @@ def campaign(tmp: str, quick: bool = False, c: Campaign | None = None) -> dict[s
         bad = [t.error for t in work if t.state is not pf.TaskState.DONE]
         assert not bad, bad[:3]
         starts = [dict(t.events)["RUNNING"] for t in work]
-    return {**rates("pilotfish", makespan, starts), **campaign_by_srun(c)}
+        for service in stages["service"]:
+            service.cancel()
+    return rates(who, makespan, starts)
 
 
 def rates(who: str, makespan: float, starts: list[float]) -> dict[str, float]:

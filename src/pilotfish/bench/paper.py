@@ -197,7 +197,9 @@ def cluster_figures(case: str, r: dict[str, float]) -> list[Figure]:
                 and (case == "throughput" or s != "srun driver")]
     if case == "utilization":
         return [_fig("utilization", CLUSTER, names.get(s, s), v, "%") for s, v in r.items()]
-    who = {"srun": "srun", "pilotfish built-in": "pilotfish"}
+    who = {"srun": "srun", "pilotfish built-in": "pilotfish",
+           "pilotfish flux + dragon + built-in": "partitions"}
+    who = {s: k for s, k in who.items() if f"{k} makespan" in r}
     return _versus(CLUSTER, "pilotfish built-in",
                    *({s: r[f"{k} {figure}"] for s, k in who.items()}
                      for figure in ("makespan", "tasks/s", "peak tasks/s")))
