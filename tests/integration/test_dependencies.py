@@ -119,6 +119,17 @@ def test_a_group_reaches_tasks_sent_in_a_later_message(session: pf.Session) -> N
     assert min(times(t)["RUNNING"] for t in later) >= max(times(t)["exec_stop"] for t in first)
 
 
+def test_an_argument_that_ended_long_before_the_last_input_still_passes_its_result(
+        session: pf.Session) -> None:
+    """The agent forgets outcomes the client has seen (a heartbeat later); a task still
+    waiting for another input keeps the results it takes (the agent crashed here)."""
+    session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=4))
+    a = session.submit(TD(function=add, args=(1, 2)))
+    slow = session.submit(TD(function=time.sleep, args=(3.5,)))
+    c = session.submit(TD(function=add, args=(a, 10), after=[slow]))
+    assert c.result(timeout=30) == 13
+
+
 def test_inputs_on_another_pilot_are_waited_for_by_the_client(session: pf.Session) -> None:
     here = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))
     there = session.start_pilot(pf.PilotDescription(nodes=1, cores_per_node=2))

@@ -92,3 +92,31 @@ def test_a_group_whose_inputs_ended_already_gives_its_tasks_a_verdict_at_once() 
     w.end("f", CANCELED, "canceled", None, None)
     w.add_group("h", ["a", "f"], set())
     assert w.add("u", ["h"], set()) == Verdict("u", False, CANCELED, "input f was canceled")
+
+
+def test_an_arguments_result_is_kept_for_its_task_though_the_client_saw_it_end() -> None:
+    """The client's count of finals forgets ended outcomes; a task still waiting keeps
+    the results it takes as arguments, from those that ended before it arrived too."""
+    w = Waiting()
+    w.end("early", DONE, None, b"e", None)
+    w.sent(["early"])
+    assert w.add("c", ["early", "a", "b"], {"a", "b"}, arguments=["early", "a"]) is None
+    w.end("a", DONE, None, b"ra", None)
+    w.sent(["a"])
+    w.seen(2)  # both outcomes forgotten
+    assert "a" not in w.ended and "early" not in w.ended
+    assert w.end("b", DONE, None, b"rb", None) == [Verdict("c", True)]
+    assert w.results("c") == {"early": b"e", "a": b"ra"}  # (not b's: an `after` only)
+    assert w.results("c") == {}
+
+
+def test_a_waiting_task_that_ends_drops_what_it_kept() -> None:
+    w = Waiting()
+    w.add("c", ["a", "b"], {"a", "b"}, arguments=["a", "b"])
+    w.end("a", DONE, None, b"ra", None)
+    w.end("c", CANCELED, "canceled", None, None)
+    assert w.results("c") == {}
+    w.add("d", ["x", "y"], {"x", "y"}, arguments=["x"])
+    w.end("x", DONE, None, b"rx", None)
+    w.end("y", FAILED, "boom", None, None)
+    assert w.results("d") == {}

@@ -403,7 +403,8 @@ class AgentCore:
                     for name in spec.after:
                         if name in groups:
                             self._waiting.add_group(name, groups.pop(name), tasks)
-                verdict = self._waiting.add(spec.uid, spec.after, tasks)
+                verdict = self._waiting.add(spec.uid, spec.after, tasks, [
+                    name for name, blob in spec.inputs.items() if blob is None])
                 if verdict is not None:  # (else it waits, in no scheduler)
                     self._unblocked.append(verdict)
                 elif request.pooled:
@@ -717,9 +718,9 @@ class AgentCore:
                     task.spec = spec = msgspec.structs.replace(
                         spec, environment={**spec.environment, **services})
                 if any(blob is None for blob in spec.inputs.values()):
-                    result = self._waiting.result
+                    kept = self._waiting.results(v.uid)
                     task.spec = msgspec.structs.replace(spec, inputs={
-                        name: blob if blob is not None else result(name)
+                        name: blob if blob is not None else kept[name]
                         for name, blob in spec.inputs.items()})
                 per_partition.setdefault(task.part.name, []).append(task.request)
         for name, requests in per_partition.items():

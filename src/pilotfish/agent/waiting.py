@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 from collections import deque
-from collections.abc import Container, Iterable
+from collections.abc import Collection, Container, Iterable
 from typing import NamedTuple
 
 from ..states import TaskState
@@ -51,6 +51,10 @@ class Waiting:
         self._forgotten = 0  # finals the client has seen: their outcomes are dropped
         self._last_beat = 0  # what the last heartbeat said the client had seen
         self._groups: set[str] = set()  # groups still waiting (each in `blocked` too)
+        # Results a waiting task takes as arguments, kept as its inputs end: their
+        # outcomes may be forgotten (`seen`) before its last input ends.
+        self._wants: dict[str, set[str]] = {}  # task -> inputs whose results it takes
+        self._kept: dict[str, dict[str, bytes]] = {}  # task -> those results so far
         self._resolved: dict[str, Verdict] = {}  # the last groups' verdicts, oldest first
 
     def add_group(self, group: str, names: Iterable[str], live: Container[str]) -> None:
@@ -61,14 +65,19 @@ class Waiting:
         else:
             self._resolve(verdict)
 
-    def add(self, uid: str, after: Iterable[str], live: Container[str]) -> Verdict | None:
-        """A task arrived naming `after`: None while it waits, else its verdict now."""
+    def add(self, uid: str, after: Iterable[str], live: Container[str],
+            arguments: Collection[str] = ()) -> Verdict | None:
+        """A task arrived naming `after`: None while it waits, else its verdict now.
+        `arguments`: those of them whose results it takes (`results` gives them)."""
         pending: set[str] = set()
         for name in after:
             ended = self.ended.get(name)
             if ended is not None:
                 if ended.state is not DONE:
+                    self._kept.pop(uid, None)
                     return _broken(uid, name, ended)
+                if name in arguments:
+                    self._kept.setdefault(uid, {})[name] = self.result(name)
             elif name in self.ready:
                 continue  # a service, up
             elif name in live or name in self._groups:
@@ -82,6 +91,8 @@ class Waiting:
                                                    "pilot, or ended too long ago")
         if not pending:
             return Verdict(uid, True)
+        if arguments:
+            self._wants[uid] = pending.intersection(arguments)
         self.blocked[uid] = pending
         for name in pending:
             self.dependents.setdefault(name, []).append(uid)
@@ -92,7 +103,9 @@ class Waiting:
         """A task ended: keep its outcome; return the verdicts of the tasks that waited
         for it and wait for nothing else now (or fail because of it)."""
         ended = self.ended[uid] = Ended(state, error, result, exit_code)
-        self.blocked.pop(uid, None)  # (a waiting task that ended: canceled, stopped)
+        if self.blocked.pop(uid, None) is not None:  # (a waiting task: canceled, stopped)
+            self._wants.pop(uid, None)
+            self._kept.pop(uid, None)
         self.ready.pop(uid, None)
         return self._satisfied(uid, ended if state is not DONE else None)
 
@@ -111,8 +124,12 @@ class Waiting:
                 continue  # it ended already (another input failed, or it was canceled)
             if broken is not None:
                 del self.blocked[waiter]
+                self._wants.pop(waiter, None)
+                self._kept.pop(waiter, None)
                 verdict = _broken(waiter, uid, broken)
             else:
+                if uid in self._wants.get(waiter, ()):
+                    self._kept.setdefault(waiter, {})[uid] = self.result(uid)
                 pending.discard(uid)
                 if pending:
                     continue
@@ -142,6 +159,11 @@ class Waiting:
     def down(self, uid: str) -> None:
         """A service restarts: tasks naming it from now on wait for it to be READY again."""
         self.ready.pop(uid, None)
+
+    def results(self, uid: str) -> dict[str, bytes]:
+        """The results a task that waits no more takes as arguments (once)."""
+        self._wants.pop(uid, None)
+        return self._kept.pop(uid, {})
 
     def result(self, uid: str) -> bytes:
         """An ended task's result, pickled: a function's return value, an executable's
