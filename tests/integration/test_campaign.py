@@ -39,7 +39,10 @@ def test_the_campaign_on_a_local_pilot(session: pf.Session) -> None:
     work = [t for s in STAGES for t in stages[s]]
     assert len(work) == c.tasks and {t.state for t in work} == {pf.TaskState.DONE}
     assert stages["service"][0].state is pf.TaskState.READY  # inference asked it
-    assert all(0 <= t.result() < 1 for t in stages["inference"])
+    scores = [t.result() for t in stages["inference"]]
+    assert all(0 <= s < 1 for s in scores)
+    best = sorted(range(16), key=lambda k: -scores[k])[:c.simulations]  # of each iteration
+    assert [t.result() for t in stages["selection"]] == [best, best]
     check_order(stages, c.iterations)
     stages["service"][0].cancel()
 

@@ -4,8 +4,10 @@ IMPECCABLE (drug discovery) iterates: dock many compounds (many short single-cor
 tasks), train a surrogate model on the scores (GPU ranks on one node), run inference
 with it over candidates (many short Python functions, here through a model server run as
 a service), simulate the best candidates (multi-node MPI with GPUs), and select what the
-next iteration docks. Each stage waits for the one before (task dependencies, resolved
-in the agent); iteration i + 1 docks after iteration i's selection.
+next iteration docks (here: the best scores, the inference calls' results passed to it
+as arguments, through the agent). Each stage waits for the one before (task
+dependencies, resolved in the agent); iteration i + 1 docks after iteration i's
+selection.
 
 `Campaign` holds the sizes and durations: the defaults are small and short, for a local
 pilot or cluster (payloads sleep, and the model server is a real HTTP server);
@@ -134,9 +136,10 @@ def _submit_pipeline(session: Any, c: Campaign, pilot: Any, server: list[Task], 
             c.simulation_s, f"simulation-{at}", inference, ranks=ranks,
             ranks_per_node=c.simulation_ranks_per_node, gpus_per_rank=1)
             for _ in range(c.simulations)], pilot=pilot)
-        selection = session.submit(_call(
-            c, select, (i, c.selection_s), f"import time; time.sleep({c.selection_s:g})",
-            f"selection-{at}", c.selection_s, simulation), pilot=pilot)
+        selection = session.submit(_call(  # (the inference results as its arguments)
+            c, select, (i, c.selection_s, c.simulations, *inference),
+            f"import time; time.sleep({c.selection_s:g})", f"selection-{at}",
+            c.selection_s, simulation), pilot=pilot)
         selected = [selection]
         for stage, tasks in zip(STAGES, (docking, [training], inference, simulation,
                                          [selection]), strict=True):

@@ -28,9 +28,11 @@ def infer(candidate: int, seconds: float) -> float:
     return (candidate * 7919 % 1000) / 1000.0  # a score
 
 
-def select(iteration: int, seconds: float) -> int:
+def select(iteration: int, seconds: float, top: int, *scores: float) -> list[int]:
+    """The selection: the candidates of the `top` best scores (the inference calls'
+    results, filled in by the agent), for the next round's simulations."""
     time.sleep(seconds)
-    return iteration
+    return sorted(range(len(scores)), key=lambda k: (-scores[k], k))[:top]
 
 
 class _Model(BaseHTTPRequestHandler):
