@@ -11,8 +11,9 @@ same-run ratios, as benchmarks/run.py does. Cases:
             --exact` job steps with up to 64 in flight (the paper's baseline). Target:
             pilotfish >= 20x the driver's tasks/s.
   s2        1,024 `sleep 1` (ideal 16 s): utilization over the execution window, the same
-            three (pilotfish: its own metric; the driver: task-seconds over 64 x its span).
-            Target: pilotfish >= 99%.
+            three (pilotfish: its own metric; the driver: task-seconds over 64 x its span),
+            and a pilot on Flux (1 and 4 instances) and on Flux + Dragon (a quarter of the
+            tasks functions). Target: pilotfish >= 99%.
   f2        2,000 `/bin/true` through a pilot whose one Flux partition spans the 4 nodes
             as 1 and 4 instances (brokers one per node, started and warmed before the
             clock starts), and half of them on Flux (3 nodes, 3 instances), half no-op

@@ -8,10 +8,12 @@ allocation and the same run (so their ratio means something on a shared machine)
 
   throughput    `/bin/true` tasks: pilotfish (node executors), its srun backend (every
                 task a job step), the srun driver: tasks/s; and one step alone (s)
-  utilization   `sleep 1` tasks: core utilization over the execution window
-  flux          `/bin/true` through a Flux partition of 1 and of 4 instances (one broker
-                a node), and half `/bin/true` on Flux (3 nodes), half no-op functions on
-                Dragon (1 node): tasks/s
+  utilization   `sleep 1` tasks: core utilization over the execution window, through
+                the same three and through RUNTIMES (Flux + Dragon: a quarter of them
+                `time.sleep(1)` functions)
+  flux          `/bin/true` through RUNTIMES: a Flux partition of 1 and of 4 instances
+                (one broker a node), and Flux (3 nodes) with Dragon (1 node) for half of
+                them as no-op functions: tasks/s
   campaign      the IMPECCABLE-like campaign (workloads/campaign.py): pilotfish (one
                 pilot, dependencies resolved in the agent; on one built-in partition,
                 then on Flux, Dragon and built-in partitions routed by kind) against the
@@ -60,12 +62,12 @@ def on_every_node(session: pf.Session) -> None:
     assert all(t.state is pf.TaskState.DONE for t in tasks), [t.error for t in tasks]
 
 
-def utilization(session: pf.Session) -> float:
-    """The product's core utilization over the one-core tasks only: not the warm-up
-    tasks (16 cores each) that ran just before, whose start would open the window."""
+def utilization(session: pf.Session, n: int) -> float:
+    """The product's core utilization over the last `n` tasks: not the warm-up tasks
+    that ran just before, whose start would open the window."""
     session.journal.flush()
     data = load(session.path)
-    tasks = [t for t in data.tasks if t.cores == 1]
+    tasks = sorted(data.tasks, key=lambda t: t.id)[-n:]
     return compute_metrics(tasks, data.pilots, data.last_event).core_utilization or 0.0
 
 
@@ -129,9 +131,16 @@ def utilization_tasks(quick: bool) -> int:
 
 
 def utilization_case(tmp: str, quick: bool = False) -> dict[str, float]:
+    """Utilization of `sleep 1` tasks through each (Flux + Dragon: a quarter of them
+    `time.sleep(1)` functions, on its quarter of the nodes)."""
     n = utilization_tasks(quick)
-    out = both_backends(tmp, ["/bin/sleep", "1"], n,
-                        lambda session, _: 100 * utilization(session))
+
+    def busy(session: pf.Session, _: float) -> float:
+        return 100 * utilization(session, n)
+
+    out = both_backends(tmp, ["/bin/sleep", "1"], n, busy)
+    out |= on_runtimes(tmp, n, TD(executable="/bin/sleep", arguments=["1"]),
+                       TD(function=time.sleep, args=(1.0,)), 4, busy)
     _, spans = srun_driver(["/bin/sleep", "1"], n)
     window = max(e for _, e in spans) - min(s for s, _ in spans)
     return {**out, "srun driver": 100.0 * n * 1.0 / (SLOTS * window)}
@@ -151,23 +160,38 @@ def _warm(session: pf.Session, p: pf.Pilot) -> None:
     assert all(t.state is pf.TaskState.DONE for t in warm), [t.error for t in warm]
 
 
-def flux(tmp: str, quick: bool = False, instances: int = 4) -> dict[str, float]:
+# A pilot on runtime partitions: Flux as 1 and 4 instances over the 4 nodes; Flux (3
+# nodes, an instance each) with Dragon (1 node) for the functions
+RUNTIMES = {
+    "flux x1": [pf.PartitionSpec(backend="flux")],
+    "flux x4": [pf.PartitionSpec(backend="flux", instances=4)],
+    "flux + dragon": [pf.PartitionSpec(backend="flux", nodes=3, instances=3),
+                      pf.PartitionSpec(backend="dragon", nodes=1)]}
+
+
+def on_runtimes(tmp: str, n: int, executable: pf.TaskDescription,
+                call: pf.TaskDescription, every: int,
+                figure: Callable[[pf.Session, float], float]) -> dict[str, float]:
+    """`n` tasks through each of RUNTIMES, started and warmed first (on Flux alone all
+    `executable`; with Dragon every `every`th a `call`): `figure(session, seconds)` of
+    each. Nothing where Flux or Dragon is missing."""
+    out: dict[str, float] = {}
+    if runtimes_unavailable() is not None:
+        return out
+    for name, partitions in RUNTIMES.items():
+        with pf.Session(path=f"{tmp}/{name.replace(' ', '')}") as session:
+            _warm(session, pilot(session, partitions=partitions))
+            dragon = "dragon" in name
+            tasks = [call if dragon and k % every == 0 else executable for k in range(n)]
+            out[name] = figure(session, run(session, tasks))
+    return out
+
+
+def flux(tmp: str, quick: bool = False) -> dict[str, float]:
+    """Tasks/s through each of RUNTIMES (Flux + Dragon: half no-op functions)."""
     n = 500 if quick else 2_000
-    out = {}
-    for k in (1, instances):
-        with pf.Session(path=f"{tmp}/flux{k}") as session:
-            _warm(session, pilot(session, partitions=[
-                pf.PartitionSpec(backend="flux", instances=k)]))
-            out[f"flux x{k}"] = n / run(session, [TD(executable="/bin/true")
-                                                  for _ in range(n)])
-    if runtimes_unavailable() is None:
-        with pf.Session(path=f"{tmp}/fluxdragon") as session:
-            _warm(session, pilot(session, partitions=[
-                pf.PartitionSpec(backend="flux", nodes=3, instances=3),
-                pf.PartitionSpec(backend="dragon", nodes=1)]))
-            mixed = [TD(executable="/bin/true") if k % 2 else TD(function=noop)
-                     for k in range(n)]
-            out["flux + dragon"] = n / run(session, mixed)
+    out = on_runtimes(tmp, n, TD(executable="/bin/true"), TD(function=noop), 2,
+                      lambda _, seconds: n / seconds)
     seconds, _ = srun_driver(["/bin/true"], n)
     return {**out, "srun driver": n / seconds}
 
