@@ -53,6 +53,10 @@ PAPER = {
     ("campaign throughput", "vs srun"): "over 4x (RP + Flux)",
     ("campaign throughput", "vs srun (peak)"): "over 4x (RP + Flux)",
 }
+# ... and as numbers, drawn beside the bars
+PAPER_VALUES = {("throughput", "srun"): 152.0, ("throughput", "flux x1"): 700.0,
+                ("throughput", "flux xk"): 930.0, ("throughput", "flux + dragon"): 1500.0,
+                ("utilization", "srun"): 50.0, ("utilization", "flux + dragon"): 99.6}
 EXPERIMENTS = ("throughput", "utilization", "campaign makespan", "campaign throughput",
                "srun model check")
 
@@ -66,16 +70,14 @@ class Figure:
     unit: str  # "tasks/s", "%", "s", "x", "% shorter"
     paper: str = ""  # the paper's figure for this experiment and system, if it has one
     note: str = ""
-
-
-def _paper(experiment: str, system: str, k: int) -> str:
-    return PAPER.get((experiment, "flux xk" if system == f"flux x{k}" and k > 1 else system),
-                     "")
+    paper_value: float | None = None  # that figure as a number, where it is one
 
 
 def _fig(experiment: str, place: str, system: str, value: float, unit: str, k: int = 4,
          note: str = "") -> Figure:
-    return Figure(experiment, place, system, value, unit, _paper(experiment, system, k), note)
+    key = (experiment, "flux xk" if system == f"flux x{k}" and k > 1 else system)
+    return Figure(experiment, place, system, value, unit, PAPER.get(key, ""), note,
+                  PAPER_VALUES.get(key))
 
 
 AVERAGE = "tasks started / (last start - first start)"
@@ -292,15 +294,22 @@ def write_html(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -> N
                                     "value": [f.value for f in group],
                                     "text": [_value(f) for f in group],
                                     "paper": [f.paper or "-" for f in group]})
-            log_axis = experiment == "throughput"
-            p = figure(x_range=FactorRange(factors=[f.system for f in group]), height=260,
-                       width=700, title=f"{experiment}: {place}",
+            log_axis = experiment.endswith("throughput")
+            p = figure(x_range=FactorRange(factors=[f.system for f in group]), height=300,
+                       width=900, title=f"{experiment}: {place}",
                        y_axis_type="log" if log_axis else "linear", toolbar_location=None)
             p.vbar(x="system", top="value", bottom=1 if log_axis else 0, width=0.7,
-                   source=src, color="#1f77b4")
+                   source=src, color="#1f77b4", legend_label="measured")
+            marked = [(f.system, f.paper_value) for f in group if f.paper_value is not None]
+            if marked:
+                p.scatter([s for s, _ in marked], [v for _, v in marked],
+                          marker="diamond", size=14, color="#d62728",
+                          legend_label="the paper (Frontier)")
             p.add_tools(HoverTool(tooltips=[("system", "@system"), ("measured", "@text"),
                                             ("the paper", "@paper")]))
             p.yaxis.axis_label = group[0].unit
+            p.xaxis.major_label_orientation = 0.5
+            p.add_layout(p.legend[0], "right")  # (beside the bars, not over them)
             parts.append(p)
     rows = "".join(f"<tr><td>{html.escape(f.experiment)}</td><td>{html.escape(f.place)}</td>"
                    f"<td>{html.escape(f.system)}</td><td>{html.escape(_value(f))}</td>"
