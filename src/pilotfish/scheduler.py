@@ -132,9 +132,11 @@ class Scheduler:
         self.reserve_after = reserve_after
         per_node = workers_per_node
         self.workers = [Worker(n * per_node + i, n) for n in range(nodes) for i in range(per_node)]
-        self._idle: dict[int, list[Worker]] = {}  # node -> its workers without a lease
-        for w in reversed(self.workers):
-            self._idle.setdefault(w.node, []).append(w)
+        # node -> its workers without a lease, each list popped from its end: node 0's
+        # w0 is leased first (the workers a host starts with are its first ones)
+        self._idle: dict[int, list[Worker]] = {}
+        for w in self.workers:
+            self._idle.setdefault(w.node, []).insert(0, w)
         self._leased: dict[int, Worker] = {}
         self._queues: dict[int, dict[GroupKey, _Group]] = {}
         self._priorities: list[int] = []  # ascending; scanned from the end

@@ -212,6 +212,22 @@ def test_function_workers_asked_for_start_with_the_pilot(session: pf.Session) ->
     assert _workers_of(default.process.pid) == cores  # one per core
 
 
+def test_the_first_calls_go_to_the_workers_started_with_the_pilot(
+        session: pf.Session) -> None:
+    """On a pilot of several (virtual) nodes, the workers that start with it are the
+    ones the scheduler feeds first: a first burst starts no other."""
+    cpus = os.cpu_count() or 1
+    pilot = session.start_pilot(pf.PilotDescription(nodes=2, cores_per_node=cpus + 4))
+    assert pilot.process is not None
+    deadline = time.monotonic() + 30
+    while _workers_of(pilot.process.pid) < cpus:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
+    calls = session.submit([TD(function=time.sleep, args=(0.5,)) for _ in range(cpus)])
+    assert session.wait(calls, timeout=30)
+    assert _workers_of(pilot.process.pid) == cpus  # (they ran on those)
+
+
 def test_calls_waiting_for_inputs_find_their_workers_started(session: pf.Session) -> None:
     """While function tasks wait for their inputs, the workers they will be fed to start
     (by default only as many as the host has CPUs start with the pilot)."""

@@ -39,9 +39,11 @@ def test_host_lists_expand_as_scontrol_does() -> None:
     if shutil.which("scontrol") is None:
         pytest.skip("no scontrol here (start ../shared/slurm/start-local-slurm.sh)")
     text = "node[1-3,7],gpu[01-02],login,rack[1-2]-n[1-2]"
-    out = subprocess.run(["scontrol", "show", "hostnames", text], capture_output=True,
-                         text=True, check=True).stdout.split()
-    assert expand_hostlist(text) == out
+    run = subprocess.run(["scontrol", "show", "hostnames", text], capture_output=True,
+                         text=True)
+    if run.returncode != 0:  # (it reads Slurm's configuration first: none, none here)
+        pytest.skip(f"scontrol cannot run here: {run.stderr.strip().splitlines()[-1:]}")
+    assert expand_hostlist(text) == run.stdout.split()
 
 
 def test_cpus_per_node() -> None:
