@@ -175,12 +175,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .bench.paper import run_paper, table
+    from .bench.paper import run_paper, tables
 
     console = Console()
     figures, meta = run_paper(args.quick, args.where, args.nodes, args.html, args.json,
                               log=lambda line: console.print(line, highlight=False))
-    console.print(table(figures))
+    for table in tables(figures):
+        console.print(table)
     for line in meta["assumptions"]:
         console.print(f"simulated: {line}", highlight=False)
     for line in meta["skipped"]:

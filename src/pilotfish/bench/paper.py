@@ -251,15 +251,22 @@ def _value(f: Figure) -> str:
     return f"{f.value:,.1f} {f.unit}"
 
 
-def table(figures: Sequence[Figure]) -> Any:
+def tables(figures: Sequence[Figure]) -> list[Any]:
+    """A table an experiment, for a terminal (the notes are in the JSON and the page)."""
     from rich.table import Table
 
-    t = Table(title="pilotfish beside the paper (Frontier)")
-    for name in ("experiment", "where", "system", "measured", "the paper", "note"):
-        t.add_column(name)
-    for f in figures:
-        t.add_row(f.experiment, f.place, f.system, _value(f), f.paper, f.note)
-    return t
+    out = []
+    for experiment in EXPERIMENTS:
+        rows = [f for f in figures if f.experiment == experiment]
+        if not rows:
+            continue
+        t = Table(title=experiment, title_justify="left")
+        for name in ("where", "system", "measured", "the paper (Frontier)"):
+            t.add_column(name)
+        for f in rows:
+            t.add_row(f.place, f.system, _value(f), f.paper)
+        out.append(t)
+    return out
 
 
 def write_json(path: Path, figures: Sequence[Figure], meta: dict[str, Any]) -> None:
