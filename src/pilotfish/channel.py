@@ -273,14 +273,12 @@ class Channel:
         groups = {k: v for sub in batch for k, v in sub.groups.items()}  # (in the first)
         for i in range(0, len(tasks), MAX_TASKS_PER_MESSAGE):
             chunk = tasks[i:i + MAX_TASKS_PER_MESSAGE]
-            first = i == 0
+            fns, shared = (functions, groups) if i == 0 else ({}, {})
             try:
-                data = m.encode(m.Submit(chunk, functions if first else {}, seen,
-                                         groups if first else {}))
+                data = m.encode(m.Submit(chunk, fns, seen, shared))
             except Exception:  # descriptions are checked to encode: a task that still
                 chunk = self._drop_unencodable(link, chunk)  # does not fails alone
-                data = m.encode(m.Submit(chunk, functions if first else {}, seen,
-                                         groups if first else {}))
+                data = m.encode(m.Submit(chunk, fns, seen, shared))
             Channel._send(link, data)
 
     def _drop_unencodable(self, link: AgentLink, tasks: list[m.TaskSpec]) -> list[m.TaskSpec]:

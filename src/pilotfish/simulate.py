@@ -32,7 +32,7 @@ from .workloads.simulated import workload
 # How tasks start (backends/simulated.py MODELS): by the pilot's agent, each an srun job
 # step, each a Flux job (in `instances` instances), or Flux jobs and Dragon functions
 VIAS = ("pilot", "srun", "flux", "flux+dragon")
-# What each way runs of a workload's calls: functions where a partition runs them
+# Whether the campaign's calls are functions each way (else `python -c` executables)
 RUNS_FUNCTIONS = {"pilot": True, "srun": False, "flux": False, "flux+dragon": True}
 
 
@@ -117,10 +117,9 @@ def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
                             heartbeat_timeout=30.0,
                             partitions=via_partitions(via, instances, launch))
     assert desc.cores_per_node is not None and desc.gpus_per_node is not None
-    functions = RUNS_FUNCTIONS[via]
     if workload_name == "campaign":
         campaign = campaign or Campaign.paper(nodes, desc.cores_per_node, desc.gpus_per_node)
-        campaign = dataclasses.replace(campaign, functions=functions)
+        campaign = dataclasses.replace(campaign, functions=RUNS_FUNCTIONS[via])
         tasks = campaign.tasks
     with Session(path=sessions) as session:
         pilot = session.start_pilot(desc)
@@ -129,10 +128,10 @@ def run_simulation(platform: str, nodes: int, workload_name: str, tasks: int,
             submit_campaign(session, campaign, pilot)
         else:  # One submit: the channel sends it in back-to-back messages, so the
             # simulated clock cannot start (backends/simulated.py) before the bag is in.
+            # (With a Dragon partition, half the single-core tasks are functions.)
             session.submit(list(workload(workload_name, tasks, desc.cores_per_node,
                                          desc.gpus_per_node, duration, seed,
-                                         functions=functions and via != "pilot")),
-                           pilot=pilot)
+                                         functions=via == "flux+dragon")), pilot=pilot)
         if progress is not None:
             wait_with_progress(session, tasks, t0, progress)
         else:

@@ -48,6 +48,7 @@ __all__ = [
     "TaskStarted",
     "TasksSubmitted",
     "Tick",
+    "WarmWorkers",
     "WatchService",
 ]
 

@@ -74,7 +74,7 @@ class Waiting:
             ended = self.ended.get(name)
             if ended is not None:
                 if ended.state is not DONE:
-                    self._kept.pop(uid, None)
+                    self._forget(uid)
                     return _broken(uid, name, ended)
                 if name in arguments:
                     self._kept.setdefault(uid, {})[name] = self.result(name)
@@ -103,9 +103,7 @@ class Waiting:
         """A task ended: keep its outcome; return the verdicts of the tasks that waited
         for it and wait for nothing else now (or fail because of it)."""
         ended = self.ended[uid] = Ended(state, error, result, exit_code)
-        if self.blocked.pop(uid, None) is not None:  # (a waiting task: canceled, stopped)
-            self._wants.pop(uid, None)
-            self._kept.pop(uid, None)
+        self._forget(uid)  # (a waiting task that ended: canceled, stopped)
         self.ready.pop(uid, None)
         return self._satisfied(uid, ended if state is not DONE else None)
 
@@ -123,9 +121,7 @@ class Waiting:
             if pending is None:
                 continue  # it ended already (another input failed, or it was canceled)
             if broken is not None:
-                del self.blocked[waiter]
-                self._wants.pop(waiter, None)
-                self._kept.pop(waiter, None)
+                self._forget(waiter)
                 verdict = _broken(waiter, uid, broken)
             else:
                 if uid in self._wants.get(waiter, ()):
@@ -152,9 +148,16 @@ class Waiting:
             return self._satisfied(group, None)
         out = []
         for waiter in self.dependents.pop(group, ()):
-            if self.blocked.pop(waiter, None) is not None:
+            if self._forget(waiter):
                 out.append(Verdict(waiter, False, verdict.state, verdict.why))
         return out
+
+    def _forget(self, uid: str) -> bool:
+        """A task waits no more (it ends, or an input broke): drop what it waited with;
+        False if it was not waiting."""
+        self._wants.pop(uid, None)
+        self._kept.pop(uid, None)
+        return self.blocked.pop(uid, None) is not None
 
     def down(self, uid: str) -> None:
         """A service restarts: tasks naming it from now on wait for it to be READY again."""

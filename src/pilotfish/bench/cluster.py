@@ -57,9 +57,7 @@ def pilot(session: pf.Session, backend: str = "builtin", **kw: Any) -> pf.Pilot:
 
 def on_every_node(session: pf.Session) -> None:
     """A task filling each node has run (so every node executor is up)."""
-    tasks = session.submit([TD(executable="/bin/true", cores_per_rank=16) for _ in range(4)])
-    assert session.wait(tasks, timeout=120)
-    assert all(t.state is pf.TaskState.DONE for t in tasks), [t.error for t in tasks]
+    run(session, [TD(executable="/bin/true", cores_per_rank=16) for _ in range(4)], 120)
 
 
 def utilization(session: pf.Session, n: int) -> float:
@@ -71,11 +69,12 @@ def utilization(session: pf.Session, n: int) -> float:
     return compute_metrics(tasks, data.pilots, data.last_event).core_utilization or 0.0
 
 
-def run(session: pf.Session, descriptions: list[pf.TaskDescription]) -> float:
-    """Submit them all, wait until all are done: seconds."""
+def run(session: pf.Session, descriptions: list[pf.TaskDescription],
+        timeout: float = 900) -> float:
+    """Submit them all, wait until all are done (each DONE): seconds."""
     start = time.perf_counter()
     tasks = session.submit(descriptions)
-    assert session.wait(tasks, timeout=900)
+    assert session.wait(tasks, timeout=timeout)
     bad = [t.error for t in tasks if t.state is not pf.TaskState.DONE]
     assert not bad, bad[:3]
     return time.perf_counter() - start
@@ -152,12 +151,9 @@ def noop() -> None:
 
 def _warm(session: pf.Session, p: pf.Pilot) -> None:
     """A task in every partition (brokers and runtimes up, workers warm)."""
-    warm = session.submit([TD(executable="/bin/true", partition=part.name)
-                           if part.backend != "dragon" else TD(function=noop,
-                                                               partition=part.name)
-                           for part in p.description.layout])
-    assert session.wait(warm, timeout=120)
-    assert all(t.state is pf.TaskState.DONE for t in warm), [t.error for t in warm]
+    run(session, [TD(function=noop, partition=part.name) if part.backend == "dragon"
+                  else TD(executable="/bin/true", partition=part.name)
+                  for part in p.description.layout], 120)
 
 
 # A pilot on runtime partitions: Flux as 1 and 4 instances over the 4 nodes; Flux (3

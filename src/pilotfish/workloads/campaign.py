@@ -83,7 +83,7 @@ def _sleep(seconds: float, name: str, after: Sequence[Task], **resources: Any
            ) -> TaskDescription:
     text = f"{seconds:g}"
     return TaskDescription(executable="/bin/sleep", arguments=[text], duration=seconds,
-                           name=name, after=list(after), **resources)
+                           name=name, after=after, **resources)
 
 
 # `infer` as a command: asks the model server (when there is one), then works
@@ -96,9 +96,9 @@ def _call(c: Campaign, function: Any, args: tuple[Any, ...], code: str, name: st
     """A function task, or the same work as a `python -c` executable."""
     if c.functions:
         return TaskDescription(function=function, args=args, name=name, duration=seconds,
-                               after=list(after))
+                               after=after)
     return TaskDescription(executable=sys.executable, arguments=["-c", code], name=name,
-                           duration=seconds, after=list(after))
+                           duration=seconds, after=after)
 
 
 def submit_campaign(session: Any, c: Campaign, pilot: Any = None,
@@ -120,27 +120,31 @@ def submit_campaign(session: Any, c: Campaign, pilot: Any = None,
 
 def _submit_pipeline(session: Any, c: Campaign, pilot: Any, server: list[Task], p: int,
                      out: dict[str, list[Task]]) -> None:
-    selected: list[Task] = []
+    # Each stage's tasks share one tuple of inputs (a description keeps it as it is: no
+    # copy a task, which for 256 simulations after 65,536 calls was 16.7M references).
+    selected: tuple[Task, ...] = ()
     for i in range(c.iterations):
         at = f"{p}.{i}"  # (a stage's tasks are named STAGE-PIPELINE.ITERATION)
         docking = session.submit([_sleep(c.docking_s, f"docking-{at}", selected)
                                   for _ in range(c.docking)], pilot=pilot)
         training = session.submit(_sleep(
-            c.training_s, f"training-{at}", docking, ranks=c.training_ranks,
+            c.training_s, f"training-{at}", tuple(docking), ranks=c.training_ranks,
             ranks_per_node=c.training_ranks, gpus_per_rank=1), pilot=pilot)
+        gate = (training, *server)
         inference = session.submit([_call(
             c, infer, (k, c.inference_s), INFER % c.inference_s, f"inference-{at}",
-            c.inference_s, [training, *server]) for k in range(c.inference)], pilot=pilot)
+            c.inference_s, gate) for k in range(c.inference)], pilot=pilot)
         ranks = c.simulation_nodes * c.simulation_ranks_per_node
+        inferred = tuple(inference)
         simulation = session.submit([_sleep(
-            c.simulation_s, f"simulation-{at}", inference, ranks=ranks,
+            c.simulation_s, f"simulation-{at}", inferred, ranks=ranks,
             ranks_per_node=c.simulation_ranks_per_node, gpus_per_rank=1)
             for _ in range(c.simulations)], pilot=pilot)
         selection = session.submit(_call(  # (the inference results as its arguments)
             c, select, (i, c.selection_s, c.simulations, *inference),
             f"import time; time.sleep({c.selection_s:g})", f"selection-{at}",
-            c.selection_s, simulation), pilot=pilot)
-        selected = [selection]
+            c.selection_s, tuple(simulation)), pilot=pilot)
+        selected = (selection,)
         for stage, tasks in zip(STAGES, (docking, [training], inference, simulation,
                                          [selection]), strict=True):
             out[stage] += tasks
